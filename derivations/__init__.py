@@ -1,0 +1,1 @@
+"""softmaxlab.derivations: SymPy derivations that check every gradient and bound the kernels use."""

@@ -1,0 +1,1 @@
+"""softmaxlab.harness: references, accuracy and speed runs, tables, plots and the softmaxlab command."""

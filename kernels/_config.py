@@ -1,0 +1,45 @@
+"""Compilation settings shared by every kernel: fastmath flags, threads, block sizes.
+
+fastmath flags live here and nowhere else.  Two sets, because LLVM keeps fast-math
+flags per instruction and honours them after inlining:
+
+* ``STRICT_FASTMATH`` (``contract`` only) for every function whose arithmetic is
+  order-sensitive: the elementary functions of ``_exp.py`` (their range reduction
+  ``(x * log2e + 1.5 * 2**52) - 1.5 * 2**52`` and the split ``x - k ln2_hi - k ln2_lo``
+  are exact only if nothing is re-associated) and the elementwise writes
+  (``(x - M) - log S`` must not become ``x - (M + log S)``, which loses the exactness
+  of ``x - M`` and costs ~1e-13 absolute at |x| = 1000; that happened, and a test
+  guards it).  ``contract`` only fuses a multiply and an add into one FMA, which
+  rounds once instead of twice.
+* ``REDUCTION_FASTMATH`` (``contract``, ``reassoc``, ``nsz``) for the loops that only
+  sum: ``reassoc`` is what lets LLVM vectorize a floating-point sum into several lanes
+  (changing the order of the additions, as every vectorized library does); ``nsz``
+  lets it ignore the sign of zero.
+
+Excluded on purpose, everywhere: ``nnan`` and ``ninf`` (infinities and NaN are data
+here: an all ``-inf`` row must give ``-inf``, a NaN must reach the output), ``arcp``
+(``e / s`` must stay a correctly rounded division) and ``afn`` (``log`` must stay libm's).
+
+Caching: the kernels are compiled lazily, once per dtype, and NOT cached to disk
+(``cache=False``).  Numba's on-disk cache of ``parallel=True`` functions has a history
+of stale-cache and threading-layer mismatches; a cold start compiles each kernel once
+per process, and the test suite reports that time.
+"""
+
+from __future__ import annotations
+
+STRICT_FASTMATH = {"contract"}
+REDUCTION_FASTMATH = {"contract", "reassoc", "nsz"}
+
+# Rows longer than one block are cut into blocks of BLOCK_BYTES; each block is reduced
+# to a (max, sum of exp) pair and the pairs are merged, so one long row is shared
+# between threads.  The block decomposition depends only on the row length and the
+# dtype, never on the thread count, which keeps every result bit-identical whatever
+# the number of threads.  32 KiB: a block is read twice (max, then sum of exp) and the
+# second read should hit the L1 cache.
+BLOCK_BYTES = 32 * 1024
+
+
+def block_length(itemsize: int) -> int:
+    """Number of elements of one block for an element size in bytes."""
+    return BLOCK_BYTES // itemsize

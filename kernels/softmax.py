@@ -1,0 +1,349 @@
+"""The normalizers: softmax, log_softmax, logsumexp and the two backward functions.
+
+Each public function validates its input in plain Python, lays the array out as
+(rows, classes) with the class axis last, and calls one parallel Numba kernel built by
+``_rows.make_row_kernel`` from a block reduction, a row merge and a block write.
+float32 inputs are computed in float64 inside the loops (``x - max`` is then exact and
+every output is rounded once) and stored as float32; sums are accumulated in float64
+over blocks of fixed size, merged in a fixed order (see ``_rows``).
+
+Proof book: ``docs/proofs/softmax.md`` (Jacobian, shift invariance, the bounds of
+logsumexp, d logsumexp / dz = softmax).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit
+
+from ._config import STRICT_FASTMATH, block_length
+from ._config import REDUCTION_FASTMATH
+from ._rows import (
+    SUM_CHUNK,
+    block_max,
+    cast_like,
+    exp_difference_for,
+    exp_for,
+    fma,
+    make_row_kernel,
+    merge_max_sum_exp,
+    merge_sum_and_max,
+    reduce_max_sum_exp,
+    reduce_sum_and_max,
+    reduce_sum_product,
+)
+from ._validation import as_rows, check_axis, check_float_array, check_same_array_layout, from_rows
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward"]
+
+
+# ---- block writes (the math of each kernel stands above its loop) ----------------------
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _fill(destination, value):
+    for j in range(destination.shape[0]):
+        destination[j] = value
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _store_exp_and_sum(values, shift, destination):
+    shift = cast_like(values, shift)
+    total = 0.0
+    # e_j = exp(x_j - m_b), with x_j - m_b made exact by two_sum; S_b = sum_j e_j
+    # (chunk sums in the input's dtype, added in float64: see _rows.SUM_CHUNK)
+    for base in range(0, values.shape[0], SUM_CHUNK):
+        chunk = values[base : base + SUM_CHUNK]
+        written = destination[base : base + SUM_CHUNK]
+        partial = cast_like(values, 0.0)
+        for j in range(chunk.shape[0]):
+            e = exp_difference_for(values, chunk[j], shift)
+            written[j] = e
+            partial += e
+        total += np.float64(partial)
+    return total
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _reduce_softmax(x, unused, out, i, start, stop):
+    largest = block_max(x[i, start:stop])
+    if not math.isfinite(largest):
+        return reduce_max_sum_exp(x, unused, out, i, start, stop)
+    return largest, _store_exp_and_sum(x[i, start:stop], largest, out[i, start:stop])
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _softmax_factor(block_largest, largest, total):
+    """exp(m_b - M) / S as an unevaluated float64 pair (high + low), ~2**-100 relative.
+
+    1/S is split exactly with an FMA residual; for a one-block row exp(0) = 1.
+    """
+    inverse = 1.0 / total
+    inverse_low = fma(-inverse, total, 1.0) / total
+    if block_largest == largest:
+        return inverse, inverse_low
+    scale = math.exp(block_largest - largest)
+    high = scale * inverse
+    return high, fma(scale, inverse, -high) + scale * inverse_low
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _scale_in_place(destination, high, low):
+    # a_j = e_j * (high + low), rounded once: fma(e_j, high, e_j * low), where the
+    # dtype's (high, low) carry the float64 factor to twice the dtype's precision
+    high_t = cast_like(destination, high)
+    low_t = cast_like(destination, (high - np.float64(high_t)) + low)
+    for j in range(destination.shape[0]):
+        e = destination[j]
+        destination[j] = fma(e, high_t, e * low_t)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
+    destination = out[i, start:stop]
+    if math.isfinite(largest):
+        if not math.isfinite(block_largest):
+            _fill(destination, block_total / total)  # a block of -inf: 0 (NaN if S is)
+            return
+        # a_j = e_j exp(m_b - M) / S,  M = max_b m_b,  S = sum_b S_b exp(m_b - M) >= 1
+        # (shift invariance and the online merge: docs/proofs/softmax.md)
+        high, low = _softmax_factor(block_largest, largest, total)
+        _scale_in_place(destination, high, low)
+        return
+    values = x[i, start:stop]
+    if largest == np.inf and total == 1.0:
+        # exactly one +inf: the limit of softmax is the one-hot vector at that entry
+        for j in range(values.shape[0]):
+            destination[j] = 1.0 if values[j] == np.inf else 0.0
+    else:
+        # all -inf (total 0): zeros; a NaN, or several +inf (no limit): NaN
+        _fill(destination, 0.0 if total == 0.0 else np.nan)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
+    values = x[i, start:stop]
+    destination = out[i, start:stop]
+    if math.isfinite(largest):
+        log_total = math.log(total)
+        # log a_j = (x_j - M) - log S   (x_j - M is exact for float32 rows)
+        for j in range(values.shape[0]):
+            destination[j] = (np.float64(values[j]) - largest) - log_total
+    elif largest == np.inf and total == 1.0:
+        for j in range(values.shape[0]):
+            destination[j] = 0.0 if values[j] == np.inf else -np.inf
+    else:
+        _fill(destination, -np.inf if total == 0.0 else np.nan)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
+    if start != 0:
+        return
+    # logsumexp(x) = M + log S, with max(x) <= logsumexp(x) <= max(x) + log K
+    if math.isfinite(largest):
+        out[i] = largest + math.log(total)
+    elif largest == np.inf:
+        out[i] = np.inf if total == total else np.nan
+    else:
+        out[i] = -np.inf if total == 0.0 else np.nan
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write_softmax_backward(y, dy, out, i, start, stop, block_dot, block_unused, dot, unused):
+    y_values = y[i, start:stop]
+    dy_values = dy[i, start:stop]
+    destination = out[i, start:stop]
+    # dx_i = sum_j dy_j da_j/dz_i = a_i (dy_i - sum_j a_j dy_j)
+    # (Jacobian da_j/dz_i = a_j (delta_ij - a_i): docs/proofs/softmax.md)
+    for j in range(y_values.shape[0]):
+        destination[j] = np.float64(y_values[j]) * (np.float64(dy_values[j]) - dot)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
+    y_values = y[i, start:stop]
+    dy_values = dy[i, start:stop]
+    destination = out[i, start:stop]
+    if largest == -np.inf:
+        # an all -inf row (softmax all zeros) has zero gradient; NaN entries stay NaN
+        for j in range(y_values.shape[0]):
+            destination[j] = 0.0 if y_values[j] == -np.inf else np.nan
+        return
+    # dx_i = dy_i - exp(y_i) sum_j dy_j   (d log a_j / dz_i = delta_ij - a_i)
+    for j in range(y_values.shape[0]):
+        destination[j] = np.float64(dy_values[j]) - np.float64(exp_for(y_values, y_values[j])) * total
+
+
+_softmax_kernel = make_row_kernel(_reduce_softmax, merge_max_sum_exp, _write_softmax)
+_log_softmax_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_log_softmax)
+_logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
+_softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)
+_log_softmax_backward_kernel = make_row_kernel(
+    reduce_sum_and_max, merge_sum_and_max, _write_log_softmax_backward
+)
+
+
+def _run(kernel, a, b, out):
+    """Call a row kernel, sharing rows between threads when rows are fewer than threads."""
+    block = block_length(a.dtype.itemsize)
+    split = a.shape[0] < 2 * numba.get_num_threads() and a.shape[1] > block
+    kernel(a, b, out, block, split)
+    return out
+
+
+# ---- public API -------------------------------------------------------------------------
+
+
+def softmax(x, axis=-1):
+    r"""Softmax along ``axis``.
+
+    .. math:: \mathrm{softmax}(x)_j = \frac{e^{x_j - M}}{\sum_k e^{x_k - M}},\quad M = \max_k x_k
+
+    Args:
+        x: float32 or float64 array of any shape (at least 1-D); not modified.
+        axis: the class axis (default: the last).
+
+    Returns:
+        An array of ``x``'s shape and dtype whose slices along ``axis`` sum to 1.
+        Edge cases: a slice of all ``-inf`` gives zeros; a NaN gives NaN in its slice
+        only; exactly one ``+inf`` gives the one-hot vector at it (the limit), two or
+        more give NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import softmax
+        >>> softmax(np.array([1000.0, 1000.0, 1000.0]))
+        array([0.33333333, 0.33333333, 0.33333333])
+
+    Accuracy: float32 is computed in float64 and rounded once (about 0.5 ULP plus the
+    rounding of the sum); float64 within about 1.5 ULP.  See the README's tables.
+
+    Reference: J. S. Bridle, "Probabilistic interpretation of feedforward classification
+    network outputs", 1990; the max shift and the blocked (max, sum) merge follow
+    Milakov & Gimelshein, "Online normalizer calculation for softmax", 2018.
+    """
+    x = check_float_array("x", x)
+    axis = check_axis("axis", axis, x.ndim)
+    rows = as_rows(x, axis)
+    return from_rows(_run(_softmax_kernel, rows, rows, np.empty_like(rows)), x.shape, axis)
+
+
+def log_softmax(x, axis=-1):
+    r"""Log-softmax along ``axis``.
+
+    .. math:: \log\mathrm{softmax}(x)_j = (x_j - M) - \log \sum_k e^{x_k - M}
+
+    Args:
+        x: float32 or float64 array of any shape (at least 1-D); not modified.
+        axis: the class axis (default: the last).
+
+    Returns:
+        An array of ``x``'s shape and dtype.  A slice of all ``-inf`` gives ``-inf``
+        (the log of softmax's zeros); NaN gives NaN in its slice; one ``+inf`` gives 0
+        there and ``-inf`` elsewhere, several give NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import log_softmax
+        >>> log_softmax(np.array([0.0, 0.0]))
+        array([-0.69314718, -0.69314718])
+
+    Reference: Bridle 1990; Milakov & Gimelshein 2018 (see :func:`softmax`).
+    """
+    x = check_float_array("x", x)
+    axis = check_axis("axis", axis, x.ndim)
+    rows = as_rows(x, axis)
+    return from_rows(_run(_log_softmax_kernel, rows, rows, np.empty_like(rows)), x.shape, axis)
+
+
+def logsumexp(x, axis=-1):
+    r"""Log of the sum of exponentials along ``axis``.
+
+    .. math:: \mathrm{LSE}(x) = M + \log \sum_k e^{x_k - M},\qquad
+              \max_k x_k \le \mathrm{LSE}(x) \le \max_k x_k + \log K
+
+    Args:
+        x: float32 or float64 array of any shape (at least 1-D); not modified.
+        axis: the axis reduced over (default: the last).
+
+    Returns:
+        ``x``'s shape without ``axis``, ``x``'s dtype.  All ``-inf`` (or an empty
+        axis) gives ``-inf``; any ``+inf`` gives ``+inf``; NaN gives NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import logsumexp
+        >>> float(logsumexp(np.array([-1000.0, -1000.0, -1000.0])))
+        -998.9013877113...
+
+    Reference: the seeds' LogSumExp derivation; Milakov & Gimelshein 2018.
+    """
+    x = check_float_array("x", x)
+    axis = check_axis("axis", axis, x.ndim)
+    rows = as_rows(x, axis)
+    out = _run(_logsumexp_kernel, rows, rows, np.empty(rows.shape[0], dtype=x.dtype))
+    return out.reshape(x.shape[:axis] + x.shape[axis + 1 :])
+
+
+def _backward_rows(name_y, y, name_dy, dy, axis):
+    y = check_float_array(name_y, y)
+    dy = check_float_array(name_dy, dy)
+    check_same_array_layout(name_dy, dy, name_y, y)
+    axis = check_axis("axis", axis, y.ndim)
+    return as_rows(y, axis), as_rows(dy, axis), axis
+
+
+def softmax_backward(y, dy, axis=-1):
+    r"""Vector-Jacobian product of softmax, from its output.
+
+    .. math:: dx_i = y_i \Big(dy_i - \sum_j y_j\, dy_j\Big),\qquad y = \mathrm{softmax}(x)
+
+    Args:
+        y: the output of :func:`softmax` (float32 or float64).
+        dy: the upstream gradient, same shape and dtype as ``y``.
+        axis: the class axis used in the forward call.
+
+    Returns:
+        dx, shaped like ``y``.  Rows of zeros in ``y`` (all ``-inf`` inputs) give zeros.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import softmax_backward
+        >>> softmax_backward(np.array([0.5, 0.5]), np.array([1.0, 0.0]))
+        array([ 0.25, -0.25])
+
+    Reference: the Jacobian d a_j / d z_i = a_j (delta_ij - a_i), docs/proofs/softmax.md.
+    """
+    y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
+    out = _run(_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
+    return from_rows(out, y.shape, axis)
+
+
+def log_softmax_backward(y, dy, axis=-1):
+    r"""Vector-Jacobian product of log-softmax, from its output.
+
+    .. math:: dx_i = dy_i - e^{y_i} \sum_j dy_j,\qquad y = \log\mathrm{softmax}(x)
+
+    Args:
+        y: the output of :func:`log_softmax` (float32 or float64).
+        dy: the upstream gradient, same shape and dtype as ``y``.
+        axis: the class axis used in the forward call.
+
+    Returns:
+        dx, shaped like ``y``.  A row of all ``-inf`` in ``y`` gives zeros.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import log_softmax_backward
+        >>> log_softmax_backward(np.log(np.array([0.25, 0.75])), np.array([1.0, 0.0]))
+        array([ 0.75, -0.75])
+
+    Reference: d log a_j / d z_i = delta_ij - a_i, docs/proofs/softmax.md.
+    """
+    y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
+    out = _run(_log_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
+    return from_rows(out, y.shape, axis)
