@@ -34,17 +34,16 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
-from ._exp import exp32, exp32_pair, exp64, exp64_pair, two_sum
+from ._exp import exp64, exp64_pair, exp_f32_wide, two_sum
 
 # Reduced pairs per block, and the row pair produced by the merge.
 PAIR = 2
 
-# Sums of exponentials run in the input's dtype over chunks of SUM_CHUNK elements and
-# the chunk sums are added in float64.  A float32 sum over 256 positive terms, which
-# LLVM spreads over 64 lanes (4 registers of 16), passes each term through at most
-# 4 + 6 additions: relative error <= 10 u = 6e-7 in the worst case, far less in
-# practice, and not growing with the row length.  Accumulating everything in float64
-# instead halves the vector width and was measured 25% slower.
+# Sums run in float64 (float32 inputs are widened), over chunks of SUM_CHUNK elements
+# that LLVM spreads over 4 x 8 lanes: each term passes through at most 8 additions in
+# its lane and 5 in the tree that joins the lanes, then the chunk sums of a block are
+# added (at most 32 of them) and the blocks of a row are merged pairwise.  The error
+# bound therefore grows with log(row length), not with the row length.
 SUM_CHUNK = 256
 
 
@@ -98,23 +97,48 @@ def _cast_like(values, value):
     return lambda values, value: np.float64(value)
 
 
+def sums_exactly(values):
+    """True (a compile-time constant) when ``values`` is float32 (JIT only).
+
+    float32 rows are summed from float64 terms accurate to 2.4e-10, in float64: the
+    sum S is exact to far below float32 precision, so T = S - 1 may be formed by a
+    plain subtraction.  float64 rows need T without cancellation (see
+    ``sum_exp_minus_one``).
+    """
+    raise NotImplementedError("sums_exactly is only callable from JIT code")
+
+
+@overload(sums_exactly)
+def _sums_exactly(values):
+    if values.dtype == types.float32:
+        return lambda values: True
+    return lambda values: False
+
+
 def exp_for(values, value):
-    """exp(value) in the arithmetic of ``values``' dtype (JIT only): exp32 or exp64."""
+    """exp(value) for a float64 ``value``, to the accuracy of ``values``' dtype (JIT only).
+
+    float32 rows: ``exp_f32_wide`` (float32 accuracy, computed in float64); float64
+    rows: ``exp64``.  The result is a float64 either way: float32 kernels round it once
+    when they store it.
+    """
     raise NotImplementedError("exp_for is only callable from JIT code")
 
 
 @overload(exp_for)
 def _exp_for(values, value):
     if values.dtype == types.float32:
-        return lambda values, value: exp32(np.float32(value))
-    return lambda values, value: exp64(np.float64(value))
+        return lambda values, value: exp_f32_wide(value)
+    return lambda values, value: exp64(value)
 
 
 def exp_difference_for(values, value, shift):
-    """exp(value - shift) as if the subtraction were exact, in ``values``' dtype (JIT only).
+    """exp(value - shift) as if the subtraction were exact (JIT only); a float64.
 
-    ``value`` and ``shift`` are of ``values``' dtype (``shift`` a row maximum); the subtraction's
-    rounding error, recovered by two_sum, is folded into the exponential's argument.
+    ``value`` is an element of ``values`` and ``shift`` a float64 holding a value of
+    ``values``' dtype (a row maximum).  For float32 rows the difference is exact in
+    float64; for float64 rows its rounding error, recovered by ``two_sum``, is folded
+    into the exponential's argument.
     """
     raise NotImplementedError("exp_difference_for is only callable from JIT code")
 
@@ -122,12 +146,7 @@ def exp_difference_for(values, value, shift):
 @overload(exp_difference_for)
 def _exp_difference_for(values, value, shift):
     if values.dtype == types.float32:
-
-        def exp_difference32(values, value, shift):
-            high, low = two_sum(value, -shift)
-            return exp32_pair(high, low)
-
-        return exp_difference32
+        return lambda values, value, shift: exp_f32_wide(np.float64(value) - shift)
 
     def exp_difference64(values, value, shift):
         high, low = two_sum(value, -shift)
@@ -149,62 +168,107 @@ def block_max(values):
 
 
 @njit(fastmath=REDUCTION_FASTMATH, cache=False)
-def block_sum_exp(values, shift):
-    """sum_j exp(values[j] - shift): chunk sums in ``values``' dtype, their sum in float64.
+def sum_exp_minus_one(values, largest, destination, store):
+    """T = sum_j exp(values[j] - largest) - 1 for largest = max(values), in float64.
 
-    The difference is rounded to ``values``' dtype: its error enters the sum weighted by
-    a_j |x_j - shift| <= 1/e, below the dtype's precision (used where the sum feeds a
-    logarithm; softmax itself uses ``exp_difference_for``).  See ``SUM_CHUNK``.
+    For float64 rows T is computed without cancellation: the entries below the max are
+    summed and the entries equal to it (each exp(0) = 1 exactly) are counted,
+    T = sum + (count - 1).  Then log S = log1p(T) keeps its accuracy when S is close to
+    1 (log-softmax near 0) and 1/S = 1/(1 + T) is formed exactly.  float32 rows sum
+    every term (see ``sums_exactly``).  The difference values[j] - largest is exact
+    (``exp_difference_for``).  With ``store`` each exp is also written to
+    ``destination`` (softmax's first pass), rounded to its dtype.  NaN entries reach T.
+    Chunked as described at ``SUM_CHUNK``.
     """
-    shift = cast_like(values, shift)
     total = 0.0
+    ties = 0.0
     for base in range(0, values.shape[0], SUM_CHUNK):
         chunk = values[base : base + SUM_CHUNK]
-        partial = cast_like(values, 0.0)
+        written = destination[base : base + SUM_CHUNK]
+        partial = 0.0
         for j in range(chunk.shape[0]):
-            partial += exp_for(values, chunk[j] - shift)
-        total += np.float64(partial)
-    return total
+            e = exp_difference_for(values, chunk[j], largest)
+            if store:
+                written[j] = e
+            if sums_exactly(values):
+                partial += e
+            else:
+                value = np.float64(chunk[j])
+                partial += e if value != largest else 0.0
+                ties += 1.0 if value == largest else 0.0
+        total += partial
+    if sums_exactly(values):
+        return total - 1.0
+    return total + (ties - 1.0)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, cache=False)
 def reduce_max_sum_exp(x, unused, out, i, start, stop):
-    """The (m_b, s_b) pair of a block: its max and sum of exp(x - m_b)."""
+    """The (m_b, t_b) pair of a block: its max and t_b = sum_j exp(x_j - m_b) - 1.
+
+    A block of only -inf gives t_b = -1 (its sum is 0), or NaN if it holds a NaN; a
+    block holding +inf gives (inf, 0) and the merge settles its row.
+    """
     values = x[i, start:stop]
     largest = block_max(values)
     if largest == -np.inf:
-        # every entry -inf or NaN: contributes nothing, or NaN (which must reach the row)
         for j in range(values.shape[0]):
             if values[j] != values[j]:
                 return largest, np.nan
-        return largest, 0.0
+        return largest, -1.0
     if largest == np.inf:
-        return largest, 0.0  # the merge settles rows with +inf element by element
-    return largest, block_sum_exp(values, largest)
+        return largest, 0.0
+    return largest, sum_exp_minus_one(values, largest, values, False)
+
+
+@njit(cache=False)
+def pairwise_sum(terms):
+    """Sum of a 1-D float64 array by repeated halving (it is overwritten); error O(log n)."""
+    count = terms.shape[0]
+    if count == 0:
+        return 0.0
+    while count > 1:
+        half = count // 2
+        for k in range(half):
+            terms[k] = terms[2 * k] + terms[2 * k + 1]
+        if count % 2:
+            terms[half] = terms[count - 1]
+            half += 1
+        count = half
+    return terms[0]
 
 
 @njit(cache=False)
 def merge_max_sum_exp(x, i, partial):
-    """Merge the (m_b, s_b) pairs of row i into (M, S) with S = sum_b s_b exp(m_b - M).
+    """Merge the (m_b, t_b) pairs of row i into (M, T), S = 1 + T = sum_b (1 + t_b) e^(m_b - M).
 
-    Rows whose maximum is infinite are settled by looking at their elements:
+    The first block holding the maximum contributes t_b, every other block
+    (1 + t_b) exp(m_b - M), summed pairwise.  Rows whose maximum is infinite are
+    settled by looking at their elements:
 
-    * M = -inf (every entry -inf or NaN): S = 0, or NaN if the row has a NaN;
-    * M = +inf: S = the number of +inf entries, or NaN if the row has a NaN.
+    * M = -inf (every entry -inf or NaN): T = -1 (S = 0), or NaN if the row has a NaN;
+    * M = +inf: T = (number of +inf entries) - 1, or NaN if the row has a NaN.
     """
+    blocks = partial.shape[0]
     largest = -np.inf
-    for k in range(partial.shape[0]):
+    for k in range(blocks):
         if partial[k, 0] > largest:
             largest = partial[k, 0]
     if math.isfinite(largest):
-        if partial.shape[0] == 1:
-            return largest, partial[0, 1]  # a one-block row: exp(m_b - M) = 1
-        total = 0.0
-        for k in range(partial.shape[0]):
-            total += partial[k, 1] * math.exp(partial[k, 0] - largest)
-        return largest, total
+        if blocks == 1:
+            return largest, partial[0, 1]
+        terms = np.empty(blocks)
+        first = True
+        for k in range(blocks):
+            if first and partial[k, 0] == largest:
+                terms[k] = partial[k, 1]
+                first = False
+            else:
+                high, low = two_sum(partial[k, 0], -largest)
+                terms[k] = (1.0 + partial[k, 1]) * exp64_pair(high, low)
+        return largest, pairwise_sum(terms)
     row = x[i]
-    count = 0.0
+    count = -1.0
     for j in range(row.shape[0]):
         value = row[j]
         if value != value:
@@ -238,13 +302,11 @@ def reduce_sum_and_max(y, dy, out, i, start, stop):
 @njit(cache=False)
 def merge_sum_and_max(x, i, partial):
     """(sum of the first members, max of the second members) of a row's pairs."""
-    total = 0.0
     largest = -np.inf
     for k in range(partial.shape[0]):
-        total += partial[k, 0]
         if partial[k, 1] > largest:
             largest = partial[k, 1]
-    return total, largest
+    return pairwise_sum(partial[:, 0].copy()), largest
 
 
 # ---- the driver --------------------------------------------------------------------------

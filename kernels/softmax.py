@@ -20,12 +20,10 @@ import numpy as np
 from numba import njit
 
 from ._config import STRICT_FASTMATH, block_length
-from ._config import REDUCTION_FASTMATH
+from ._exp import exp64_pair, two_sum
 from ._rows import (
-    SUM_CHUNK,
     block_max,
     cast_like,
-    exp_difference_for,
     exp_for,
     fma,
     make_row_kernel,
@@ -34,6 +32,7 @@ from ._rows import (
     reduce_max_sum_exp,
     reduce_sum_and_max,
     reduce_sum_product,
+    sum_exp_minus_one,
 )
 from ._validation import as_rows, check_axis, check_float_array, check_same_array_layout, from_rows
 
@@ -49,43 +48,29 @@ def _fill(destination, value):
         destination[j] = value
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
-def _store_exp_and_sum(values, shift, destination):
-    shift = cast_like(values, shift)
-    total = 0.0
-    # e_j = exp(x_j - m_b), with x_j - m_b made exact by two_sum; S_b = sum_j e_j
-    # (chunk sums in the input's dtype, added in float64: see _rows.SUM_CHUNK)
-    for base in range(0, values.shape[0], SUM_CHUNK):
-        chunk = values[base : base + SUM_CHUNK]
-        written = destination[base : base + SUM_CHUNK]
-        partial = cast_like(values, 0.0)
-        for j in range(chunk.shape[0]):
-            e = exp_difference_for(values, chunk[j], shift)
-            written[j] = e
-            partial += e
-        total += np.float64(partial)
-    return total
-
-
 @njit(fastmath=STRICT_FASTMATH, cache=False)
 def _reduce_softmax(x, unused, out, i, start, stop):
     largest = block_max(x[i, start:stop])
     if not math.isfinite(largest):
         return reduce_max_sum_exp(x, unused, out, i, start, stop)
-    return largest, _store_exp_and_sum(x[i, start:stop], largest, out[i, start:stop])
+    # e_j = exp(x_j - m_b), written to the output; t_b = sum_j e_j - 1
+    return largest, sum_exp_minus_one(x[i, start:stop], largest, out[i, start:stop], True)
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
 def _softmax_factor(block_largest, largest, total):
-    """exp(m_b - M) / S as an unevaluated float64 pair (high + low), ~2**-100 relative.
+    """exp(m_b - M) / (1 + T) as an unevaluated float64 pair (high + low).
 
-    1/S is split exactly with an FMA residual; for a one-block row exp(0) = 1.
+    1 + T is split exactly (two_sum) and inverted with an FMA residual, so the pair is
+    exact to ~2**-100 relative when m_b = M; otherwise exp(m_b - M) adds exp64's error.
     """
-    inverse = 1.0 / total
-    inverse_low = fma(-inverse, total, 1.0) / total
+    sum_high, sum_low = two_sum(1.0, total)
+    inverse = 1.0 / sum_high
+    inverse_low = (fma(-inverse, sum_high, 1.0) - inverse * sum_low) / sum_high
     if block_largest == largest:
         return inverse, inverse_low
-    scale = math.exp(block_largest - largest)
+    difference_high, difference_low = two_sum(block_largest, -largest)
+    scale = exp64_pair(difference_high, difference_low)
     high = scale * inverse
     return high, fma(scale, inverse, -high) + scale * inverse_low
 
@@ -106,21 +91,22 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
     destination = out[i, start:stop]
     if math.isfinite(largest):
         if not math.isfinite(block_largest):
-            _fill(destination, block_total / total)  # a block of -inf: 0 (NaN if S is)
+            # a block of -inf: 0 (NaN if it holds a NaN, or if S is NaN)
+            _fill(destination, (1.0 + block_total) / (1.0 + total))
             return
-        # a_j = e_j exp(m_b - M) / S,  M = max_b m_b,  S = sum_b S_b exp(m_b - M) >= 1
+        # a_j = e_j exp(m_b - M) / S,  M = max_b m_b,  S = 1 + T = sum_b S_b exp(m_b - M)
         # (shift invariance and the online merge: docs/proofs/softmax.md)
         high, low = _softmax_factor(block_largest, largest, total)
         _scale_in_place(destination, high, low)
         return
     values = x[i, start:stop]
-    if largest == np.inf and total == 1.0:
+    if largest == np.inf and total == 0.0:
         # exactly one +inf: the limit of softmax is the one-hot vector at that entry
         for j in range(values.shape[0]):
             destination[j] = 1.0 if values[j] == np.inf else 0.0
     else:
-        # all -inf (total 0): zeros; a NaN, or several +inf (no limit): NaN
-        _fill(destination, 0.0 if total == 0.0 else np.nan)
+        # all -inf (T = -1, S = 0): zeros; a NaN, or several +inf (no limit): NaN
+        _fill(destination, 0.0 if total == -1.0 else np.nan)
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
@@ -128,28 +114,28 @@ def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_tota
     values = x[i, start:stop]
     destination = out[i, start:stop]
     if math.isfinite(largest):
-        log_total = math.log(total)
-        # log a_j = (x_j - M) - log S   (x_j - M is exact for float32 rows)
+        log_total = math.log1p(total)
+        # log a_j = (x_j - M) - log1p(T)   (x_j - M is exact for float32 rows)
         for j in range(values.shape[0]):
             destination[j] = (np.float64(values[j]) - largest) - log_total
-    elif largest == np.inf and total == 1.0:
+    elif largest == np.inf and total == 0.0:
         for j in range(values.shape[0]):
             destination[j] = 0.0 if values[j] == np.inf else -np.inf
     else:
-        _fill(destination, -np.inf if total == 0.0 else np.nan)
+        _fill(destination, -np.inf if total == -1.0 else np.nan)
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
 def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     if start != 0:
         return
-    # logsumexp(x) = M + log S, with max(x) <= logsumexp(x) <= max(x) + log K
+    # logsumexp(x) = M + log1p(T), with max(x) <= logsumexp(x) <= max(x) + log K
     if math.isfinite(largest):
-        out[i] = largest + math.log(total)
+        out[i] = largest + math.log1p(total)
     elif largest == np.inf:
         out[i] = np.inf if total == total else np.nan
     else:
-        out[i] = -np.inf if total == 0.0 else np.nan
+        out[i] = -np.inf if total == -1.0 else np.nan
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
@@ -175,7 +161,7 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
         return
     # dx_i = dy_i - exp(y_i) sum_j dy_j   (d log a_j / dz_i = delta_ij - a_i)
     for j in range(y_values.shape[0]):
-        destination[j] = np.float64(dy_values[j]) - np.float64(exp_for(y_values, y_values[j])) * total
+        destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
 
 
 _softmax_kernel = make_row_kernel(_reduce_softmax, merge_max_sum_exp, _write_softmax)

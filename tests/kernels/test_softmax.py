@@ -1,0 +1,308 @@
+"""Tests for kernels/softmax.py: values, edge semantics, gradients, threads, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from softmaxlab.kernels import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
+from softmaxlab.kernels._config import block_length
+
+from . import exact
+
+DTYPES = [np.float32, np.float64]
+# Accuracy bounds in ULPs of the output dtype (derivation in the README, "Accuracy").
+# float32 softmax is computed in float64 (exp error 2.4e-10, S exact to ~1e-16) and
+# rounded twice, e_j when stored and e_j * (1/S) when scaled: < 1 ULP + 0.5 ULP.
+# float64 softmax has no wider type: exp64's error (<= 0.51 ULP for normal results,
+# i.e. <= 1.02 u relative) enters e_j and, averaged, S; with the final rounding the
+# bound is 1 + 1 + 0.5 ULP plus the summation error of S (a few u); measured max 2.3.
+# log_softmax = (x - M) - log S and logsumexp = M + log S: two roundings.
+SOFTMAX_ULP = {np.float32: 1.5, np.float64: 3.0}
+LOG_ULP = 1.5
+
+SHAPES = [(1, 1), (3, 7), (2, 3, 17), (4, 257)]
+
+
+def _random(shape, dtype, scale=3.0, seed=0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def _long_row_classes(dtype) -> int:
+    """A row length of several blocks (so the long-row path runs) that is not a multiple of one."""
+    return 3 * block_length(np.dtype(dtype).itemsize) + 129
+
+
+# ---- values against exact references --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_softmax_matches_exact_reference(shape, dtype):
+    x = _random(shape, dtype)
+    errors = exact.ulp_errors(softmax(x), exact.softmax(x))
+    assert errors.max() <= SOFTMAX_ULP[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_log_softmax_and_logsumexp_match_exact_reference(shape, dtype):
+    x = _random(shape, dtype)
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= LOG_ULP
+    lse = logsumexp(x)
+    assert lse.shape == shape[:-1]
+    assert exact.ulp_errors(lse, exact.logsumexp(x)).max() <= LOG_ULP
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_rows_split_across_blocks_match_exact_reference(dtype):
+    # one long row (the threads share it) and four (one thread per row), both several blocks long
+    for rows in (1, 4):
+        x = _random((rows, _long_row_classes(dtype)), dtype, seed=rows)
+        sample = slice(None, None, 97)  # mpmath on every 97th class keeps this fast
+        reference_softmax = [row[sample] for row in exact.softmax(x)]
+        assert exact.ulp_errors(softmax(x)[:, sample], reference_softmax).max() <= SOFTMAX_ULP[dtype]
+        assert exact.ulp_errors(logsumexp(x), exact.logsumexp(x)).max() <= LOG_ULP
+
+
+def test_rows_of_a_million_classes_sum_to_one_without_drift():
+    # sums must not lose accuracy linearly with the row length
+    x = _random((1, 1_000_000), np.float32)
+    total = softmax(x).astype(np.float64).sum()
+    assert abs(total - 1.0) < 1e-6
+    reference = np.log(np.sum(np.exp(x.astype(np.float64) - x.max()))) + x.max()
+    assert abs(float(logsumexp(x)[0]) - reference) <= 2 * np.spacing(np.float32(reference))
+
+
+# ---- the seeds' worked examples ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_seed_overflow_and_underflow_examples(dtype):
+    # seed 003: the naive formula overflows at 1000 and divides 0 by 0 at -1000
+    big = softmax(np.array([1000.0, 500.0, 500.0], dtype=dtype))
+    assert big[0] == 1.0 and np.all(np.isfinite(big))
+    small = softmax(np.array([-1000.0, -1000.0, -1000.0], dtype=dtype))
+    np.testing.assert_allclose(small, np.full(3, 1.0 / 3.0), rtol=np.finfo(dtype).eps)
+    lse = logsumexp(np.array([1000.0, 1000.0, 1000.0], dtype=dtype))
+    np.testing.assert_allclose(lse, 1000.0 + np.log(3.0), rtol=np.finfo(dtype).eps)
+
+
+def test_seed_norm_scaling_example():
+    # seed 000: scaling the logits by 5 makes the output more extreme
+    np.testing.assert_allclose(softmax(np.array([1.5, 1.2, 1.0])), [0.42601251, 0.31559783, 0.25838965], atol=1e-8)
+    np.testing.assert_allclose(softmax(np.array([7.5, 6.0, 5.0])), [0.76615721, 0.17095278, 0.06289001], atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shift_invariance(dtype):
+    x = _random((5, 33), dtype)
+    shifted = (x + dtype(40.0)).astype(dtype)
+    # x + 40 rounds, so compare each with its own exact value rather than with each other
+    assert exact.ulp_errors(softmax(shifted), exact.softmax(shifted)).max() <= SOFTMAX_ULP[dtype]
+    np.testing.assert_allclose(softmax(shifted), softmax(x), rtol=50 * np.finfo(dtype).eps, atol=0)
+
+
+# ---- edge semantics (README table) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_minus_inf_row(dtype):
+    x = np.array([[-np.inf] * 4, [0.0, 1.0, 2.0, 3.0]], dtype=dtype)
+    np.testing.assert_array_equal(softmax(x)[0], np.zeros(4))
+    np.testing.assert_array_equal(log_softmax(x)[0], np.full(4, -np.inf))
+    assert logsumexp(x)[0] == -np.inf
+    assert np.all(np.isfinite(softmax(x)[1]))
+    y = softmax(x)
+    np.testing.assert_array_equal(softmax_backward(y, np.ones_like(y))[0], np.zeros(4))
+    z = log_softmax(x)
+    np.testing.assert_array_equal(log_softmax_backward(z, np.ones_like(z))[0], np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_minus_inf_entries_are_masked(dtype):
+    x = np.array([[0.0, -np.inf, 0.0]], dtype=dtype)
+    np.testing.assert_array_equal(softmax(x), [[0.5, 0.0, 0.5]])
+    assert log_softmax(x)[0, 1] == -np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_stays_in_its_row(dtype):
+    x = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0], [np.nan] * 3], dtype=dtype)
+    for function in (softmax, log_softmax):
+        result = function(x)
+        assert np.all(np.isnan(result[0])) and np.all(np.isnan(result[2]))
+        assert np.all(np.isfinite(result[1]))
+    lse = logsumexp(x)
+    assert np.isnan(lse[0]) and np.isfinite(lse[1]) and np.isnan(lse[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plus_inf_entries(dtype):
+    one = np.array([[np.inf, 1.0, 2.0]], dtype=dtype)
+    np.testing.assert_array_equal(softmax(one), [[1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(log_softmax(one), [[0.0, -np.inf, -np.inf]])
+    assert logsumexp(one)[0] == np.inf
+    two = np.array([[np.inf, np.inf, 2.0]], dtype=dtype)
+    assert np.all(np.isnan(softmax(two))) and np.all(np.isnan(log_softmax(two)))
+    assert logsumexp(two)[0] == np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_and_single_class(dtype):
+    empty = np.zeros((0, 5), dtype=dtype)
+    assert softmax(empty).shape == (0, 5) and logsumexp(empty).shape == (0,)
+    no_classes = np.zeros((3, 0), dtype=dtype)
+    assert softmax(no_classes).shape == (3, 0)
+    np.testing.assert_array_equal(logsumexp(no_classes), np.full(3, -np.inf))
+    single = np.array([[-7.0], [3.5]], dtype=dtype)
+    np.testing.assert_array_equal(softmax(single), np.ones((2, 1)))
+    np.testing.assert_array_equal(log_softmax(single), np.zeros((2, 1)))
+    np.testing.assert_array_equal(logsumexp(single), [-7.0, 3.5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_logits(dtype):
+    x = np.array([[1e4, -1e4, 1e4 - 3.0, 0.0]], dtype=dtype)
+    assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= LOG_ULP
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_stays_within_the_logsumexp_bounds(dtype):
+    x = _random((50, 40), dtype)
+    lse = logsumexp(x).astype(np.float64)
+    top = x.max(axis=-1).astype(np.float64)
+    assert np.all(lse >= top) and np.all(lse <= top + np.log(40) + 1e-6)
+
+
+# ---- layouts and axes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_every_axis_matches_the_last_axis_result(axis, dtype):
+    x = _random((3, 5, 7), dtype)
+    moved = np.moveaxis(x, axis, -1)
+    for function in (softmax, log_softmax):
+        np.testing.assert_array_equal(np.moveaxis(function(x, axis=axis), axis, -1), function(np.ascontiguousarray(moved)))
+    np.testing.assert_array_equal(logsumexp(x, axis=axis), logsumexp(np.ascontiguousarray(moved)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs(dtype):
+    base = _random((6, 40), dtype)
+    for view in (base[:, ::2], base[::2], np.asfortranarray(base), base.T):
+        np.testing.assert_array_equal(softmax(view), softmax(np.ascontiguousarray(view)))
+        np.testing.assert_array_equal(logsumexp(view), logsumexp(np.ascontiguousarray(view)))
+
+
+def test_inputs_are_not_modified():
+    x = _random((4, 300), np.float32)
+    view = x[:, ::3]
+    before, before_view = x.copy(), view.copy()
+    y = softmax(view)
+    dy = np.ones_like(y)
+    before_y, before_dy = y.copy(), dy.copy()
+    log_softmax(x, axis=0)
+    logsumexp(view)
+    softmax_backward(y, dy)
+    log_softmax_backward(np.log(y), dy)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(view, before_view)
+    np.testing.assert_array_equal(y, before_y)
+    np.testing.assert_array_equal(dy, before_dy)
+
+
+# ---- gradients -----------------------------------------------------------------------------
+
+
+def _central_difference(function, x, dy, step=1e-6):
+    """d/dx of sum(dy * function(x)) by central differences, float64."""
+    grad = np.empty_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = np.sum(dy * (function(plus) - function(minus))) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_backward_matches_central_differences(axis):
+    x = _random((3, 6), np.float64, seed=3)
+    dy = _random((3, 6), np.float64, seed=4)
+    expected = _central_difference(lambda z: softmax(z, axis=axis), x, dy)
+    np.testing.assert_allclose(softmax_backward(softmax(x, axis=axis), dy, axis=axis), expected, atol=1e-8)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_log_softmax_backward_matches_central_differences(axis):
+    x = _random((3, 6), np.float64, seed=5)
+    dy = _random((3, 6), np.float64, seed=6)
+    expected = _central_difference(lambda z: log_softmax(z, axis=axis), x, dy)
+    np.testing.assert_allclose(log_softmax_backward(log_softmax(x, axis=axis), dy, axis=axis), expected, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_long_rows_agree_with_float64_formula(dtype):
+    x = _random((1, _long_row_classes(dtype)), dtype, seed=8)
+    dy = _random(x.shape, dtype, seed=9)
+    y = softmax(x)
+    y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
+    expected = y64 * (dy64 - np.sum(y64 * dy64))
+    np.testing.assert_allclose(softmax_backward(y, dy), expected, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(dy64).max())
+    z = log_softmax(x)
+    expected_log = dy64 - np.exp(z.astype(np.float64)) * dy64.sum()
+    tolerance = 8 * np.finfo(dtype).eps * np.abs(dy64).sum()
+    np.testing.assert_allclose(log_softmax_backward(z, dy), expected_log, rtol=0, atol=tolerance)
+
+
+# ---- threads -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 8])
+def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype):
+    # rows=1 shares one long row between threads, rows=8 gives each thread whole rows
+    x = _random((rows, _long_row_classes(dtype)), dtype, seed=rows)
+    dy = _random(x.shape, dtype, seed=rows + 1)
+    results = []
+    for count in (1, 2):
+        threads(count)
+        y = softmax(x)
+        results.append((y, log_softmax(x), logsumexp(x), softmax_backward(y, dy), log_softmax_backward(np.log(y), dy)))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("function", [softmax, log_softmax, logsumexp])
+def test_bad_inputs_raise_clear_errors(function):
+    with pytest.raises(TypeError, match=r"x must be a numpy.ndarray .* got list"):
+        function([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"x must have dtype float32 or float64, got int64"):
+        function(np.arange(3))
+    with pytest.raises(TypeError, match=r"x must have dtype float32 or float64, got float16"):
+        function(np.ones(3, dtype=np.float16))
+    with pytest.raises(TypeError, match=r"x must have dtype float32 or float64, got bool"):
+        function(np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match=r"x must have at least 1 dimension\(s\), got shape \(\)"):
+        function(np.array(1.0))
+    with pytest.raises(ValueError, match=r"axis must be in \[-2, 1\] .* got 2"):
+        function(np.ones((2, 3)), axis=2)
+    with pytest.raises(TypeError, match=r"axis must be an int, got float"):
+        function(np.ones((2, 3)), axis=1.0)
+
+
+@pytest.mark.parametrize("function", [softmax_backward, log_softmax_backward])
+def test_backward_bad_inputs_raise_clear_errors(function):
+    y = np.full((2, 3), 1.0 / 3.0)
+    with pytest.raises(ValueError, match=r"dy must have the shape of y \(2, 3\), got \(3, 2\)"):
+        function(y, np.ones((3, 2)))
+    with pytest.raises(TypeError, match=r"dy must have the dtype of y \(float64\), got float32"):
+        function(y, np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match=r"y must be a numpy.ndarray"):
+        function(y.tolist(), np.ones((2, 3)))
