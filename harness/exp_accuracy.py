@@ -28,7 +28,8 @@ from numba import njit, prange
 from softmaxlab.kernels._exp import exp32, exp64
 
 FLOAT32_EXP_BOUND_ULP = 0.51  # documented in kernels/_exp.py and the README
-FLOAT64_EXP_BOUND_ULP = 0.75
+FLOAT64_EXP_BOUND_ULP = 1.0  # subnormal results round twice (the scaling, then the grid)
+FLOAT64_EXP_NORMAL_BOUND_ULP = 0.66  # normal results: the final addition (0.5) + c r (< 0.1) + fit
 
 
 @njit(cache=False)
@@ -183,5 +184,9 @@ def run(args) -> int:
     print(f"longdouble reference vs mpmath (50 digits): max {reference_check:.4f} float64 ULP on 2000 samples")
     table.to_csv(args.out, index=False)
     print(f"wrote {args.out}")
-    within = f32["max_ulp"] <= FLOAT32_EXP_BOUND_ULP and f64["max_ulp"] <= FLOAT64_EXP_BOUND_ULP
+    within = (
+        f32["max_ulp"] <= FLOAT32_EXP_BOUND_ULP
+        and f64["max_ulp"] <= FLOAT64_EXP_BOUND_ULP
+        and f64["max_ulp_normal"] <= FLOAT64_EXP_NORMAL_BOUND_ULP
+    )
     return 0 if within and f32["wrong_specials"] == 0 else 1

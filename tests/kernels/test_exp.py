@@ -1,0 +1,110 @@
+"""Tests for kernels/_exp.py: error bounds (a strided subset of the exhaustive sweep),
+special values, the pair form used by softmax, and vectorization of the loops."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+from numba import njit
+
+from softmaxlab.harness.exp_accuracy import (
+    FLOAT32_EXP_BOUND_ULP,
+    FLOAT64_EXP_BOUND_ULP,
+    FLOAT64_EXP_NORMAL_BOUND_ULP,
+    check_longdouble_reference,
+    sweep_float32,
+    sweep_float64,
+)
+from softmaxlab.kernels import _rows
+from softmaxlab.kernels._config import REDUCTION_FASTMATH
+from softmaxlab.kernels._exp import exp32, exp64, exp64_pair, two_sum
+
+from . import exact
+
+
+def test_float32_exp_within_bound_on_a_strided_subset_of_every_float32():
+    # every 4099th bit pattern of all 2**32 (the full sweep is `softmaxlab exp-accuracy`)
+    result = sweep_float32(stride=4099)
+    assert result["inputs"] > 500_000
+    assert result["wrong_specials"] == 0
+    assert result["max_ulp"] <= FLOAT32_EXP_BOUND_ULP
+
+
+def test_float64_exp_within_bound_on_random_inputs():
+    result = sweep_float64(200_000)
+    assert result["max_ulp"] <= FLOAT64_EXP_BOUND_ULP
+    assert result["max_ulp_normal"] <= FLOAT64_EXP_NORMAL_BOUND_ULP
+
+
+def test_longdouble_reference_agrees_with_mpmath():
+    assert check_longdouble_reference(samples=200) < 0.01
+
+
+@pytest.mark.parametrize("function,dtype", [(exp32, np.float32), (exp64, np.float64)])
+def test_special_values(function, dtype):
+    assert function(dtype(np.inf)) == np.inf
+    assert function(dtype(-np.inf)) == 0.0
+    assert np.isnan(function(dtype(np.nan)))
+    assert function(dtype(0.0)) == 1.0 and function(dtype(-0.0)) == 1.0
+    finfo = np.finfo(dtype)
+    assert function(dtype(np.log(finfo.max)) + dtype(1.0)) == np.inf
+    assert function(dtype(np.log(finfo.smallest_subnormal)) - dtype(1.0)) == 0.0
+    # the largest finite result and a subnormal result, against mpmath
+    for value in (np.nextafter(dtype(np.log(finfo.max)), dtype(0)), dtype(np.log(finfo.tiny)) - dtype(3.0)):
+        computed = np.asarray([function(value)], dtype=dtype)
+        assert exact.ulp_errors(computed, [mpmath.exp(mpmath.mpf(float(value)))])[0] <= 1.0
+
+
+def test_pair_form_is_as_accurate_as_an_exact_argument():
+    # softmax calls exp64_pair(two_sum(x, -max)): the rounding error of x - max must not show
+    rng = np.random.default_rng(11)
+    x = rng.normal(0.0, 8.0, 2000)
+    largest = x.max() + 3.7
+    worst = 0.0
+    for value in x:
+        high, low = two_sum(value, -largest)
+        reference = mpmath.exp(mpmath.mpf(value) - mpmath.mpf(largest))
+        worst = max(worst, exact.ulp_errors(np.array([exp64_pair(high, low)]), [reference])[0])
+    assert worst <= FLOAT64_EXP_NORMAL_BOUND_ULP
+    # while exp of the rounded difference is off by up to |x - max| u
+    rounded = max(exact.ulp_errors(np.array([exp64(v - largest)]), [mpmath.exp(mpmath.mpf(v) - mpmath.mpf(largest))])[0] for v in x)
+    assert rounded > worst
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _apply32(x, out):
+    for j in range(x.shape[0]):
+        out[j] = exp32(x[j])
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _apply64(x, out):
+    for j in range(x.shape[0]):
+        out[j] = exp64(x[j])
+
+
+def _vector_instructions(assembly: str) -> int:
+    return sum(assembly.count(register) for register in ("%ymm", "%zmm"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_loops_vectorize_and_call_no_libm(dtype):
+    apply = _apply32 if dtype == np.float32 else _apply64
+    x = np.linspace(-5, 5, 64).astype(dtype)
+    apply(x, np.empty_like(x))
+    assembly = apply.inspect_asm(apply.signatures[-1])
+    assert _vector_instructions(assembly) > 50
+    assert "exp@" not in assembly and "callq\texp" not in assembly
+
+
+def test_kernel_hot_loops_vectorize():
+    # the sum of exponentials (both dtypes, with and without the store) and the max
+    for dtype in (np.float32, np.float64):
+        row = np.linspace(-3, 0, 300).astype(dtype)
+        _rows.sum_exp_minus_one(row, 0.0, np.empty_like(row), True)
+        _rows.sum_exp_minus_one(row, 0.0, row, False)
+        _rows.block_max(row)
+    for function in (_rows.sum_exp_minus_one, _rows.block_max):
+        for signature in function.signatures:
+            assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
