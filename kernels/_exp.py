@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import literal_unroll, njit, types
 from numba.extending import intrinsic
 
 from ._config import STRICT_FASTMATH
@@ -105,29 +105,43 @@ _HIGH_64 = 710.0  # exp(x) overflows above ln(max double) = 709.78...
 _LOW_32 = -110.0  # e**-110 < 2**-150 rounds to 0 in float32; 2**k stays normal in float64
 _HIGH_32 = 90.0  # e**90 > max float32 rounds to inf in float32
 
-# q(r) ~ (e^r - 1 - r) / r^2, ascending powers: degree 10 for float64 results ...
-_Q64_0 = 0.5
-_Q64_1 = 0.166666666666666709864573
-_Q64_2 = 0.04166666666666666975162486
-_Q64_3 = 0.008333333333326140717888755
-_Q64_4 = 0.001388888888888375229800532
-_Q64_5 = 0.0001984126987480107276358933
-_Q64_6 = 0.00002480158732553377856218406
-_Q64_7 = 0.00000275572554250096128537316
-_Q64_8 = 0.0000002755727366082246568147092
-_Q64_9 = 2.510520668068106021336023e-8
-_Q64_10 = 2.091467959561773511309765e-9
+# Coefficients in descending powers (Horner's order).
+# q(r) ~ (e^r - 1 - r) / r^2 to degree 10, for float64 results ...
+_Q64 = (
+    2.091467959561773511309765e-9,
+    2.510520668068106021336023e-8,
+    0.0000002755727366082246568147092,
+    0.00000275572554250096128537316,
+    0.00002480158732553377856218406,
+    0.0001984126987480107276358933,
+    0.001388888888888375229800532,
+    0.008333333333326140717888755,
+    0.04166666666666666975162486,
+    0.166666666666666709864573,
+    0.5,
+)
 # ... and, for float32 results, e^r itself to degree 7 (no exact leading terms needed:
 # the fit error 5.5e-11 relative is 0.001 float32 ULP).
 _LN2 = 0.6931471805599453
-_P32_0 = 0.9999999999595608166668
-_P32_1 = 0.9999999999955089368153
-_P32_2 = 0.5000000107731031964728
-_P32_3 = 0.1666666678631065898283
-_P32_4 = 0.04166621831411108082318
-_P32_5 = 0.008333283538133252043355
-_P32_6 = 0.001394857867154721534858
-_P32_7 = 0.0001990756969402313322065
+_P32 = (
+    0.0001990756969402313322065,
+    0.001394857867154721534858,
+    0.008333283538133252043355,
+    0.04166621831411108082318,
+    0.1666666678631065898283,
+    0.5000000107731031964728,
+    0.9999999999955089368153,
+    0.9999999999595608166668,
+)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _horner(r, coefficients):
+    """sum_i coefficients[i] r^(n - i): Horner's rule, one FMA per coefficient."""
+    value = coefficients[0]
+    for coefficient in literal_unroll(coefficients[1:]):
+        value = value * r + coefficient
+    return value
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
@@ -158,17 +172,7 @@ def exp64_pair(high, low):
     # ... and the rounding error of r is recovered exactly (Sterbenz): |c| <= ulp(r)/2,
     # so e^(r + c) = e^r + c to within c r <= 0.1 u.
     correction = (reduced - r) - subtracted
-    q = _Q64_10
-    q = q * r + _Q64_9
-    q = q * r + _Q64_8
-    q = q * r + _Q64_7
-    q = q * r + _Q64_6
-    q = q * r + _Q64_5
-    q = q * r + _Q64_4
-    q = q * r + _Q64_3
-    q = q * r + _Q64_2
-    q = q * r + _Q64_1
-    q = q * r + _Q64_0
+    q = _horner(r, _Q64)
     # e^r (1 + c) = (1 + r) + (c + r^2 q); 1 + r split exactly (Fast2Sum, |r| < 1) so
     # that only the last addition rounds at the scale of the result.
     head = 1.0 + r
@@ -193,15 +197,7 @@ def exp_f32_wide(x):
     shifted, k, clamped = _reduce(x, _LOW_32, _HIGH_32)
     # one-constant reduction: r is off by at most |k| (ln2 - fl(ln2)) + ulp(r)/2 < 4e-15
     r = clamped - k * _LN2
-    p = _P32_7
-    p = p * r + _P32_6
-    p = p * r + _P32_5
-    p = p * r + _P32_4
-    p = p * r + _P32_3
-    p = p * r + _P32_2
-    p = p * r + _P32_1
-    p = p * r + _P32_0
-    return _scale_pow2_normal(p, shifted)
+    return _scale_pow2_normal(_horner(r, _P32), shifted)
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)
