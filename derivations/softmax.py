@@ -1,0 +1,317 @@
+"""Softmax, log-softmax and logsumexp: Jacobians, shift invariance, the binary case, bounds.
+
+.. math::
+    a_j = \\mathrm{softmax}(z)_j = \\frac{e^{z_j}}{\\sum_{k=0}^{K-1} e^{z_k}},\\qquad
+    \\mathrm{LSE}(z) = \\log \\sum_{k=0}^{K-1} e^{z_k}
+
+Every statement here is proven for a general number of classes ``K`` (sums with a
+symbolic number of terms); the binary case is by definition ``K = 2``.  These are the
+facts the normalizer kernels (``softmaxlab.kernels.softmax``) rely on.
+
+References: J. S. Bridle, "Probabilistic interpretation of feedforward classification
+network outputs, with relationships to statistical pattern recognition", 1990; the
+seeds 001-003 (softmax derivative, LogSumExp as the smooth max, the max shift).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from . import _closed_form as closed_forms
+from ._closed_form import ClosedForm
+from ._proof import PROVEN_SYMBOLIC, derivation, eq, evaluate_sums, replace_indexed
+from ._symbols import (
+    CLASS_RANGES,
+    K,
+    a,
+    class_sum,
+    dy,
+    i,
+    j,
+    k,
+    l,
+    logsumexp_of,
+    normalizer,
+    sigmoid,
+    softmax_of,
+    y,
+    z,
+)
+
+FAMILY = "softmax"
+PAGE = "docs/proofs/softmax.md"
+TITLE = "Softmax, log-softmax and logsumexp"
+INTRODUCTION = """\
+The normalizers.  With logits $z \\in \\mathbb{R}^K$ (a general number of classes $K$),
+$a_j = e^{z_j} / \\sum_{k=0}^{K-1} e^{z_k}$ and $\\mathrm{LSE}(z) = \\log \\sum_k e^{z_k}$.
+Sums keep a symbolic number of terms; a Kronecker delta inside a sum is sifted
+($\\sum_k f(k)\\,\\delta_{ki} = f(i)$ for $0 \\le i \\le K-1$).  The kernels in
+`softmaxlab.kernels.softmax` cite these statements above their loops.
+"""
+
+c = sp.Symbol("c", real=True)  # a constant added to every logit
+argmax = sp.Symbol("m", integer=True, nonnegative=True)  # the index of the largest logit
+
+
+# ---- closed forms ------------------------------------------------------------------------------
+
+
+@closed_forms.register("softmax")
+def _softmax_closed_form():
+    return ClosedForm("softmax", softmax_of(z, j), [z], {z: (K,)}, outputs=[(j, K)],
+                      page=f"{PAGE}#softmax-shift-invariance",
+                      formula="a_j = exp(z_j) / sum_k exp(z_k)")
+
+
+@closed_forms.register("log_softmax")
+def _log_softmax_closed_form():
+    return ClosedForm("log_softmax", z[j] - logsumexp_of(z), [z], {z: (K,)}, outputs=[(j, K)],
+                      page=f"{PAGE}#log-softmax-identity",
+                      formula="log a_j = z_j - log sum_k exp(z_k)")
+
+
+@closed_forms.register("logsumexp")
+def _logsumexp_closed_form():
+    return ClosedForm("logsumexp", logsumexp_of(z), [z], {z: (K,)},
+                      page=f"{PAGE}#logsumexp-bounds", formula="LSE(z) = log sum_k exp(z_k)")
+
+
+@closed_forms.register("softmax_jacobian")
+def _softmax_jacobian_closed_form():
+    jacobian = softmax_of(z, j) * (sp.KroneckerDelta(i, j) - softmax_of(z, i))
+    return ClosedForm("softmax_jacobian", jacobian, [z], {z: (K,)}, outputs=[(j, K), (i, K)],
+                      page=f"{PAGE}#softmax-jacobian",
+                      formula="J[..., j, i] = d a_j / d z_i = a_j (delta_ij - a_i)")
+
+
+@closed_forms.register("softmax_backward")
+def _softmax_backward_closed_form():
+    # the Jacobian contracted with the upstream gradient, from the softmax output y = a
+    contraction = class_sum(dy[l] * y[l] * (sp.KroneckerDelta(i, l) - y[i]), l)
+    return ClosedForm("softmax_backward", contraction, [y, dy], {y: (K,), dy: (K,)},
+                      outputs=[(i, K)], page=f"{PAGE}#softmax-vjp",
+                      formula="dx_i = sum_l dy_l y_l (delta_il - y_i),  y = softmax(z)")
+
+
+@closed_forms.register("log_softmax_backward")
+def _log_softmax_backward_closed_form():
+    # d log a_l / d z_i = delta_il - a_i, contracted with dy; a = exp(y) for y = log_softmax(z)
+    contraction = class_sum(dy[l] * (sp.KroneckerDelta(i, l) - sp.exp(y[i])), l)
+    return ClosedForm("log_softmax_backward", contraction, [y, dy], {y: (K,), dy: (K,)},
+                      outputs=[(i, K)], page=f"{PAGE}#log-softmax-vjp",
+                      formula="dx_i = sum_l dy_l (delta_il - exp(y_i)),  y = log_softmax(z)")
+
+
+@closed_forms.register("logsumexp_gradient")
+def _logsumexp_gradient_closed_form():
+    gradient = evaluate_sums(sp.diff(logsumexp_of(z), z[i]), CLASS_RANGES)
+    return ClosedForm("logsumexp_gradient", gradient, [z], {z: (K,)}, outputs=[(i, K)],
+                      page=f"{PAGE}#logsumexp-gradient", formula="d LSE / d z_i = softmax(z)_i")
+
+
+@closed_forms.register("sigmoid")
+def _sigmoid_closed_form():
+    x = sp.Symbol("x", real=True)
+    return ClosedForm("sigmoid", sigmoid(x), [x], {}, page=f"{PAGE}#binary-softmax-sigmoid",
+                      formula="sigma(x) = 1 / (1 + exp(-x))")
+
+
+# ---- derivations ----------------------------------------------------------------------------------
+
+
+@derivation(FAMILY, "softmax-jacobian", "Jacobian of softmax: d a_j / d z_i = a_j (delta_ij - a_i)",
+            reference="Bridle 1990; seed 002 (Softmax & 交叉熵代价函数, section 3.2)")
+def softmax_jacobian(proof):
+    a_j, a_i = softmax_of(z, j), softmax_of(z, i)
+    claimed = a_j * (sp.KroneckerDelta(i, j) - a_i)
+    proof.state(eq(sp.Derivative(a[j], z[i]), a[j] * (sp.KroneckerDelta(i, j) - a[i])),
+                "$z \\in \\mathbb{R}^K$ for a general $K \\ge 1$; $0 \\le i, j \\le K-1$")
+    proof.step("definition", eq(a[j], a_j))
+    derivative = sp.diff(a_j, z[i])
+    proof.step("quotient rule (SymPy differentiates the sum termwise)",
+               eq(sp.Derivative(a[j], z[i]), derivative))
+    sifted = evaluate_sums(derivative, CLASS_RANGES)
+    proof.step("sift the Kronecker delta in the sum", eq(sp.Derivative(a[j], z[i]), sifted))
+    proof.require_identity("equals a_j (delta_ij - a_i)", sifted, claimed,
+                           display=eq(sifted, claimed))
+    proof.check_fixed_sizes("extra check of the unsifted derivative against a_j (delta_ij - a_i)",
+                            derivative, claimed, [z], {z: (K,)}, outputs=[(j, K), (i, K)])
+    proof.closed_form(closed_forms.get("softmax_jacobian"))
+
+
+@derivation(FAMILY, "softmax-vjp",
+            "softmax backward: sum_j dy_j d a_j / d z_i = a_i (dy_i - sum_j a_j dy_j)",
+            reference="Bridle 1990; the vector-Jacobian product of the Jacobian above")
+def softmax_vjp(proof):
+    jacobian = a[l] * (sp.KroneckerDelta(i, l) - a[i])  # d a_l / d z_i, proven above
+    contraction = class_sum(dy[l] * jacobian, l)
+    claimed = a[i] * (dy[i] - class_sum(a[l] * dy[l], l))
+    proof.state(eq(sp.Symbol("dx_i"), claimed),
+                "$dx_i = \\sum_l dy_l\\, \\partial a_l / \\partial z_i$, with the Jacobian of "
+                "[softmax-jacobian](#softmax-jacobian); general $K$")
+    proof.step("contract the Jacobian with the upstream gradient", eq(sp.Symbol("dx_i"), contraction))
+    sifted = evaluate_sums(sp.expand(contraction), CLASS_RANGES)
+    proof.step("split the sum and sift the delta", eq(sp.Symbol("dx_i"), sifted))
+    proof.require_identity("factor a_i", sifted, claimed, display=eq(sifted, claimed))
+    proof.check_fixed_sizes("extra check of the contraction", contraction, claimed, [a, dy],
+                            {a: (K,), dy: (K,)}, outputs=[(i, K)], distributions=(a,))
+    proof.note("`softmax_backward(y, dy)` computes `y * (dy - sum(y * dy))` from the output "
+               "`y = softmax(x)`: exactly the right-hand side with $a = y$.  The closed form "
+               "`closed_forms.softmax_backward` is the *unsimplified* contraction, so a test "
+               "against it checks the kernel's simplification too.")
+    proof.closed_form(closed_forms.get("softmax_backward"))
+
+
+@derivation(FAMILY, "softmax-shift-invariance",
+            "shift invariance: softmax(z + c) = softmax(z) and LSE(z + c) = LSE(z) + c",
+            reference="seed 003 (softmax上溢和下溢问题); Milakov & Gimelshein 2018")
+def softmax_shift_invariance(proof):
+    def shift(expr):
+        return replace_indexed(expr, z, lambda logit: logit + c)
+
+    a_j = softmax_of(z, j)
+    a_shifted = shift(a_j)
+    proof.state(eq(a_shifted, a_j), "any real constant $c$ added to every logit; general $K$")
+    pulled_out = sp.Mul(sp.exp(c) * sp.exp(z[j]), 1 / (sp.exp(c) * normalizer()), evaluate=False)
+    proof.require_identity("the constant leaves the sum: $e^{z_k + c} = e^{c} e^{z_k}$ (linearity)",
+                           a_shifted, pulled_out, display=eq(a_shifted, pulled_out),
+                           prepare=lambda difference: sp.factor_terms(sp.expand(difference)))
+    proof.require_identity("e^c cancels", pulled_out, a_j, display=eq(pulled_out, a_j))
+    lse_shifted = shift(logsumexp_of(z))
+    proof.require_identity(
+        "for logsumexp the factor e^c becomes + c",
+        lse_shifted, logsumexp_of(z) + c,
+        prepare=lambda difference: sp.expand_log(sp.factor_terms(sp.expand(difference)), force=True),
+    )
+    proof.note("With $c = -\\max_k z_k$ the largest exponent is $0$: no overflow, and the "
+               "denominator is at least $1$.  The kernels compute $a_j = e^{z_j - M} / S$ "
+               "and $\\mathrm{LSE} = M + \\log S$ with $M = \\max_k z_k$.")
+    proof.closed_form(closed_forms.get("softmax"))
+
+
+@derivation(FAMILY, "log-softmax-identity", "log-softmax: log a_j = z_j - LSE(z)",
+            reference="seed 003 (由LogSumExp到Softmax)")
+def log_softmax_identity(proof):
+    proof.state(eq(sp.log(a[j]), z[j] - logsumexp_of(z)), "general $K$")
+    log_a = sp.log(softmax_of(z, j))
+    proof.require_identity("log of a quotient of positive quantities", log_a, z[j] - logsumexp_of(z),
+                           prepare=lambda difference: sp.expand_log(difference, force=True))
+    proof.note("The kernel's `log_softmax` evaluates $(z_j - M) - \\log S$ with $M = \\max_k z_k$: this "
+               "identity with the shift of [softmax-shift-invariance](#softmax-shift-invariance).  It "
+               "never forms $\\log$ of an underflowed $a_j$.")
+    proof.closed_form(closed_forms.get("log_softmax"))
+
+
+@derivation(FAMILY, "log-softmax-vjp",
+            "log-softmax backward: d log a_j / d z_i = delta_ij - a_i, so dx_i = dy_i - a_i sum_j dy_j",
+            reference="Bridle 1990")
+def log_softmax_vjp(proof):
+    log_a_j = z[j] - logsumexp_of(z)
+    proof.state(eq(sp.Derivative(sp.log(a[j]), z[i]), sp.KroneckerDelta(i, j) - a[i]),
+                "general $K$; the backward pass reads $a_i = e^{y_i}$ from "
+                "$y = \\log\\mathrm{softmax}(z)$")
+    derivative = evaluate_sums(sp.diff(log_a_j, z[i]), CLASS_RANGES)
+    proof.step("differentiate z_j - LSE(z) and sift", eq(sp.Derivative(sp.log(a[j]), z[i]), derivative))
+    proof.require_identity("equals delta_ij - a_i", derivative,
+                           sp.KroneckerDelta(i, j) - softmax_of(z, i))
+    proof.check_fixed_sizes("extra check of the unsifted derivative", sp.diff(log_a_j, z[i]),
+                            sp.KroneckerDelta(i, j) - softmax_of(z, i), [z], {z: (K,)},
+                            outputs=[(j, K), (i, K)])
+    contraction = class_sum(dy[l] * (sp.KroneckerDelta(i, l) - a[i]), l)
+    sifted = evaluate_sums(sp.expand(contraction), CLASS_RANGES)
+    proof.step("contract with the upstream gradient and sift", eq(contraction, sifted))
+    proof.require_identity("dx_i = dy_i - a_i sum_l dy_l", sifted,
+                           dy[i] - a[i] * class_sum(dy[l], l))
+    proof.closed_form(closed_forms.get("log_softmax_backward"))
+
+
+@derivation(FAMILY, "binary-softmax-sigmoid",
+            "binary softmax is the sigmoid of the logit difference: a_0 = sigma(z_0 - z_1)",
+            reference="seed 000 (二分类softmax等价于sigmoid)", scope=PROVEN_SYMBOLIC)
+def binary_softmax_sigmoid(proof):
+    z0, z1 = sp.symbols("z_0 z_1", real=True)
+    a0 = sp.exp(z0) / (sp.exp(z0) + sp.exp(z1))
+    proof.state(eq(a0, sigmoid(z0 - z1)), "$K = 2$ (the binary case, by definition); real $z_0, z_1$")
+    divided = sp.Mul(1, 1 / (1 + sp.exp(z1) / sp.exp(z0)), evaluate=False)
+    proof.step("divide numerator and denominator by $e^{z_0}$", eq(a0, divided))
+    proof.require_identity("equals 1 / (1 + exp(-(z_0 - z_1)))", a0, sigmoid(z0 - z1))
+    proof.require_identity("and a_1 = 1 - a_0 = sigma(z_1 - z_0)",
+                           sp.exp(z1) / (sp.exp(z0) + sp.exp(z1)), sigmoid(z1 - z0))
+    proof.closed_form(closed_forms.get("sigmoid"))
+
+
+@derivation(FAMILY, "logsumexp-gradient", "gradient of logsumexp is softmax: d LSE / d z_i = a_i",
+            reference="seed 001 (LogSumExp 的导数就是 softmax 函数)")
+def logsumexp_gradient(proof):
+    proof.state(eq(sp.Derivative(sp.Symbol("LSE"), z[i]), a[i]), "general $K$")
+    derivative = sp.diff(logsumexp_of(z), z[i])
+    proof.step("chain rule", eq(sp.Derivative(logsumexp_of(z), z[i]), derivative))
+    sifted = evaluate_sums(derivative, CLASS_RANGES)
+    proof.step("sift", eq(sp.Derivative(logsumexp_of(z), z[i]), sifted))
+    proof.require_identity("equals softmax(z)_i", sifted, softmax_of(z, i))
+    proof.check_fixed_sizes("extra check of the unsifted derivative", derivative, softmax_of(z, i), [z],
+                            {z: (K,)}, outputs=[(i, K)])
+    gradient_sum = class_sum(softmax_of(z, l), l)
+    total = sp.factor_terms(sp.expand(gradient_sum.doit()))
+    proof.require_identity("so the gradient sums to 1", total, sp.Integer(1),
+                           prepare=lambda difference: sp.cancel(sp.factor_terms(difference)),
+                           display=eq(gradient_sum, 1))
+    proof.closed_form(closed_forms.get("logsumexp_gradient"))
+
+
+@derivation(FAMILY, "logsumexp-bounds", "max(z) <= LSE(z) <= max(z) + log K",
+            reference="seed 003 (LSE(x) ≈ max x); Boyd & Vandenberghe, Convex Optimization, 3.1.5")
+def logsumexp_bounds(proof):
+    top = z[argmax]
+    lse = logsumexp_of(z)
+    proof.state(sp.And(sp.LessThan(top, lse, evaluate=False),
+                       sp.LessThan(lse, top + sp.log(K), evaluate=False), evaluate=False),
+                "$z_m = \\max_k z_k$, i.e. $z_k \\le z_m$ for every $k$; general $K$")
+    scaled = class_sum(sp.exp(z[k] - top))
+    proof.require_identity(
+        "take out the largest logit: LSE(z) = z_m + log sum_k exp(z_k - z_m)",
+        lse, top + sp.log(scaled),
+        prepare=lambda difference: sp.expand_log(sp.factor_terms(sp.expand(difference)), force=True),
+    )
+    gap = sp.Symbol("d_k", nonnegative=True)  # d_k = z_m - z_k >= 0
+    proof.nonnegative_from_derivative(
+        "each term is at most 1: 1 - exp(-d_k) >= 0 for d_k = z_m - z_k >= 0",
+        1 - sp.exp(-gap), gap, 0,
+    )
+    term = sp.exp(-gap)
+    proof.sum_bound("sum the termwise bound", term, sp.Integer(1), (k, 0, K - 1),
+                    display=sp.LessThan(scaled, class_sum(sp.Integer(1)).doit(), evaluate=False))
+    # lower bound: the term k = m equals 1 and the others are positive
+    others = class_sum(sp.exp(z[k] - top) * (1 - sp.KroneckerDelta(k, argmax)))
+    proof.require_identity(
+        "split off the term k = m, which is exp(0) = 1",
+        scaled, 1 + others,
+        prepare=lambda difference: evaluate_sums(sp.expand(difference), {argmax: K}),
+        display=eq(scaled, 1 + others),
+    )
+    proof.sum_bound("the remaining terms are nonnegative", sp.Integer(0),
+                    sp.exp(sp.Symbol("x_k", real=True)) * (1 - sp.KroneckerDelta(k, argmax)),
+                    (k, 0, K - 1), display=sp.GreaterThan(others, 0, evaluate=False))
+    s = sp.Symbol("s", positive=True)
+    proof.require_positive("log is increasing on (0, oo)", sp.diff(sp.log(s), s),
+                           display=sp.StrictGreaterThan(sp.Derivative(sp.log(s), s), 0, evaluate=False))
+    proof.step("so log 1 <= log sum_k exp(z_k - z_m) <= log K; add z_m",
+               sp.And(sp.LessThan(top, lse, evaluate=False),
+                      sp.LessThan(lse, top + sp.log(K), evaluate=False), evaluate=False),
+               "follows from the checked lines above")
+    proof.note("Equality on the left needs every other term to vanish (a limit); on the "
+               "right, all logits equal.  The kernels' `logsumexp` computes $M + \\log S$ "
+               "with $1 \\le S \\le K$, which is this statement.")
+    proof.closed_form(closed_forms.get("logsumexp"))
+
+
+DERIVATIONS = [
+    softmax_jacobian,
+    softmax_vjp,
+    softmax_shift_invariance,
+    log_softmax_identity,
+    log_softmax_vjp,
+    binary_softmax_sigmoid,
+    logsumexp_gradient,
+    logsumexp_bounds,
+]
