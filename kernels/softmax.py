@@ -7,8 +7,8 @@ float32 inputs are computed in float64 inside the loops (``x - max`` is then exa
 every output is rounded once) and stored as float32; sums are accumulated in float64
 over blocks of fixed size, merged in a fixed order (see ``_rows``).
 
-Proof book: ``docs/proofs/softmax.md`` (Jacobian, shift invariance, the bounds of
-logsumexp, d logsumexp / dz = softmax).
+Proof book: ``docs/proofs/softmax.md`` (Jacobian and VJPs, shift invariance, the
+bounds of logsumexp, d logsumexp / dz = softmax); each kernel's loop cites its anchor.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
             _fill(destination, (1.0 + block_total) / (1.0 + total))
             return
         # a_j = e_j exp(m_b - M) / S,  M = max_b m_b,  S = 1 + T = sum_b S_b exp(m_b - M)
-        # (shift invariance and the online merge: docs/proofs/softmax.md)
+        # (docs/proofs/softmax.md#softmax-shift-invariance)
         high, low = _softmax_factor(block_largest, largest, total)
         _scale_in_place(destination, high, low)
         return
@@ -115,7 +115,8 @@ def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_tota
     destination = out[i, start:stop]
     if math.isfinite(largest):
         log_total = math.log1p(total)
-        # log a_j = (x_j - M) - log1p(T)   (x_j - M is exact for float32 rows)
+        # log a_j = (x_j - M) - log1p(T), x_j - M exact for float32 rows
+        # (docs/proofs/softmax.md#log-softmax-identity)
         for j in range(values.shape[0]):
             destination[j] = (np.float64(values[j]) - largest) - log_total
     elif largest == np.inf and total == 0.0:
@@ -129,7 +130,8 @@ def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_tota
 def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     if start != 0:
         return
-    # logsumexp(x) = M + log1p(T), with max(x) <= logsumexp(x) <= max(x) + log K
+    # logsumexp(x) = M + log1p(T), max(x) <= logsumexp(x) <= max(x) + log K
+    # (docs/proofs/softmax.md#logsumexp-bounds)
     if math.isfinite(largest):
         out[i] = largest + math.log1p(total)
     elif largest == np.inf:
@@ -144,7 +146,7 @@ def _write_softmax_backward(y, dy, out, i, start, stop, block_dot, block_unused,
     dy_values = dy[i, start:stop]
     destination = out[i, start:stop]
     # dx_i = sum_j dy_j da_j/dz_i = a_i (dy_i - sum_j a_j dy_j)
-    # (Jacobian da_j/dz_i = a_j (delta_ij - a_i): docs/proofs/softmax.md)
+    # (docs/proofs/softmax.md#softmax-jacobian, #softmax-vjp)
     for j in range(y_values.shape[0]):
         destination[j] = np.float64(y_values[j]) * (np.float64(dy_values[j]) - dot)
 
@@ -159,7 +161,7 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
         for j in range(y_values.shape[0]):
             destination[j] = 0.0 if y_values[j] == -np.inf else np.nan
         return
-    # dx_i = dy_i - exp(y_i) sum_j dy_j   (d log a_j / dz_i = delta_ij - a_i)
+    # dx_i = dy_i - exp(y_i) sum_j dy_j   (docs/proofs/softmax.md#log-softmax-vjp)
     for j in range(y_values.shape[0]):
         destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
 
@@ -302,7 +304,7 @@ def softmax_backward(y, dy, axis=-1):
         >>> softmax_backward(np.array([0.5, 0.5]), np.array([1.0, 0.0]))
         array([ 0.25, -0.25])
 
-    Reference: the Jacobian d a_j / d z_i = a_j (delta_ij - a_i), docs/proofs/softmax.md.
+    Reference: the Jacobian d a_j / d z_i = a_j (delta_ij - a_i), docs/proofs/softmax.md#softmax-vjp.
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
     out = _run(_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
@@ -328,7 +330,7 @@ def log_softmax_backward(y, dy, axis=-1):
         >>> log_softmax_backward(np.log(np.array([0.25, 0.75])), np.array([1.0, 0.0]))
         array([ 0.75, -0.75])
 
-    Reference: d log a_j / d z_i = delta_ij - a_i, docs/proofs/softmax.md.
+    Reference: d log a_j / d z_i = delta_ij - a_i, docs/proofs/softmax.md#log-softmax-vjp.
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
     out = _run(_log_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
