@@ -54,12 +54,26 @@ def softmax(x: np.ndarray):
     return result
 
 
+def _max_and_rest(row):
+    """(M, T) with M = max(row) and T = sum_k exp(x_k - M) - 1, summed without cancellation."""
+    values = [mpmath.mpf(float(v)) for v in row]
+    largest = max(values)
+    rest = list(values)
+    rest.remove(largest)
+    return largest, mpmath.fsum(mpmath.exp(v - largest) for v in rest)
+
+
 def log_softmax(x: np.ndarray):
+    """(x_j - M) - log1p(T) at 400 digits: exact even when the result is ~1e-300 next to M."""
     result = []
-    for row, lse in zip(_rows(x), logsumexp(x)):
-        result.append([mpmath.mpf(float(v)) - lse for v in row])
+    with mpmath.workdps(400):
+        for row in _rows(x):
+            largest, rest = _max_and_rest(row)
+            log_total = mpmath.log1p(rest)
+            result.append([+((mpmath.mpf(float(v)) - largest) - log_total) for v in row])
     return result
 
 
 def logsumexp(x: np.ndarray):
-    return [mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row)) for row in _rows(x)]
+    with mpmath.workdps(400):
+        return [+(largest + mpmath.log1p(rest)) for largest, rest in map(_max_and_rest, _rows(x))]

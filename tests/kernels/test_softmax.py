@@ -169,6 +169,15 @@ def test_large_logits(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_dominant_class_log_probability_near_zero(dtype):
+    # log_softmax of the dominant class is -log1p(T) with T tiny: T must carry no
+    # absolute error (forming it as S - 1 gave 1e34 ULP on float32 rows of +-1e4 logits)
+    x = np.array([[0.0, -30.0, -31.0], [1e4, -1e4, 1e4 - 95.0], [5.0, -100.0, -200.0]], dtype=dtype)
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= LOG_ULP
+    assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_stays_within_the_logsumexp_bounds(dtype):
     x = _random((50, 40), dtype)
     lse = logsumexp(x).astype(np.float64)
