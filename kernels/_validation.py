@@ -64,3 +64,142 @@ def from_rows(rows: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     """Inverse of :func:`as_rows` for an output of the input's shape."""
     moved_shape = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
     return np.moveaxis(rows.reshape(moved_shape), -1, axis)
+
+
+# ---- losses: class indices, real parameters, reduction, upstream gradient --------------
+# (appended for the margin and center losses; usable by every loss)
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_class_indices(name: str, target, shape: tuple, classes: int) -> np.ndarray:
+    """Integer class indices of ``shape`` in ``[0, classes)``, returned as C-contiguous int64.
+
+    A label out of range is reported with its value and its row (the first one in C order).
+    """
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integer class indices, got {type(target).__name__}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype (class indices), got {target.dtype}")
+    if target.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {target.shape}")
+    outside = (target < 0) | (target >= classes)
+    if outside.any():
+        first = int(np.flatnonzero(outside.ravel())[0])
+        row = np.unravel_index(first, target.shape) if target.ndim > 1 else first
+        raise ValueError(
+            f"{name} must hold class indices in [0, {classes}), got {int(target.ravel()[first])} at row {row}"
+        )
+    return np.ascontiguousarray(target, dtype=np.int64)
+
+
+def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_minimum=True,
+                      include_maximum=True, integer=False):
+    """A finite real number (``bool`` excluded) within the given bounds, returned as float (or int).
+
+    ``integer=True`` asks for an integral value (an int, or a float such as 2.0) and
+    returns an ``int``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()
+        else:
+            kind = "an integer" if integer else "a real number"
+            raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if integer and not isinstance(value, numbers.Integral):
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    number = int(value) if integer else float(value)
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (number < minimum or (not include_minimum and number == minimum)):
+        relation = ">=" if include_minimum else ">"
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
+    if maximum is not None and (number > maximum or (not include_maximum and number == maximum)):
+        relation = "<=" if include_maximum else "<"
+        raise ValueError(f"{name} must be {relation} {maximum}, got {value!r}")
+    return number
+
+
+def check_reduction(name: str, reduction) -> str:
+    """One of ``REDUCTIONS`` ("mean", "sum", "none")."""
+    if not isinstance(reduction, str):
+        raise TypeError(f"{name} must be one of {REDUCTIONS}, got {type(reduction).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_grad_output(name: str, grad_output, reduction: str, shape: tuple) -> np.ndarray:
+    """The upstream gradient of a loss as float64: a real scalar for "mean"/"sum", an
+    array of the unreduced loss' ``shape`` (or a scalar, broadcast) for "none"."""
+    if isinstance(grad_output, np.ndarray) and grad_output.ndim > 0:
+        if reduction != "none":
+            raise ValueError(
+                f"{name} must be a scalar for reduction={reduction!r}, got an array of shape {grad_output.shape}"
+            )
+        if grad_output.dtype.kind not in "iuf" or grad_output.dtype == np.float16:
+            raise TypeError(f"{name} must have a float32 or float64 dtype, got {grad_output.dtype}")
+        if grad_output.shape != tuple(shape):
+            raise ValueError(f"{name} must have the loss' shape {tuple(shape)}, got {grad_output.shape}")
+        return grad_output.astype(np.float64)
+    if isinstance(grad_output, (bool, np.bool_)) or not isinstance(grad_output, (numbers.Real, np.ndarray)):
+        raise TypeError(f"{name} must be a real number or a numpy.ndarray, got {type(grad_output).__name__}")
+    value = float(grad_output)
+    return np.full(tuple(shape), value) if reduction == "none" else np.asarray(value)
+
+
+# ---- losses: ignored labels, class weights, broadcast weights -----------------------------
+# (appended for cross_entropy, distillation_loss, the sigmoid and the classic losses)
+
+
+def check_class_indices_or_ignored(name: str, target, shape: tuple, classes: int, ignore_index: int) -> np.ndarray:
+    """As :func:`check_class_indices`, but labels equal to ``ignore_index`` are allowed too.
+
+    Returns C-contiguous int64; the first label that is neither in ``[0, classes)`` nor
+    ``ignore_index`` is reported with its value and its row.
+    """
+    if not isinstance(target, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of integer class indices (or of float class probabilities), "
+            f"got {type(target).__name__}"
+        )
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype (class indices) or a float dtype (probabilities), "
+                        f"got {target.dtype}")
+    if target.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (the logits' shape without the class axis), "
+                         f"got {target.shape}")
+    if target.dtype.kind == "u" and target.size and int(target.max()) > np.iinfo(np.int64).max:
+        labels = np.minimum(target, np.uint64(np.iinfo(np.int64).max)).astype(np.int64)
+    else:
+        labels = target.astype(np.int64)
+    outside = ((labels < 0) | (labels >= classes)) & (labels != ignore_index)
+    if outside.any():
+        first = int(np.flatnonzero(outside.ravel())[0])
+        row = tuple(int(k) for k in np.unravel_index(first, target.shape)) if target.ndim > 1 else first
+        raise ValueError(
+            f"{name} must hold class indices in [0, {classes}) or ignore_index ({ignore_index}), "
+            f"got {int(target.ravel()[first])} at row {row}"
+        )
+    return np.ascontiguousarray(labels)
+
+
+def check_class_weight(name: str, weight, classes: int) -> np.ndarray:
+    """A float32/float64 array of one weight per class, shape ``(classes,)``, returned as float64."""
+    weight = check_float_array(name, weight)
+    if weight.shape != (classes,):
+        raise ValueError(f"{name} must have shape ({classes},) (one weight per class), got {weight.shape}")
+    return np.ascontiguousarray(weight, dtype=np.float64)
+
+
+def check_broadcast_weight(name: str, weight, shape: tuple) -> np.ndarray:
+    """A float32/float64 array that broadcasts to ``shape`` (returned unchanged)."""
+    weight = check_float_array(name, weight, min_ndim=0)
+    try:
+        np.broadcast_shapes(weight.shape, tuple(shape))
+    except ValueError:
+        raise ValueError(f"{name} must broadcast to the logits' shape {tuple(shape)}, got {weight.shape}") from None
+    if np.broadcast_shapes(weight.shape, tuple(shape)) != tuple(shape):
+        raise ValueError(f"{name} must broadcast to the logits' shape {tuple(shape)}, got {weight.shape}")
+    return weight

@@ -1,0 +1,341 @@
+"""Knowledge-distillation loss (Hinton et al. 2015), forward and student gradient in one kernel.
+
+For a student row z, a teacher row v, temperature T and weight alpha::
+
+    q = softmax(z / T),  p = softmax(v / T),  a = softmax(z)
+    L = alpha T^2 KL(p || q) + (1 - alpha) CE(z, y)          (with a hard target y)
+    L = T^2 KL(p || q)                                        (target=None)
+    dL/dz = alpha T (q - p) + (1 - alpha)(a - onehot(y))      (T (q - p) without target)
+
+The teacher gets no gradient.  Why T^2 (seed 004): the soft gradient is (q - p) / T per
+unit of KL, so multiplying by T^2 keeps the soft and hard terms' gradients of the same
+size whatever the temperature (proof book: ``docs/proofs/distillation.md``).
+
+One parallel kernel (``cross_entropy.make_loss_kernel``) with a state of 7 floats per
+block: the (max, sum of exp - 1) pairs of z/T, v/T and z, and
+u_b = sum_c e^(v_c/T - m_b) (v_c - z_c)/T.  Merged per row,
+KL = sum_c p_c (v_c - z_c)/T - [(M_v - M_z) + (log S_v - log S_z)], with every sum of
+exponentials taken without cancellation (``cross_entropy._sum_exp_minus_one``) and the
+log-sums as log1p.  The write pass reads z and v once more and writes
+``g (alpha T / S_z) e^(z/T - M_z) - g (alpha T / S_v) e^(v/T - M_v) + g ((1-alpha)/S) e^(z - M)``
+with the target entry's ``a_y - 1`` formed as ``-T/S`` when z_y holds the max.  float32
+rows are computed in float64 and rounded once when stored.
+
+Accuracy (``tests/kernels/test_distillation.py``): the gradient within a few ULPs of its
+largest term (q - p cancels where the student agrees with the teacher, in every
+implementation); the loss within a few units of u times the size of the terms KL is a
+difference of (T^2 (max|v - z|/T + log C)): KL(p || q) much smaller than that (a student
+close to its teacher) loses digits here as in torch's ``kl_div`` composition.  For float64
+with a temperature that is not a power of two, z/T is rounded once (as torch's ``s / T``),
+which costs up to |z/T| u relative in the probabilities; carrying the rounding error of
+the scaling as a second float (``margins.exp_scaled_difference`` does so for products)
+would remove it.
+
+Edges: an all -inf teacher row has p = 0 (DESIGN's softmax convention): its soft term and
+soft gradient are 0.  An all -inf student row has an infinite loss (when the teacher's
+row is not all -inf, or a hard target is given) and zero gradient.  A student logit of -inf
+where the teacher's probability is positive gives KL = +inf.  NaN or +inf in a row gives
+NaN in that row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._rows import SUM_CHUNK, block_max, exp_difference_for, pairwise_sum
+from ._validation import (
+    check_class_indices,
+    check_float_array,
+    check_real_scalar,
+    check_reduction,
+    check_same_array_layout,
+)
+from .cross_entropy import (
+    block_factor,
+    exp_scaled,
+    fill,
+    has_nan,
+    make_loss_kernel,
+    merge_pair,
+    reduce_row_losses,
+    reduce_scaled,
+    row_scales,
+    run_loss_kernel,
+    target_minus_one,
+)
+
+__all__ = ["distillation_loss", "distillation_loss_forward_backward"]
+
+PAGE = "docs/proofs/distillation.md"
+
+# row status, kept in stats[7]
+_NORMAL = 0.0
+_TEACHER_MASKED = 1.0  # every teacher logit -inf: p = 0, no soft term
+_ZERO_GRADIENT = 2.0  # every student logit -inf
+_UNDEFINED = 3.0  # NaN or +inf in the row
+
+
+@njit(fastmath=False, cache=False)
+def _rounded_product(a, b):
+    # a * b rounded on its own: without the ``contract`` flag LLVM cannot fuse it into an FMA
+    # with the subtraction that follows, so q_j - p_j is exactly 0 where the student's and the
+    # teacher's terms are equal (an FMA would leave the rounding error of one product)
+    return a * b
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _cross_term(e, teacher_value, student_value, scale):
+    # e (v - z) / T, and 0 where v = -inf (p_c = 0 adds nothing, even against z_c = -inf; the
+    # float32 rows' exponential gives e**-110, not 0, below -110, so e itself is not tested)
+    if teacher_value == -np.inf:
+        return 0.0
+    return e * (np.float64(teacher_value) * scale - np.float64(student_value) * scale)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _teacher_sums(teacher, student, scale, largest):
+    """(t_b, u_b) of a teacher block: sum_c e_c - 1 (ties counted) and sum_c e_c (v_c - z_c)/T,
+    e_c = exp(v_c/T - largest), largest = max_c v_c/T; float64, chunked as ``_rows.SUM_CHUNK``."""
+    total = 0.0
+    ties = 0.0
+    cross = 0.0
+    for base in range(0, teacher.shape[0], SUM_CHUNK):
+        chunk = teacher[base : base + SUM_CHUNK]
+        student_chunk = student[base : base + SUM_CHUNK]
+        partial = 0.0
+        partial_cross = 0.0
+        for j in range(chunk.shape[0]):
+            value = np.float64(chunk[j]) * scale
+            e = exp_difference_for(teacher, value, largest)
+            partial += e if value != largest else 0.0
+            ties += 1.0 if value == largest else 0.0
+            partial_cross += _cross_term(e, chunk[j], student_chunk[j], scale)
+        total += partial
+        cross += partial_cross
+    return total + (ties - 1.0), cross
+
+
+# args = (teacher (rows, classes), target int64 (rows,) or (1,), row_scale f64 (rows,),
+#         scale = 1/T, soft_coefficient = alpha T^2 (T^2 without target),
+#         hard_coefficient = 1 - alpha (0 without target), hard bool)
+# state per block: m_z, t_z (of z/T), m_v, t_v (of v/T), u_b, m_1, t_1 (of z), unused
+# stats per row:   M_z, T_z, M_v, T_v, unused, M_1, T_1, status
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _reduce(student, args, grad, i, k, start, stop, partial, write):
+    teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
+    values = student[i, start:stop]
+    teacher_values = teacher[i, start:stop]
+    partial[i, k, 0], partial[i, k, 1] = reduce_scaled(values, scale, grad[0, 0:0], False)
+    largest = block_max(teacher_values) * scale
+    partial[i, k, 2] = largest
+    if largest == -np.inf:
+        partial[i, k, 3], partial[i, k, 4] = (np.nan if has_nan(teacher_values) else -1.0), 0.0
+    elif largest == np.inf:
+        partial[i, k, 3], partial[i, k, 4] = 0.0, np.nan
+    else:
+        partial[i, k, 3], partial[i, k, 4] = _teacher_sums(teacher_values, values, scale, largest)
+    if hard:
+        partial[i, k, 5], partial[i, k, 6] = reduce_scaled(values, 1.0, grad[0, 0:0], False)
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _merge(student, args, i, partial, stats):
+    teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
+    student_largest, student_total = merge_pair(student, i, partial, 0)
+    teacher_largest, teacher_total = merge_pair(teacher, i, partial, 2)
+    stats[i, 0], stats[i, 1], stats[i, 2], stats[i, 3] = student_largest, student_total, teacher_largest, teacher_total
+    loss = 0.0
+    hard_largest, hard_total = 0.0, 0.0
+    if hard:
+        hard_largest, hard_total = merge_pair(student, i, partial, 5)
+    stats[i, 5], stats[i, 6] = hard_largest, hard_total
+    if (student_total != student_total or teacher_total != teacher_total or student_largest == np.inf
+            or teacher_largest == np.inf):
+        stats[i, 7] = _UNDEFINED
+        return np.nan
+    if student_largest == -np.inf:
+        # q = 0: KL = +inf unless p = 0 too; CE = +inf
+        stats[i, 7] = _ZERO_GRADIENT
+        soft = np.inf if (teacher_largest != -np.inf and soft_coefficient != 0.0) else 0.0
+        return soft + (np.inf if (hard and hard_coefficient != 0.0) else 0.0)
+    stats[i, 7] = _NORMAL
+    if teacher_largest == -np.inf:
+        stats[i, 7] = _TEACHER_MASKED  # p = 0: no soft term
+    else:
+        # KL(p || q) = sum_c p_c (v_c - z_c)/T - [(M_v - M_z) + (log S_v - log S_z)]
+        blocks = partial.shape[1]
+        if blocks == 1:
+            cross = partial[i, 0, 4]
+        else:
+            terms = np.empty(blocks)
+            for k in range(blocks):
+                cross_b = partial[i, k, 4]
+                terms[k] = cross_b * block_factor(partial[i, k, 2], teacher_largest) if cross_b != 0.0 else 0.0
+            cross = pairwise_sum(terms)
+        teacher_log_total = math.log1p(teacher_total)
+        student_log_total = math.log1p(student_total)
+        divergence = cross / (1.0 + teacher_total) - (
+            (teacher_largest - student_largest) + (teacher_log_total - student_log_total)
+        )
+        loss = soft_coefficient * divergence if soft_coefficient != 0.0 else 0.0
+    if hard and hard_coefficient != 0.0:
+        label = target[i]
+        # CE(z, y) = (M - z_y) + log1p(T)
+        loss += hard_coefficient * ((hard_largest - np.float64(student[i, label])) + math.log1p(hard_total))
+    return loss
+
+
+@njit(fastmath=STRICT_FASTMATH, cache=False)
+def _write(student, args, grad, i, k, start, stop, partial, stats):
+    teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
+    destination = grad[i, start:stop]
+    status = stats[i, 7]
+    if status == _UNDEFINED:
+        fill(destination, np.nan)
+        return
+    if status == _ZERO_GRADIENT:
+        fill(destination, 0.0)
+        return
+    values = student[i, start:stop]
+    teacher_values = teacher[i, start:stop]
+    upstream = row_scale[i]
+    student_largest, student_total = stats[i, 0], stats[i, 1]
+    teacher_largest, teacher_total = stats[i, 2], stats[i, 3]
+    soft = upstream * soft_coefficient * scale  # g alpha T^2 / T
+    student_factor = soft / (1.0 + student_total)
+    teacher_factor = soft / (1.0 + teacher_total)
+    if status == _TEACHER_MASKED:
+        # p = 0 and sum_c p_c = 0: the soft term and its gradient vanish (exp(-inf) = 0 below)
+        student_factor, teacher_factor, teacher_largest = 0.0, 0.0, 0.0
+    if hard:
+        hard_largest, hard_total = stats[i, 5], stats[i, 6]
+        hard_factor = upstream * hard_coefficient / (1.0 + hard_total)
+        # dL/dz_j = g [alpha T (q_j - p_j) + (1 - alpha) a_j]   (j != y)
+        # q_j = e^(z_j/T - M_z) / S_z, p_j = e^(v_j/T - M_v) / S_v, a_j = e^(z_j - M) / S
+        # (docs/proofs/distillation.md#distillation-loss-gradient)
+        for j in range(values.shape[0]):
+            destination[j] = (
+                _rounded_product(student_factor, exp_scaled(values, values[j], scale, student_largest))
+                - _rounded_product(teacher_factor, exp_scaled(teacher_values, teacher_values[j], scale, teacher_largest))
+            ) + hard_factor * exp_scaled(values, values[j], 1.0, hard_largest)
+        label = target[i]
+        if start <= label < stop:
+            # the target: ... + g (1 - alpha)(a_y - 1), a_y - 1 = -T/S when z_y = M
+            j = label - start
+            destination[j] = (
+                _rounded_product(student_factor, exp_scaled(values, values[j], scale, student_largest))
+                - _rounded_product(teacher_factor, exp_scaled(teacher_values, teacher_values[j], scale, teacher_largest))
+            ) + upstream * hard_coefficient * target_minus_one(values, values[j], hard_largest, hard_total)
+    else:
+        # dL/dz_j = g T (q_j - p_j)   (docs/proofs/distillation.md#distillation-soft-gradient)
+        for j in range(values.shape[0]):
+            destination[j] = _rounded_product(student_factor, exp_scaled(values, values[j], scale, student_largest)) - (
+                _rounded_product(teacher_factor, exp_scaled(teacher_values, teacher_values[j], scale, teacher_largest))
+            )
+
+
+_distillation_kernel = make_loss_kernel(_reduce, _merge, _write, 8)
+
+
+def _distillation(student, teacher, target, temperature, alpha, reduction, grad_output, write):
+    student = check_float_array("student", student)
+    teacher = check_float_array("teacher", teacher)
+    check_same_array_layout("teacher", teacher, "student", student)
+    classes = student.shape[-1]
+    if classes < 1:
+        raise ValueError(f"student must have at least one class on its last axis, got shape {student.shape}")
+    temperature = check_real_scalar("temperature", temperature, minimum=0.0, include_minimum=False)
+    alpha = check_real_scalar("alpha", alpha, minimum=0.0, maximum=1.0)
+    reduction = check_reduction("reduction", reduction)
+    batch_shape = student.shape[:-1]
+    rows = np.ascontiguousarray(student.reshape(-1, classes))
+    teacher_rows = np.ascontiguousarray(teacher.reshape(-1, classes))
+    if target is None:
+        labels, hard = np.zeros(1, dtype=np.int64), False
+        soft_coefficient, hard_coefficient = temperature * temperature, 0.0
+    else:
+        labels, hard = check_class_indices("target", target, batch_shape, classes).reshape(-1), True
+        soft_coefficient, hard_coefficient = alpha * temperature * temperature, 1.0 - alpha
+    denominator = rows.shape[0]
+    scale = row_scales(grad_output, reduction, denominator, batch_shape)
+    args = (teacher_rows, labels, scale, 1.0 / temperature, soft_coefficient, hard_coefficient, hard)
+    row_loss, grad = run_loss_kernel(_distillation_kernel, rows, args, write)
+    loss = reduce_row_losses(row_loss, reduction, denominator, batch_shape, student.dtype)
+    return loss, (grad.reshape(student.shape) if write else None)
+
+
+def distillation_loss(student, teacher, target=None, *, temperature=4.0, alpha=0.9, reduction="mean"):
+    r"""Knowledge-distillation loss: softened teacher targets plus, optionally, hard labels.
+
+    .. math::
+        \ell = \alpha\, T^2\, \mathrm{KL}\big(\mathrm{softmax}(v/T)\,\|\,\mathrm{softmax}(z/T)\big)
+             + (1 - \alpha)\, \mathrm{CE}(z, y)
+
+    for student logits ``z`` and teacher logits ``v``; with ``target=None`` the loss is
+    ``T^2 KL(...)`` alone (``alpha`` is then not used).  The T^2 keeps the soft term's
+    gradient, which scales as 1/T, comparable to the hard term's (seed 004).
+
+    Args:
+        student: float32 or float64 logits ``(..., C)``; not modified.
+        teacher: teacher logits of ``student``'s shape and dtype; no gradient flows to it.
+        target: optional integer class indices of shape ``student.shape[:-1]``.
+        temperature: T > 0 (default 4).
+        alpha: weight of the soft term in [0, 1] (default 0.9).
+        reduction: ``"mean"`` over rows (PyTorch's ``kl_div(reduction="batchmean")``;
+            default), ``"sum"`` or ``"none"``.
+
+    Returns:
+        The loss in ``student``'s dtype: a scalar, or shape ``student.shape[:-1]`` for
+        ``"none"``.  The mean over an empty batch is 0.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import distillation_loss
+        >>> logits = np.array([[1.0, 2.0, 3.0]])
+        >>> float(distillation_loss(logits, logits))  # the student matches the teacher
+        0.0
+        >>> round(float(distillation_loss(logits, logits, np.array([2]), alpha=0.5)), 4)
+        0.2038
+
+    References: G. Hinton, O. Vinyals, J. Dean, "Distilling the knowledge in a neural
+    network", 2015; seed 004; ``docs/proofs/distillation.md``.
+    """
+    loss, _ = _distillation(student, teacher, target, temperature, alpha, reduction, 1.0, False)
+    return loss
+
+
+def distillation_loss_forward_backward(student, teacher, target=None, *, temperature=4.0, alpha=0.9,
+                                       reduction="mean", grad_output=1.0):
+    r""":func:`distillation_loss` and its gradient in the student logits, from one fused kernel.
+
+    .. math::
+        \frac{\partial \ell}{\partial z_j} = \alpha\, T\, (q_j - p_j) + (1 - \alpha)(a_j - [j = y]),
+        \quad q = \mathrm{softmax}(z/T),\ p = \mathrm{softmax}(v/T),\ a = \mathrm{softmax}(z)
+
+    (``T (q - p)`` with ``target=None``), times ``grad_output`` and 1/rows for ``"mean"``.
+
+    Args:
+        student, teacher, target, temperature, alpha, reduction: as :func:`distillation_loss`.
+        grad_output: upstream gradient: a real number, or for ``"none"`` a float array of
+            ``student.shape[:-1]``.
+
+    Returns:
+        ``(loss, grad_student)``, the gradient of ``student``'s shape and dtype.
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import distillation_loss_forward_backward
+        >>> loss, grad = distillation_loss_forward_backward(np.zeros((1, 2)), np.array([[0.0, 8.0]]),
+        ...                                                 temperature=4.0)
+        >>> grad.round(4)
+        array([[ 1.5232, -1.5232]])
+
+    References: as :func:`distillation_loss`.
+    """
+    return _distillation(student, teacher, target, temperature, alpha, reduction, grad_output, True)
