@@ -1,0 +1,405 @@
+"""``softmaxlab bench``: side-by-side timings (pytest-benchmark) with the threads pinned.
+
+What runs: ``harness/benchmarks.py`` under pytest with ``--benchmark-enable``, in this
+process, after :func:`environment.pin_threads` gave numba, torch and JAX the same
+thread count.  The plan (:class:`BenchPlan`) cuts the work into blocks of one
+(kernel, shape, dtype); inside a block every provider of the registry entry and the two
+roofline loops (``roofline.py``) run one after the other, and the block is repeated
+``bench_repeats`` times with the providers' order rotated.  A provider's samples are
+pooled over the repeats; every ratio in the tables compares measurements interleaved
+this way in the same run, never numbers from different runs.
+
+Compile and JIT time never enter a timing: each implementation is called once before
+its first timed round (that call's time is kept as ``first_call_s``; ``compile_s`` is
+``first_call_s - p50``), and pytest-benchmark adds one warm-up round.  Inputs come from
+the ``normal_x3`` regime; conversions to tensors or device arrays and the forward pass
+of backward kernels happen in ``prepare``, outside the timed call.
+
+Output: tidy rows (``bench.csv``: kernel, op, mode, provider, rows, classes, dtype,
+threads, p20/p50/p80 seconds, bytes moved, bytes/s, the roofline columns, machine,
+versions, commit, timestamp), ``bench.md`` (the speed table with ratios against torch
+and JAX) and the raw pytest-benchmark JSON and log under ``raw/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import environment, first_calls, roofline, tables
+from .frameworks import as_numpy, missing_requirement, report_skip
+from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
+
+LIMIT_PROVIDERS = ("limit:stream", "limit:exp")
+BENCH_REGIME = "normal_x3"
+PROFILE_ENVIRONMENT_VARIABLE = "SOFTMAXLAB_BENCH_PROFILE"
+
+ROW_COLUMNS = (
+    "kernel", "op", "mode", "provider", "rows", "classes", "dtype", "threads",
+    "p20_s", "p50_s", "p80_s", "mean_s", "samples", "repeats", "first_call_s", "compile_s",
+    "read_elements", "written_elements", "exp_count", "bytes", "bytes_per_s",
+    "stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit",
+)
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One pytest-benchmark test: a provider timed on a (kernel, shape, dtype) in one repeat."""
+
+    kernel: str
+    provider: str
+    rows: int
+    classes: int
+    dtype: str
+    repeat: int
+
+    @property
+    def test_id(self) -> str:
+        return f"{self.kernel}-{self.rows}x{self.classes}-{self.dtype}-{self.provider}-r{self.repeat}"
+
+    @property
+    def block(self) -> tuple:
+        return (self.kernel, self.rows, self.classes, self.dtype)
+
+
+def profile_shapes(profile: Profile, entry) -> list:
+    """The benchmark shapes of ``entry`` in ``profile`` (smoke shapes, or the matrix cut by dtype and size)."""
+    if profile.bench_smoke_shapes:
+        return list(entry.smoke_shapes)
+    return [
+        (rows, classes, dtype)
+        for rows, classes, dtype in entry.bench_shapes
+        if dtype in profile.dtypes and (profile.bench_max_elements is None or rows * classes <= profile.bench_max_elements)
+    ]
+
+
+class BenchPlan:
+    """The ordered cases of a run and the prepared calls of the block being timed."""
+
+    def __init__(self, profile: Profile, registry=None, *, kernels=None, providers=None,
+                 threads: int | None = None, seed: int = 0, drop_unavailable: bool = False):
+        if registry is None:
+            from .registry import REGISTRY as registry
+        if kernels is not None and set(kernels) - set(registry):
+            raise ValueError(f"kernels must be registry names {sorted(registry)}, "
+                             f"got unknown {sorted(set(kernels) - set(registry))}")
+        self.profile = profile
+        self.registry = registry
+        self.threads = threads
+        self.seed = seed
+        self.cases: list[BenchCase] = []
+        for name, entry in profile_entries(profile, registry).items():
+            if kernels is not None and name not in kernels:
+                continue
+            names = [
+                implementation.provider
+                for implementation in entry.implementations
+                if implementation.timed and (providers is None or implementation.provider in providers)
+            ]
+            if drop_unavailable:
+                names = [provider for provider in names if self._available(entry, provider)]
+            for rows, classes, dtype in profile_shapes(profile, entry):
+                block = list(names) + ["limit:stream"]
+                if entry.cost((rows, classes)).exp_count:
+                    block.append("limit:exp")
+                for repeat in range(profile.bench_repeats):
+                    turn = repeat % len(block)
+                    for provider in block[turn:] + block[:turn]:
+                        self.cases.append(BenchCase(name, provider, rows, classes, dtype, repeat))
+        self._block = None
+        self._inputs = None
+        self._prepared: dict = {}
+
+    @staticmethod
+    def _available(entry, provider) -> bool:
+        reason = missing_requirement(entry.implementation(provider).requires)
+        if reason:
+            report_skip(provider, reason)
+        return reason is None
+
+    # ---- preparing a case (outside any timing) -------------------------------------------
+
+    def prepared(self, case: BenchCase):
+        """(run, first_call_s, warm_call_s, first result) of ``case``, prepared once per block.
+
+        The first call (compile/JIT included) and a second, warm call are timed here,
+        outside pytest-benchmark; the previous block's inputs and prepared calls are dropped.
+        """
+        if case.block != self._block:
+            self._prepared.clear()
+            self._inputs = None
+            self._block = case.block
+        if case.provider not in self._prepared:
+            entry = self.registry[case.kernel]
+            shape = (case.rows, case.classes)
+            if case.provider == "limit:stream":
+                cost = entry.cost(shape)
+                run = roofline.stream_runner(cost.read_elements, cost.written_elements, case.dtype)
+            elif case.provider == "limit:exp":
+                run = roofline.exp_runner(entry.cost(shape).exp_count, case.dtype)
+            else:
+                if self._inputs is None:
+                    self._inputs = entry.make_inputs(BENCH_REGIME, shape, case.dtype, self.seed)
+                run = entry.implementation(case.provider).prepare(self._inputs)
+            start = time.perf_counter()
+            result = run()
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            run()
+            warm = time.perf_counter() - start
+            first_calls.record(kernel=case.kernel, provider=case.provider, dtype=case.dtype, shape=shape,
+                               phase="bench", first=first, warm=warm)
+            self._prepared[case.provider] = (run, first, warm, result)
+        return self._prepared[case.provider]
+
+    # ---- running a case (called by the pytest test) ---------------------------------------
+
+    def run_case(self, benchmark, case: BenchCase) -> None:
+        import pytest
+
+        entry = self.registry[case.kernel]
+        if case.provider not in LIMIT_PROVIDERS:
+            reason = missing_requirement(entry.implementation(case.provider).requires)
+            if reason:
+                pytest.skip(f"provider {case.provider!r} skipped: {reason}")
+        run, first_call_s, warm, _ = self.prepared(case)
+        if benchmark.disabled:  # the normal test suite: one call, checked
+            self.check_result(case, benchmark(run))
+            return
+        rounds = self.profile.bench_rounds(warm)
+        cost = entry.cost((case.rows, case.classes))
+        benchmark.group = f"{case.kernel} {case.rows}x{case.classes} {case.dtype}"
+        benchmark.extra_info.update(
+            asdict(case), op=entry.op, mode=entry.mode, threads=self.threads, first_call_s=first_call_s,
+            read_elements=cost.read_elements, written_elements=cost.written_elements,
+            exp_count=cost.exp_count, bytes=cost.bytes_moved(case.dtype),
+        )
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+
+    def check_result(self, case: BenchCase, result) -> None:
+        """Smoke check: the right number of finite outputs of the case's dtype."""
+        if case.provider in LIMIT_PROVIDERS:
+            if not np.isfinite(result):
+                raise AssertionError(f"{case.test_id}: roofline loop returned {result}")
+            return
+        entry = self.registry[case.kernel]
+        outputs = as_numpy(result)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        if len(outputs) != len(entry.outputs):
+            raise AssertionError(f"{case.test_id}: {len(outputs)} outputs, the entry names {entry.outputs}")
+        for name, output in zip(entry.outputs, outputs):
+            if output.dtype != np.dtype(case.dtype):
+                raise AssertionError(f"{case.test_id}: output {name} has dtype {output.dtype}, expected {case.dtype}")
+            if not np.isfinite(output).all():
+                raise AssertionError(f"{case.test_id}: output {name} has NaN/inf on {BENCH_REGIME} inputs")
+
+
+_ACTIVE_PLAN: BenchPlan | None = None
+
+
+def active_plan() -> BenchPlan:
+    """The plan ``softmaxlab bench`` set, else the profile named by $SOFTMAXLAB_BENCH_PROFILE (smoke)."""
+    global _ACTIVE_PLAN
+    if _ACTIVE_PLAN is None:
+        _ACTIVE_PLAN = BenchPlan(get_profile(os.environ.get(PROFILE_ENVIRONMENT_VARIABLE, "smoke")))
+    return _ACTIVE_PLAN
+
+
+@contextlib.contextmanager
+def plan_in_effect(plan: BenchPlan):
+    global _ACTIVE_PLAN
+    previous, _ACTIVE_PLAN = _ACTIVE_PLAN, plan
+    try:
+        yield plan
+    finally:
+        _ACTIVE_PLAN = previous
+
+
+# ---- from pytest-benchmark's JSON to tidy rows --------------------------------------------
+
+
+def tidy_rows(report: dict) -> pd.DataFrame:
+    """Pool each provider's samples over the repeats; add bytes/s and the roofline columns."""
+    groups: dict = defaultdict(lambda: {"samples": [], "repeats": 0, "first_call_s": 0.0})
+    for benchmark in report.get("benchmarks", []):
+        info = benchmark["extra_info"]
+        key = (info["kernel"], info["provider"], info["rows"], info["classes"], info["dtype"])
+        group = groups[key]
+        group["samples"].extend(benchmark["stats"]["data"])
+        group["repeats"] += 1
+        group["first_call_s"] = max(group["first_call_s"], info["first_call_s"])
+        group["info"] = info
+    rows = []
+    for key, group in groups.items():
+        info = group["info"]
+        samples = np.asarray(group["samples"], dtype=float)
+        p20, p50, p80 = np.percentile(samples, [20, 50, 80])
+        rows.append({
+            "kernel": info["kernel"], "op": info["op"], "mode": info["mode"], "provider": info["provider"],
+            "rows": info["rows"], "classes": info["classes"], "dtype": info["dtype"], "threads": info["threads"],
+            "p20_s": p20, "p50_s": p50, "p80_s": p80, "mean_s": samples.mean(), "samples": samples.size,
+            "repeats": group["repeats"], "first_call_s": group["first_call_s"],
+            "compile_s": max(group["first_call_s"] - p50, 0.0),
+            "read_elements": info["read_elements"], "written_elements": info["written_elements"],
+            "exp_count": info["exp_count"], "bytes": info["bytes"], "bytes_per_s": info["bytes"] / p50,
+        })
+    frame = pd.DataFrame(rows, columns=[c for c in ROW_COLUMNS if c not in
+                                        ("stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit")])
+    if frame.empty:
+        return frame.reindex(columns=ROW_COLUMNS)
+    block = ["kernel", "rows", "classes", "dtype"]
+    limits = frame[frame["provider"].isin(LIMIT_PROVIDERS)].pivot_table(
+        index=block, columns="provider", values="p50_s", aggfunc="first")
+    limits = limits.reindex(columns=list(LIMIT_PROVIDERS)).rename(
+        columns={"limit:stream": "stream_limit_s", "limit:exp": "exp_limit_s"})
+    limits.columns.name = None
+    frame = frame.merge(limits.reset_index(), on=block, how="left")
+    frame["limit_s"] = frame[["stream_limit_s", "exp_limit_s"]].max(axis=1, skipna=True)
+    frame["bound"] = np.where(frame["exp_limit_s"].fillna(0) > frame["stream_limit_s"].fillna(0), "exp", "memory")
+    frame["fraction_of_limit"] = frame["limit_s"] / frame["p50_s"]
+    return frame[list(ROW_COLUMNS)]
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+class _ProgressPlugin:
+    """Advances a tqdm bar as pytest finishes each benchmark."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.failures: list[str] = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            self.bar.update(1)
+            self.bar.set_postfix_str(report.nodeid.rsplit("[", 1)[-1].rstrip("]"), refresh=False)
+        if report.failed:
+            self.failures.append(f"{report.nodeid}: {report.longreprtext.strip().splitlines()[-1:]}")
+
+
+def run_benchmarks(plan: BenchPlan, raw_folder: Path, label: str, progress: bool = True) -> tuple[pd.DataFrame, list]:
+    """Run ``plan`` through pytest-benchmark in this process; returns (tidy rows, failures)."""
+    import json
+
+    import pytest
+
+    from . import benchmarks
+
+    raw_folder.mkdir(parents=True, exist_ok=True)
+    json_path = raw_folder / f"bench-{label}.json"
+    log_path = raw_folder / f"bench-{label}.log"
+    arguments = [
+        str(Path(benchmarks.__file__)), "-q", "--no-header", "-p", "no:cacheprovider",
+        "--import-mode=importlib", "--benchmark-enable", "--benchmark-disable-gc",
+        f"--benchmark-json={json_path}", "--benchmark-sort=name",
+        f"--rootdir={Path(benchmarks.__file__).parent}",
+    ]
+    bar = tqdm(total=len(plan.cases), desc="bench", unit="test", disable=not progress, file=sys.stderr, leave=False)
+    progress_plugin = _ProgressPlugin(bar)
+    with plan_in_effect(plan), open(log_path, "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        exit_code = pytest.main(arguments, plugins=[progress_plugin])
+    bar.close()
+    failures = list(progress_plugin.failures)
+    if exit_code not in (0, 5) and not failures:
+        failures.append(f"pytest exited with {exit_code}; see {log_path}")
+    report = json.loads(json_path.read_text()) if json_path.exists() else {}
+    return tidy_rows(report), failures
+
+
+def compile_table(records: list[dict]) -> pd.DataFrame:
+    """First call per (kernel, provider, dtype) in this process: where compile/JIT time went."""
+    frame = pd.DataFrame(records)
+    if frame.empty:
+        return frame
+    frame = frame[~frame["provider"].isin(LIMIT_PROVIDERS + ("numpy", "numpy_naive"))]
+    return frame.groupby(["kernel", "provider", "dtype"], sort=False).head(1).reset_index(drop=True)
+
+
+def bench_markdown(rows: pd.DataFrame, compiles: pd.DataFrame, context: dict) -> str:
+    from .accuracy import footnote
+
+    parts = [
+        "# Speed\n",
+        f"p50 of pooled samples over {int(rows['repeats'].max()) if not rows.empty else 0} interleaved "
+        f"repeats, {context.get('threads')} threads for every framework. `x vs torch` = torch p50 / "
+        "softmaxlab p50 (above 1: softmaxlab faster). `% of limit` = roofline time / p50, the roofline "
+        "being the slower of a stream of the same bytes (inputs read once + outputs written once) and "
+        "an L1-resident loop of the same number of exps, both timed in the same run.\n",
+        tables.markdown(tables.speed_table(rows)),
+    ]
+    if not compiles.empty:
+        shown = compiles.assign(
+            first_call_s=compiles["first_call_s"].map(lambda v: f"{v:.3f}"),
+            warm_call_s=compiles["warm_call_s"].map(lambda v: f"{v:.4f}"),
+            compile_s=compiles["compile_s"].map(lambda v: f"{v:.3f}"),
+        )[["kernel", "provider", "dtype", "shape", "phase", "first_call_s", "warm_call_s", "compile_s"]]
+        parts += ["\n## First calls (compile and JIT time, excluded from every timing)\n", tables.markdown(shown)]
+    parts.append(f"\n{footnote(context)}\n")
+    return "\n".join(parts)
+
+
+def results_folder(args) -> Path:
+    from .accuracy import results_folder as accuracy_results_folder
+
+    return accuracy_results_folder(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_profile_arguments(parser)
+    parser.add_argument("--threads", type=int, help="threads for every framework (default: all CPUs "
+                        "this process may use)")
+    parser.add_argument("--results-dir", help="where to write the CSV and Markdown "
+                        "(default: results/ for the full profile, results/<profile>/ otherwise)")
+    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries")
+    parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+
+
+def run_bench(args, progress: bool = True, registry=None):
+    """Pin threads, run the plan, write the files; returns (rows, failures, paths, context)."""
+    from .accuracy import command_line
+
+    threads = environment.pin_threads(getattr(args, "threads", None))
+    profile = get_profile(args.profile)
+    context = environment.run_context(profile.name, threads)
+    context["command"] = command_line(args)
+    plan = BenchPlan(profile, registry, kernels=getattr(args, "kernels", None),
+                     providers=getattr(args, "providers", None), threads=threads, seed=args.seed,
+                     drop_unavailable=True)
+    folder = results_folder(args)
+    label = f"{profile.name}-{context['timestamp'].replace(':', '')}"
+    from .accuracy import raw_folder
+
+    rows, failures = run_benchmarks(plan, raw_folder(args), label, progress=progress)
+    rows = rows.assign(**{k: v for k, v in context.items() if k not in ("command", "threads")})
+    compiles = compile_table(first_calls.FIRST_CALLS)
+    paths = [
+        tables.write_csv(rows, folder / "bench.csv"),
+        tables.write_csv(compiles, folder / "first_calls.csv"),
+        tables.write_text(bench_markdown(rows, compiles, context), folder / "bench.md"),
+    ]
+    return rows, failures, paths, context
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    rows, failures, paths, _ = run_bench(args)
+    print(tables.markdown(tables.speed_table(rows)))
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"bench: {time.perf_counter() - start:.0f} s")
+    return 1 if failures else 0

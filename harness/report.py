@@ -1,0 +1,254 @@
+"""``softmaxlab report``: derive + accuracy + bench -> ``report/index.md``, CSV files, plots.
+
+One process, in this order: pin the threads (before anything imports jax), run the proof
+book (``softmaxlab.derivations.book.derive_all()``, imported lazily: if the derivations
+are missing the report says so in one line and goes on), the accuracy sweep, the
+benchmarks, then write
+
+* ``<results>/accuracy.csv``, ``reference_check.csv``, ``bench.csv``, ``first_calls.csv``,
+  ``proof_book.csv`` and their Markdown views (``accuracy.md``, ``bench.md``);
+* ``<report>/index.md``: proof book status, accuracy table, speed table with ratio
+  columns against torch and JAX, the plots, and a footnote with machine, versions,
+  threads, commit, timestamp and the exact command;
+* ``<report>/time_vs_classes.png`` and ``<report>/speedup_vs_torch.png``.
+
+Every view is rendered from the CSV rows (and ``report_run.json``: the context, the run's
+duration, thread counts, load average at the end), so ``softmaxlab report --render-only``
+rebuilds them identically without running anything.
+
+``<results>`` and ``<report>`` are ``results/`` and ``report/`` for the full profile
+(the committed snapshot the README quotes) and ``results/<profile>/``,
+``report/<profile>/`` for the others, so a quick run never overwrites the snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import accuracy, bench, environment, first_calls, plots, tables
+from .profiles import add_profile_arguments, get_profile
+
+PROOF_BOOK_COLUMNS = ("family", "title", "status", "general", "seconds")
+
+
+def proof_book() -> tuple[pd.DataFrame, str, bool]:
+    """Run the proof book; returns (records, one-line status, failed).
+
+    ``failed`` is True only when the derivations exist and raised; when they are not
+    importable the status line says so and the report goes on.
+    """
+    try:
+        from softmaxlab.derivations.book import derive_all
+    except ImportError as error:
+        return pd.DataFrame(columns=PROOF_BOOK_COLUMNS), \
+            f"proof book: not available ({type(error).__name__}: {error})", False
+    start = time.perf_counter()
+    try:
+        records = derive_all()
+    except Exception as error:  # the report still shows accuracy and speed
+        return pd.DataFrame(columns=PROOF_BOOK_COLUMNS), \
+            f"proof book: failed ({type(error).__name__}: {error})", True
+    frame = pd.DataFrame([{column: getattr(record, column, None) for column in PROOF_BOOK_COLUMNS}
+                          for record in records], columns=PROOF_BOOK_COLUMNS)
+    # statuses read like "proven (general K)": count them by their first word
+    counts = frame["status"].astype(str).str.split().str[0].value_counts().to_dict() if not frame.empty else {}
+    summary = ", ".join(f"{count} {status}" for status, count in counts.items()) or "no records"
+    return frame, f"proof book: {len(frame)} derivations ({summary}) in {time.perf_counter() - start:.0f} s", False
+
+
+def report_folder(args) -> Path:
+    if getattr(args, "report_dir", None):
+        return Path(args.report_dir)
+    root = environment.repository_root() / "report"
+    return root if args.profile == "full" else root / args.profile
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.DataFrame, checks: pd.DataFrame,
+                   bench_rows: pd.DataFrame, compiles: pd.DataFrame, failures: list, images: list,
+                   files: list, context: dict, thread_counts: dict, report_dir: Path, seconds: float,
+                   load_average_end=None) -> str:
+    lines = [
+        "# softmaxlab report\n",
+        f"Profile **{context['profile']}**, commit `{context['commit']}`, {context['timestamp']}, "
+        f"{seconds:.0f} s. Regenerate with `{context['command']}`. Every table below is a view of the "
+        "CSV rows listed at the end.\n",
+        "## Proof book\n",
+        f"{book_line}\n",
+    ]
+    if not book.empty:
+        shown = book.assign(seconds=book["seconds"].map(lambda v: "" if pd.isna(v) else f"{float(v):.1f}"))
+        lines.append(tables.markdown(shown))
+    lines += [
+        "## Accuracy\n",
+        "Max (median) error in ULPs of the output dtype against the exact reference (mpmath at 50 digits; "
+        "rows of 10^6 classes: pairs of long doubles, checked against mpmath below). **Bold**: NaN/inf "
+        "where the exact value is finite, or infinities that came out wrong. Backward rows compare "
+        "dx = J^T dy at x. Relative errors: `accuracy.md`; definitions: `softmaxlab/harness/metrics.py`.\n",
+        tables.markdown(tables.accuracy_table(accuracy_rows, "ulp")),
+    ]
+    if not checks.empty:
+        worst = checks["max_deviation_ulp_float64"].max()
+        lines.append(f"Long double reference vs mpmath-50 on {int(checks['checked_values'].sum())} values: "
+                     f"largest disagreement {worst:.1e} ULP of float64.\n")
+    lines += [
+        "## Speed\n",
+        f"p50 over pooled samples of {int(bench_rows['repeats'].max()) if not bench_rows.empty else 0} "
+        f"interleaved repeats per provider, {context.get('threads')} threads for every framework "
+        f"(numba {thread_counts.get('numba')}, torch {thread_counts.get('torch', '-')}, JAX through the "
+        f"CPU affinity of {thread_counts.get('affinity')} CPUs). `x vs torch` = torch p50 / softmaxlab p50 "
+        "(above 1: softmaxlab faster), `x vs jax` likewise; `% of limit` = roofline time / p50, the "
+        "roofline being the slower of a parallel stream of the same bytes (inputs read once + outputs "
+        "written once) and an L1-resident loop of the same number of exps, both timed in the same run. "
+        "Compile and JIT time are excluded (first calls below).\n",
+        tables.markdown(tables.speed_table(bench_rows)),
+    ]
+    if failures:
+        lines.append("Failed benchmark cases: " + "; ".join(failures) + "\n")
+    for title, image in images:
+        lines.append(f"![{title}]({_relative(image, report_dir)})\n")
+    compiles = compiles[compiles["provider"].isin(("softmaxlab", "torch", "jax", "pml"))] \
+        if not compiles.empty else compiles
+    if not compiles.empty:
+        shown = compiles.assign(
+            first_call_s=compiles["first_call_s"].map(lambda v: f"{v:.3f}"),
+            compile_s=compiles["compile_s"].map(lambda v: f"{v:.3f}"),
+        )[["kernel", "provider", "dtype", "shape", "phase", "first_call_s", "compile_s"]]
+        lines += ["### First calls (compile and JIT time, kept out of every timing)\n", tables.markdown(shown)]
+    lines += [
+        "## Machine, versions, command\n",
+        f"- machine: {context['machine']}; 1-min load average {context.get('load_average')} when the run "
+        f"started (before its own work), {load_average_end} when it ended. Other processes' load "
+        "shows in the timings of a 2-thread kernel, often as multiples of the 4 ms scheduler tick",
+        f"- versions: {context['versions']}",
+        f"- threads: {context.get('threads')} for every framework; commit `{context['commit']}`; {context['timestamp']}",
+        f"- command: `{context['command']}`",
+        "- files: " + ", ".join(f"[{Path(f).name}]({_relative(f, report_dir)})" for f in files),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_profile_arguments(parser)
+    parser.add_argument("--threads", type=int, help="threads for every framework (default: all CPUs "
+                        "this process may use)")
+    parser.add_argument("--results-dir", help="CSV and Markdown tables (default: results/ for the full "
+                        "profile, results/<profile>/ otherwise)")
+    parser.add_argument("--report-dir", help="index.md and plots (default: report/ for the full profile, "
+                        "report/<profile>/ otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown tables, plots and "
+                        "index.md from the CSV rows already in the results folder (runs nothing)")
+
+
+RUN_FILE = "report_run.json"
+
+
+def run(args) -> int:
+    if getattr(args, "render_only", False):
+        paths = render(accuracy.results_folder(args), report_folder(args))
+        for path in paths:
+            print(f"wrote {path}")
+        return 0
+    start = time.perf_counter()
+    threads = environment.pin_threads(getattr(args, "threads", None))  # before jax is imported
+    profile = get_profile(args.profile)
+    results_dir = accuracy.results_folder(args)
+    report_dir = report_folder(args)
+    context = environment.run_context(profile.name, threads)
+    context["command"] = accuracy.command_line(args)
+    stages = tqdm(total=4, desc="report", unit="stage", file=sys.stderr, position=0)
+
+    stages.set_postfix_str("derive")
+    book, book_line, book_failed = proof_book()
+    print(book_line, file=sys.stderr)
+    stages.update(1)
+
+    stages.set_postfix_str("accuracy")
+    accuracy_rows, checks = accuracy.accuracy_rows(profile, seed=args.seed)
+    stages.update(1)
+
+    stages.set_postfix_str("bench")
+    plan = bench.BenchPlan(profile, threads=threads, seed=args.seed, drop_unavailable=True)
+    label = f"{profile.name}-{context['timestamp'].replace(':', '')}"
+    bench_rows, failures = bench.run_benchmarks(plan, accuracy.raw_folder(args), label)
+    stages.update(1)
+
+    stages.set_postfix_str("tables and plots")
+    row_context = {k: v for k, v in context.items() if k not in ("command", "threads")}
+    tables.write_csv(book.assign(timestamp=context["timestamp"]), results_dir / "proof_book.csv")
+    tables.write_csv(accuracy_rows.assign(**row_context), results_dir / "accuracy.csv")
+    tables.write_csv(checks.assign(timestamp=context["timestamp"]), results_dir / "reference_check.csv")
+    tables.write_csv(bench_rows.assign(**row_context), results_dir / "bench.csv")
+    tables.write_csv(bench.compile_table(first_calls.FIRST_CALLS), results_dir / "first_calls.csv")
+    run_info = {
+        "context": context,
+        "book_line": book_line,
+        "failures": failures,
+        "thread_counts": environment.thread_counts(),
+        "load_average_end": environment.load_average(),
+        "seconds": time.perf_counter() - start,
+    }
+    tables.write_text(json.dumps(run_info, indent=1, default=str) + "\n", results_dir / RUN_FILE)
+    paths = render(results_dir, report_dir)
+    stages.update(1)
+    stages.close()
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"report: {time.perf_counter() - start:.0f} s")
+    return 1 if (failures or book_failed) else 0
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def render(results_dir: Path, report_dir: Path) -> list[Path]:
+    """Write every view (accuracy.md, bench.md, the plots, index.md) from the CSV rows alone.
+
+    ``softmaxlab report --render-only`` calls this on an existing results folder; a run
+    calls it after writing the rows, so the views of a run and a re-render are identical.
+    """
+    results_dir, report_dir = Path(results_dir), Path(report_dir)
+    run_info = json.loads((results_dir / RUN_FILE).read_text())
+    context = run_info["context"]
+    book = _read_csv(results_dir / "proof_book.csv").reindex(columns=list(PROOF_BOOK_COLUMNS))
+    accuracy_rows = _read_csv(results_dir / "accuracy.csv")
+    checks = _read_csv(results_dir / "reference_check.csv")
+    bench_rows = _read_csv(results_dir / "bench.csv")
+    compiles = _read_csv(results_dir / "first_calls.csv")
+    files = [results_dir / name for name in ("proof_book.csv", "accuracy.csv", "reference_check.csv", "bench.csv",
+                                              "first_calls.csv")]
+    files += [
+        tables.write_text(accuracy.accuracy_markdown(accuracy_rows, checks, context), results_dir / "accuracy.md"),
+        tables.write_text(bench.bench_markdown(bench_rows, compiles, context), results_dir / "bench.md"),
+    ]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    images = [
+        ("time per element vs classes", plots.time_vs_classes(bench_rows, report_dir / "time_vs_classes.png")),
+        ("speed-up over torch", plots.speedup_vs_torch(bench_rows, report_dir / "speedup_vs_torch.png")),
+    ]
+    images = [(title, path) for title, path in images if path is not None]
+    index = index_markdown(
+        book=book, book_line=run_info["book_line"], accuracy_rows=accuracy_rows, checks=checks,
+        bench_rows=bench_rows, compiles=compiles, failures=run_info["failures"], images=images, files=files,
+        context=context, thread_counts=run_info["thread_counts"], report_dir=report_dir,
+        seconds=run_info["seconds"], load_average_end=run_info["load_average_end"],
+    )
+    index_path = tables.write_text(index, report_dir / "index.md")
+    return files + [path for _, path in images] + [index_path]

@@ -1,0 +1,102 @@
+"""The machine's limits, measured in the same run as the kernels: a roofline per benchmark.
+
+Every benchmark block (one kernel, one shape, one dtype) also times two reference loops
+with the same thread count (Numba's pool, pinned like every framework's), interleaved
+with the providers:
+
+* ``limit:stream``: a streaming kernel that moves exactly the bytes the speed table
+  counts for the operation: it reads ``read_elements`` and writes ``written_elements``
+  of the dtype once each (a parallel copy of the first ``written_elements`` and a sum
+  of the rest), from and into arrays allocated and touched before timing.  For softmax
+  it is a plain copy of the input's size; for logsumexp almost a pure read; for the
+  backward kernels two inputs in, one out.  Counted bytes: (read + written) * itemsize,
+  the minimum an implementation must move; write-allocate traffic is not counted, for
+  the kernels or for this loop.
+* ``limit:exp``: ``exp_count`` exponentials (the kernels' own vectorized exp from
+  ``softmaxlab.kernels._exp``, the fastest exp in this environment) over a 8-16 KiB
+  buffer per thread that stays in L1, summed so that nothing is written: the
+  compute-bound time of the same number of exponentials.
+
+A row's roofline time is the larger of the two; ``fraction_of_limit`` = roofline / p50.
+Limits of the machine as such would be higher (non-temporal stores, a hand-written
+exp); these two are what a straightforward loop on this machine achieves, which is the
+right yardstick for kernels written the same way.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from softmaxlab.kernels._rows import exp_for
+
+# Only sums are re-associated (to let LLVM vectorize them); nothing else is relaxed.
+_SUM_FASTMATH = {"reassoc", "nsz", "contract"}
+_EXP_BUFFER_ELEMENTS = 2048
+_STREAM_TASK_ELEMENTS = 1 << 15
+
+
+@njit(parallel=True, fastmath=_SUM_FASTMATH, cache=False)
+def _stream(source, destination, tasks):
+    # task t: destination[t-th slice] = source[first part of its t-th slice], and the
+    # rest of that slice is summed; every element is read or written exactly once
+    n_source = source.shape[0]
+    n_destination = destination.shape[0]
+    partial = np.zeros(tasks)
+    for task in prange(tasks):
+        source_slice = source[task * n_source // tasks : (task + 1) * n_source // tasks]
+        written = destination[task * n_destination // tasks : (task + 1) * n_destination // tasks]
+        for j in range(written.shape[0]):
+            written[j] = source_slice[j]
+        rest = source_slice[written.shape[0] :]
+        total = 0.0
+        for j in range(rest.shape[0]):
+            total += rest[j]
+        partial[task] = total
+    return partial.sum()
+
+
+@njit(parallel=True, fastmath=_SUM_FASTMATH, cache=False)
+def _exp_loop(buffers, count):
+    # count exponentials split over the rows of ``buffers`` (one per thread), each row
+    # swept repeatedly; the argument shifts with every sweep so no sweep can be hoisted
+    tasks = buffers.shape[0]
+    partial = np.zeros(tasks)
+    for task in prange(tasks):
+        values = buffers[task]
+        remaining = (task + 1) * count // tasks - task * count // tasks
+        total = 0.0
+        sweep = 0
+        while remaining > 0:
+            length = min(remaining, values.shape[0])
+            shift = values[0] * 0 + sweep * 1e-7
+            chunk = values[:length]
+            acc = values[0] * 0
+            for j in range(length):
+                acc += exp_for(values, chunk[j] - shift)
+            total += acc
+            remaining -= length
+            sweep += 1
+        partial[task] = total
+    return partial.sum()
+
+
+def stream_runner(read_elements: int, written_elements: int, dtype):
+    """A zero-argument call that streams the given element counts (see the module docstring)."""
+    if written_elements > read_elements:
+        raise ValueError(f"written_elements ({written_elements}) must not exceed read_elements ({read_elements})")
+    source = np.ones(read_elements, dtype=dtype)
+    destination = np.zeros(written_elements, dtype=dtype)
+    tasks = max(1, min(read_elements // _STREAM_TASK_ELEMENTS, 1 << 14))
+    return lambda: _stream(source, destination, tasks)
+
+
+def exp_runner(exp_count: int, dtype, threads: int | None = None):
+    """A zero-argument call computing ``exp_count`` exponentials from L1-resident data."""
+    if exp_count < 1:
+        raise ValueError(f"exp_count must be >= 1, got {exp_count}")
+    threads = threads or numba.get_num_threads()
+    rng = np.random.default_rng(0)
+    buffers = rng.uniform(-10.0, 0.0, size=(threads, _EXP_BUFFER_ELEMENTS)).astype(dtype)
+    return lambda: _exp_loop(buffers, exp_count)

@@ -1,0 +1,159 @@
+"""Views of the tidy rows: Markdown tables (pandas pivots) and CSV writing.
+
+Tables are never edited by hand; they are regenerated from the CSV rows.  The Markdown
+writer is a few lines here rather than ``DataFrame.to_markdown`` so that no extra
+dependency (tabulate) is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+PROVIDER_ORDER = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml")
+REGIME_ORDER = ("normal_x3", "large_1e4", "near_ties", "dominant", "masked", "classes_1e6")
+
+
+def markdown(frame: pd.DataFrame, index: bool = False) -> str:
+    """A GitHub Markdown table of ``frame`` (cells as they are; NaN as empty)."""
+    if index:
+        frame = frame.reset_index()
+    header = [str(column) for column in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        cells = ["" if (isinstance(value, float) and math.isnan(value)) else str(value) for value in row]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ordered(values, order) -> list:
+    """``values`` in ``order`` first, the rest after in their own order."""
+    values = list(dict.fromkeys(values))
+    return [v for v in order if v in values] + [v for v in values if v not in order]
+
+
+def format_number(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** digits or abs(value) < 10 ** -2:
+        return f"{value:.{max(digits - 1, 1)}e}"
+    return f"{value:.{digits}g}"
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_text(text: str, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ---- accuracy ----------------------------------------------------------------------------
+
+
+def _accuracy_cell(row, metric: str) -> str:
+    """``max (median)`` of ``metric`` ("ulp", "rel"; "rowwise": max only), non-finite counts in bold."""
+    finite = row["n_values"] - row["n_nonfinite"]
+    if isinstance(row.get("error"), str) and row["error"]:
+        return f"**failed: {row['error'].split(':')[0]}**"
+    if row["n_values"] and not finite:
+        text = f"**all {row['n_values']} NaN/inf**"
+    elif not row["n_values"]:
+        text = "-"
+    elif metric == "rowwise":
+        text = format_number(row["max_rowwise_ulp"])
+    else:
+        text = f"{format_number(row[f'max_{metric}'])} ({format_number(row[f'median_{metric}'], 2)})"
+    flags = []
+    if row["n_nonfinite"] and finite:
+        flags.append(f"{row['n_nonfinite']} of {row['n_values']} NaN/inf")
+    if row["n_special_mismatch"]:
+        flags.append(f"{row['n_special_mismatch']} of {row['n_special']} infinities wrong")
+    if flags:
+        text += " **" + "; ".join(flags) + "**"
+    return text
+
+
+def accuracy_table(rows: pd.DataFrame, metric: str = "ulp") -> pd.DataFrame:
+    """Pivot: one line per (kernel, output, regime, dtype), one column per provider.
+
+    Cells are ``max (median)`` errors in ULPs of the output dtype (``metric="ulp"``) or
+    relative (``"rel"``), or the max row-wise ULP error (``"rowwise"``), with the count of
+    NaN/inf results where the exact value is finite, and of wrong infinities, in bold.
+    Kernels keep the order of the rows (the registry's).
+    """
+    if metric not in ("ulp", "rel", "rowwise"):
+        raise ValueError(f"metric must be 'ulp', 'rel' or 'rowwise', got {metric!r}")
+    keys = ["kernel", "output", "regime", "dtype"]
+    cells = rows.assign(cell=rows.apply(_accuracy_cell, axis=1, metric=metric))
+    table = cells.pivot_table(index=keys, columns="provider", values="cell", aggfunc="first")
+    table = table[ordered(table.columns, PROVIDER_ORDER)].reset_index()
+    kernel_rank = {kernel: rank for rank, kernel in enumerate(dict.fromkeys(rows["kernel"]))}
+    output_rank = {key: rank for rank, key in enumerate(dict.fromkeys(zip(rows["kernel"], rows["output"])))}
+    table["_order"] = list(zip(
+        table["kernel"].map(kernel_rank),
+        [output_rank[key] for key in zip(table["kernel"], table["output"])],
+        table["regime"].map(lambda r: REGIME_ORDER.index(r) if r in REGIME_ORDER else 99),
+        table["dtype"],
+    ))
+    table = table.sort_values("_order").drop(columns="_order")
+    table.columns.name = None
+    return table.reset_index(drop=True)
+
+
+# ---- speed -----------------------------------------------------------------------------
+
+
+def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Pivot: one line per (kernel, shape, dtype); p50 per provider, ratios, roofline.
+
+    ``x vs torch`` is torch's p50 over softmaxlab's (above 1: softmaxlab is faster), from
+    measurements interleaved in the same run; likewise ``x vs jax`` and ``x vs pml``.  ``% of limit`` is
+    the roofline time (max of the streaming time of the same bytes and the exp-loop time
+    of the same exponentials, both measured in the same run) over the provider's p50.
+    """
+    measured = rows[~rows["provider"].str.startswith("limit:")]
+    providers = ordered(measured["provider"], PROVIDER_ORDER)
+    others = [provider for provider in ("torch", "jax", "pml") if provider in providers]
+    lines = []
+    keys = ["op", "mode", "kernel", "rows", "classes", "dtype"]
+    for key, group in measured.groupby(keys, sort=False):
+        by_provider = group.set_index("provider")
+        line = dict(zip(keys, key))
+        line["shape"] = f"{key[3]}x{key[4]}"
+        p50 = by_provider["p50_s"]
+        for provider in providers:
+            line[f"{provider} ms"] = format_number(1e3 * p50[provider]) if provider in p50 else ""
+        for other in others:
+            both = "softmaxlab" in p50 and other in p50
+            line[f"x vs {other}"] = f"{p50[other] / p50['softmaxlab']:.2f}" if both else ""
+        for provider in providers:
+            fraction = by_provider["fraction_of_limit"].get(provider, float("nan"))
+            line[f"{provider} % of limit"] = "" if pd.isna(fraction) else f"{100 * fraction:.0f}"
+        line["bound"] = by_provider["bound"].iloc[0]
+        line["GB/s (softmaxlab)"] = (
+            format_number(by_provider.loc["softmaxlab", "bytes_per_s"] / 1e9) if "softmaxlab" in p50 else ""
+        )
+        lines.append(line)
+    table = pd.DataFrame(lines)
+    if table.empty:
+        return table
+    kernel_rank = {kernel: rank for rank, kernel in enumerate(dict.fromkeys(rows["kernel"]))}
+    table["_kernel"] = table["kernel"].map(kernel_rank)
+    table["_dtype"] = table["dtype"].map({"float32": 0, "float64": 1})
+    table = table.sort_values(["_kernel", "_dtype", "classes"]).drop(
+        columns=["_kernel", "_dtype", "op", "mode", "rows", "classes"])
+    front = ["kernel", "shape", "dtype"]
+    return table[front + [c for c in table.columns if c not in front]].reset_index(drop=True)

@@ -1,0 +1,130 @@
+"""The accuracy sweep: documented columns, and errors that show up where they should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from softmaxlab import kernels
+from softmaxlab.harness import accuracy, cli, tables
+from softmaxlab.harness.metrics import STAT_COLUMNS
+from softmaxlab.harness.profiles import get_profile
+from softmaxlab.harness.registry import REGISTRY, Implementation
+
+from .conftest import fake_entry
+
+SMOKE = get_profile("smoke")
+
+
+def wrong_softmax(relative_error: float) -> Implementation:
+    """softmaxlab's softmax times (1 + relative_error): a deliberately wrong implementation."""
+
+    def prepare(inputs):
+        x = inputs["x"]
+        return lambda: (kernels.softmax(x) * (1 + relative_error)).astype(x.dtype)
+
+    return Implementation("numpy", prepare)
+
+
+def test_rows_have_the_documented_columns():
+    rows, checks = accuracy.accuracy_rows(SMOKE, kernels=["logsumexp"], providers=["softmaxlab"],
+                                          regime_names=["normal_x3", "masked"], dtypes=["float32"], progress=False)
+    assert tuple(rows.columns) == accuracy.ROW_COLUMNS
+    assert set(STAT_COLUMNS) <= set(rows.columns)
+    assert len(rows) == 2  # 2 regimes x 1 dtype x 1 provider x 1 output
+    assert checks.empty  # mpmath only: nothing to cross-check
+    table = tables.accuracy_table(rows)
+    assert list(table.columns) == ["kernel", "output", "regime", "dtype", "softmaxlab"]
+
+
+def test_a_wrong_implementation_shows_a_large_error():
+    entry = fake_entry("softmax", REGISTRY["softmax"].implementation("softmaxlab"), wrong_softmax(1e-3))
+    rows, _ = accuracy.accuracy_rows(SMOKE, registry={"softmax": entry}, regime_names=["normal_x3"],
+                                     progress=False)
+    by_provider = rows.set_index(["provider", "dtype"])
+    # 1e-3 relative is 2**-10: about 2**13 float32 ULPs and 2**42 float64 ULPs
+    assert by_provider.loc[("numpy", "float32"), "max_ulp"] > 4000
+    assert by_provider.loc[("numpy", "float64"), "max_ulp"] > 1e12
+    assert by_provider.loc[("numpy", "float64"), "median_rel"] == pytest.approx(1e-3, rel=1e-6)
+    assert (by_provider.loc["softmaxlab", "max_ulp"] < 8).all()
+
+
+def test_naive_softmax_overflows_on_large_logits():
+    rows, _ = accuracy.accuracy_rows(SMOKE, kernels=["softmax"], providers=["softmaxlab", "numpy_naive"],
+                                     regime_names=["large_1e4"], progress=False)  # both dtypes
+    by_provider = rows.set_index(["provider", "dtype"])
+    assert (by_provider.loc["numpy_naive", "n_nonfinite"] > 0).all()
+    assert (by_provider.loc["softmaxlab", "n_nonfinite"] == 0).all()
+
+
+def test_missing_provider_is_skipped_with_one_line(capsys):
+    missing = Implementation("pml", lambda inputs: None, requires=("softmaxlab_no_such_framework",))
+    entry = fake_entry("logsumexp", REGISTRY["logsumexp"].implementation("softmaxlab"), missing)
+    rows, _ = accuracy.accuracy_rows(SMOKE, registry={"logsumexp": entry}, regime_names=["normal_x3"],
+                                     dtypes=["float32"], progress=False)
+    assert set(rows["provider"]) == {"softmaxlab"}
+    err = capsys.readouterr().err
+    assert err.count("skipping provider 'pml'") == 1 and "Traceback" not in err
+
+
+def test_reference_check_compares_the_two_engines():
+    entry = REGISTRY["softmax_backward"]
+    inputs = entry.make_inputs("normal_x3", (2, 500), "float64", 0)
+    rows = accuracy.reference_check(entry, inputs, (2, 500), 200, "normal_x3", "float64")
+    assert [row["checked_values"] for row in rows] == [200]
+    assert rows[0]["max_deviation_ulp_float64"] < 1e-6
+
+
+def test_accuracy_command_writes_csv_and_markdown(tmp_path):
+    code = cli.main(["accuracy", "--profile", "smoke", "--kernels", "log_softmax", "--providers", "softmaxlab",
+                     "numpy", "--regimes", "dominant", "--dtypes", "float32", "--results-dir", str(tmp_path)])
+    assert code == 0
+    rows = pd.read_csv(tmp_path / "accuracy.csv")
+    assert set(accuracy.ROW_COLUMNS) | {"machine", "versions", "commit", "timestamp"} <= set(rows.columns)
+    assert set(rows["provider"]) == {"softmaxlab", "numpy"}
+    text = (tmp_path / "accuracy.md").read_text()
+    assert "## Error in ULPs of the output dtype" in text
+    assert "softmaxlab accuracy --profile smoke" in text
+
+
+def test_results_folders_keep_the_snapshot_for_the_full_profile(tmp_path):
+    class Args:
+        profile = "quick"
+        results_dir = None
+
+    assert accuracy.results_folder(Args).name == "quick"
+    Args.profile = "full"
+    assert accuracy.results_folder(Args).name == "results"
+    Args.results_dir = str(tmp_path)
+    assert accuracy.results_folder(Args) == tmp_path
+
+
+def test_regime_rows_are_finite_where_expected():
+    """softmaxlab returns no NaN/inf on any regime where the exact value is finite."""
+    rows, _ = accuracy.accuracy_rows(SMOKE, kernels=["softmax", "log_softmax_backward"], providers=["softmaxlab"],
+                                     regime_names=["masked", "dominant"], dtypes=["float32"], progress=False)
+    assert (rows["n_nonfinite"] == 0).all() and (rows["n_special_mismatch"] == 0).all()
+    assert np.isfinite(rows["max_ulp"]).all()
+
+
+def test_a_failing_implementation_is_a_row_not_a_crash(capsys):
+    def prepare(inputs):
+        def run():
+            raise RuntimeError("deliberately broken")
+
+        return run
+
+    entry = fake_entry("logsumexp", REGISTRY["logsumexp"].implementation("softmaxlab"), Implementation("torch", prepare))
+    rows, _ = accuracy.accuracy_rows(SMOKE, registry={"logsumexp": entry}, regime_names=["normal_x3"],
+                                     dtypes=["float32"], progress=False)
+    failed = rows.set_index("provider").loc["torch"]
+    assert failed["error"] == "RuntimeError: deliberately broken"
+    assert "**failed: RuntimeError**" in tables.accuracy_table(rows).iloc[0]["torch"]
+    assert "logsumexp / torch / normal_x3 / float32 failed" in capsys.readouterr().err
+
+
+def test_reference_check_keeps_class_indices_valid():
+    inputs = {"x": np.zeros((2, 10)), "target": np.array([9, 3])}
+    cut = accuracy.subset_inputs(inputs, (2, 10), 4)
+    assert cut["x"].shape == (1, 4) and cut["target"].tolist() == [1]

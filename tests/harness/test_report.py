@@ -1,0 +1,105 @@
+"""The report: proof book status (present or not), index.md sections, plots, the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from dataclasses import dataclass
+
+import matplotlib.image
+import pytest
+
+from softmaxlab.harness import accuracy, bench, cli, plots, report
+from softmaxlab.harness.profiles import get_profile
+
+from .test_bench import fake_report
+
+
+@dataclass
+class Record:
+    family: str
+    title: str
+    status: str
+    general: bool
+    seconds: float
+
+
+def test_missing_proof_book_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "softmaxlab.derivations.book", None)  # import -> ImportError
+    frame, line, failed = report.proof_book()
+    assert frame.empty and not failed
+    assert line.startswith("proof book: not available (ModuleNotFoundError") and "\n" not in line
+
+
+def test_proof_book_records_become_a_table(monkeypatch):
+    book = types.ModuleType("softmaxlab.derivations.book")
+    book.derive_all = lambda: [
+        Record("softmax", "Jacobian", "proven (general K)", True, 0.1),
+        Record("softmax", "LSE bounds", "proven (general K)", True, 0.2),
+        Record("bounds", "figures", "checked (numeric example)", False, 0.0),
+    ]
+    monkeypatch.setitem(sys.modules, "softmaxlab.derivations.book", book)
+    frame, line, failed = report.proof_book()
+    assert list(frame.columns) == list(report.PROOF_BOOK_COLUMNS) and len(frame) == 3 and not failed
+    assert "3 derivations (2 proven, 1 checked)" in line
+
+
+def test_failing_proof_book_fails_the_report_but_not_the_run(monkeypatch):
+    book = types.ModuleType("softmaxlab.derivations.book")
+    book.derive_all = lambda: 1 / 0
+    monkeypatch.setitem(sys.modules, "softmaxlab.derivations.book", book)
+    frame, line, failed = report.proof_book()
+    assert failed and line.startswith("proof book: failed (ZeroDivisionError")
+
+
+def test_plots_are_written(tmp_path):
+    rows = bench.tidy_rows(fake_report())
+    for draw, name in ((plots.time_vs_classes, "time.png"), (plots.speedup_vs_torch, "speedup.png")):
+        path = draw(rows, tmp_path / name)
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 300 and width > 400
+
+
+def test_report_writes_index_tables_and_plots(tmp_path, monkeypatch):
+    accuracy_rows, checks = accuracy.accuracy_rows(get_profile("smoke"), kernels=["softmax"], providers=["numpy"],
+                                                   regime_names=["normal_x3"], progress=False)
+    monkeypatch.setattr(accuracy, "accuracy_rows", lambda *args, **kwargs: (accuracy_rows, checks))
+    monkeypatch.setattr(bench, "run_benchmarks", lambda *args, **kwargs: (bench.tidy_rows(fake_report()), []))
+    monkeypatch.setitem(sys.modules, "softmaxlab.derivations.book", None)
+    args = argparse.Namespace(profile="smoke", threads=None, results_dir=str(tmp_path / "results"),
+                              report_dir=str(tmp_path / "report"), seed=0, command="report", render_only=False,
+                              command_line="softmaxlab report --profile smoke")
+    assert report.run(args) == 0
+    index = (tmp_path / "report" / "index.md").read_text()
+    for heading in ("## Proof book", "## Accuracy", "## Speed", "## Machine, versions, command"):
+        assert heading in index
+    assert "proof book: not available (ModuleNotFoundError" in index
+    assert "| x vs torch | x vs jax |" in index
+    assert "`softmaxlab report --profile smoke`" in index
+    assert "![speed-up over torch](speedup_vs_torch.png)" in index
+    for name in ("accuracy.csv", "bench.csv", "reference_check.csv", "first_calls.csv", "proof_book.csv",
+                 "accuracy.md", "bench.md"):
+        assert (tmp_path / "results" / name).exists(), name
+    assert (tmp_path / "report" / "time_vs_classes.png").stat().st_size > 10_000
+    # every view is rendered from the CSV rows: a re-render changes nothing
+    views = {path: path.read_bytes() for path in [tmp_path / "report" / "index.md",
+                                                  tmp_path / "results" / "accuracy.md", tmp_path / "results" / "bench.md"]}
+    assert cli.main(["report", "--profile", "smoke", "--results-dir", str(tmp_path / "results"),
+                     "--report-dir", str(tmp_path / "report"), "--render-only"]) == 0
+    for path, content in views.items():
+        assert path.read_bytes() == content, f"{path.name} did not regenerate identically"
+
+
+def test_an_unavailable_subcommand_says_why_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(cli.SUBCOMMANDS, "missing", ("softmaxlab.harness.no_such_module", "not there"))
+    assert cli.main(["missing"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("softmaxlab missing: not available (ModuleNotFoundError") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["accuracy", "bench", "report"])
+def test_quick_is_the_quick_profile(command):
+    args = cli.build_parser().parse_args([command, "--quick"])
+    assert args.profile == "quick"
+    assert cli.build_parser().parse_args([command]).profile == "full"
