@@ -43,12 +43,24 @@ def _panels(count: int):
 
 
 def _legend(panels, spare):
-    """The legend in the spare slot when there is one, else in the first panel."""
+    """One legend of every label used in any panel: in the spare slot, else in the first panel."""
+    entries = {}
+    for panel in panels:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
     if spare is not None:
-        handles, labels = panels[0].get_legend_handles_labels()
-        spare.legend(handles, labels, loc="center", fontsize=10, frameon=False)
+        spare.legend(list(entries.values()), list(entries), loc="center", fontsize=10, frameon=False)
     else:
-        panels[0].legend(fontsize=8)
+        panels[0].legend(list(entries.values()), list(entries), fontsize=8)
+
+
+def _finish(figure, title: str, path) -> None:
+    """Title above the panels (room kept for it whatever the figure's height), then save."""
+    figure.suptitle(title)
+    height = figure.get_figheight()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _log_axis(axis):
@@ -95,10 +107,7 @@ def time_vs_classes(rows: pd.DataFrame, path: Path, dtype: str = "float32") -> P
         axis.grid(True, which="major", alpha=0.3)
     _legend(axes, spare)
     threads = rows["threads"].iloc[0] if "threads" in rows else "?"
-    figure.suptitle(f"Time per element vs classes, {dtype}, {threads} threads (lower is faster)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(figure, f"Time per element vs classes, {dtype}, {threads} threads (lower is faster)", path)
     return Path(path)
 
 
@@ -139,8 +148,5 @@ def speedup_vs_torch(rows: pd.DataFrame, path: Path) -> Path | None:
         axis.set_ylabel("speed-up over torch (p50 ratio)")
         axis.grid(True, axis="y", which="both", alpha=0.3)
     _legend(axes, spare)
-    figure.suptitle("Speed-up over torch, same-run interleaved measurements (above 1: faster than torch)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _finish(figure, "Speed-up over torch, same-run interleaved measurements (above 1: faster than torch)", path)
     return Path(path)
