@@ -139,7 +139,7 @@ def _format_ms(timing):
     return f"{median * 1e3:.1f} ({fastest * 1e3:.1f})"
 
 
-def speed_table(repeats: int, shapes, dtype: str) -> str:
+def speed_table(repeats: int, shapes, dtype: str, paths=("cosines", "embeddings")) -> str:
     lines = [
         "| path | loss | rows x classes | softmaxlab ms | torch ms | pml ms | torch / softmaxlab | pml / softmaxlab |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -153,7 +153,7 @@ def speed_table(repeats: int, shapes, dtype: str) -> str:
         lines.append(f"| {path} | {name} | {shape[0]} x {shape[1]} | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
 
-    for shape in shapes:
+    for shape in shapes if "cosines" in paths else ():
         inputs = margins.cosine_inputs("normal_x3", shape, dtype, 0)
         for name, (kernel, parameters, margins_tuple, pml) in COSINE_LOSSES.items():
             runs = {
@@ -163,7 +163,7 @@ def speed_table(repeats: int, shapes, dtype: str) -> str:
             if pml:
                 runs["pml"] = margins._pml_on_cosines(pml[0], True, **pml[1])(inputs)
             add("cosines -> (loss, dcos)", name, shape, time_interleaved(runs, repeats))
-    for shape in shapes:
+    for shape in shapes if "embeddings" in paths else ():
         features = margins.feature_inputs("normal_x3", shape, dtype, 0)
         x, W, target = features["x"], features["W"], features["target"]
         for name in ("CosFace s=64 m=0.35", "ArcFace s=64 m=0.5"):
@@ -239,7 +239,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=21, help="timed calls per provider (median; default 21)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--quick", action="store_true", help="small shapes, 5 repeats (a smoke run)")
+    parser.add_argument("--paths", nargs="+", default=["cosines", "embeddings"], choices=["cosines", "embeddings"],
+                        help="which timings: from cosines, from embeddings x and weights W (default both)")
     parser.add_argument("--no-speed", action="store_true", help="only the parity table")
+    parser.add_argument("--no-parity", action="store_true", help="only the speed table")
     args = parser.parse_args(argv)
     # pml's LargeMarginSoftmaxLoss calls scipy.special.binom on tensors (a NumPy 2 deprecation, not ours)
     warnings.filterwarnings("ignore", message="__array_wrap__ must accept context", category=DeprecationWarning)
@@ -258,10 +261,13 @@ def main(argv=None) -> int:
           f"pytorch-metric-learning {pytorch_metric_learning.__version__}. Load average at start: {load:.2f}.\n")
     if not args.no_speed:
         print(f"## Forward + backward, {args.dtype}: median (min) of {repeats} calls, ms; ratios of medians\n")
-        print(speed_table(repeats, shapes, args.dtype))
+        print(speed_table(repeats, shapes, args.dtype, args.paths))
         print()
-    print("## Parity with pytorch-metric-learning: max |ours - pml| / max |pml| (64 x 1000 classes, D = 64)\n")
-    print(parity_table())
+    if not args.no_parity:
+        print("## Parity with pytorch-metric-learning: max |ours - pml| / max |pml| (64 x 1000 classes, D = 64)\n")
+        print(parity_table())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nLoad average at the end: {load:.2f} (other processes share the {os.cpu_count()} CPUs).")
     return 0
 
 

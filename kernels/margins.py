@@ -346,6 +346,16 @@ def _tangent_kernel(projected, unit, norms, out):
             destination[j] = (np.float64(gradient[j]) - radial * np.float64(direction[j])) / norm
 
 
+def _product_over_classes(upstream: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """upstream @ rows for upstream (N, C) and rows (C, D), summed over the C classes, C-contiguous.
+
+    Computed as (rows^T upstream^T)^T: the same product, but NumPy's OpenBLAS picks a much
+    faster schedule for it when C is long and N, D are short (measured with 2 threads at
+    256 x 93431 x 512, float32: 0.44 s instead of 1.0-3.2 s).
+    """
+    return np.ascontiguousarray(np.matmul(rows.T, upstream.T).T)
+
+
 def _checked_norms(name: str, values: np.ndarray) -> np.ndarray:
     """Row norms (float64) of a C-contiguous 2-D array; ValueError names the first zero row."""
     norms = np.empty(values.shape[0])
@@ -468,7 +478,7 @@ def normalized_linear_backward(x, W, grad_cos):
     x_unit, w_unit = _unit_rows(rows, x_norms), _unit_rows(W, w_norms)
     dx = np.empty_like(rows)
     dW = np.empty_like(W)
-    _tangent_kernel(np.matmul(upstream, w_unit), x_unit, x_norms, dx)
+    _tangent_kernel(_product_over_classes(upstream, w_unit), x_unit, x_norms, dx)
     _tangent_kernel(np.matmul(upstream.T, x_unit), w_unit, w_norms, dW)
     return dx.reshape(leading + (W.shape[1],)), dW
 
@@ -902,7 +912,7 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     if not with_gradient:
         return loss
     # gradient = dL/dz with the target column times alpha: dx = G' W, dW = G'^T x, plus the radial terms
-    dx = np.matmul(gradient, weights)
+    dx = _product_over_classes(gradient, weights)
     _add_scaled_self_kernel(dx, target_gradients * radial / x_norms ** 2, x)
     dW = np.matmul(gradient.T, x)
     _add_scaled_rows(dW, targets, target_gradients * radial / w_norms[targets] ** 2, weights)
