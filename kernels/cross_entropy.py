@@ -25,7 +25,7 @@ How the kernel keeps its accuracy:
 
 * ``LSE(z) - z_c = (M - z_c) + log1p(T)`` with M the row max and T = S - 1 summed
   without cancellation: the terms equal to M (each exp(0) = 1 exactly) are counted, not
-  summed, for float32 rows as well as float64 (``_sum_exp_minus_one``).  A target that
+  summed, for float32 rows as well as float64 (``_rows.scaled_exp_sum``).  A target that
   holds the max then has loss log1p(T), exact however small (e.g. 1000 e^-30), and
   ``a_y - 1 = -T / S`` with no ``a_y - 1`` rounding to 0.
 * The smoothing term ``sum_c w_c (M - z_c)`` is a sum of non-negative terms, per block
@@ -60,7 +60,15 @@ from numba import njit, prange
 
 from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
 from ._exp import exp64_pair, two_sum
-from ._rows import SUM_CHUNK, block_max, exp_difference_for, merge_max_sum_exp, pairwise_sum
+from ._rows import (
+    SUM_CHUNK,
+    block_max,
+    exp_difference_for,
+    merge_max_sum_exp,
+    pairwise_sum,
+    scaled_exp_sum,
+    scaled_store_exp_sum,
+)
 from ._validation import (
     check_class_indices_or_ignored,
     check_class_weight,
@@ -177,35 +185,6 @@ def _scaled(value, scale):
     return np.float64(value) * scale
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
-def _sum_exp_minus_one(values, scale, largest, destination, store):
-    """T = sum_j exp(scale v_j - largest) - 1 for largest = max_j scale v_j, without cancellation.
-
-    The entries equal to the max (exp(0) = 1 exactly) are counted and the others summed,
-    T = sum + (count - 1), for float32 rows too (their terms are float64 exponentials
-    accurate to 6e-11, which would swamp a T of 1e-10 if the max's own 1 were summed).
-    ``scale v_j`` is rounded to float64 once; the difference to ``largest`` is exact for
-    float64 rows (``exp_difference_for``).  In float64, chunked as ``_rows.SUM_CHUNK``.
-    With ``store`` each exp is also written to ``destination`` (rounded to its dtype),
-    for the write pass to scale in place.
-    """
-    total = 0.0
-    ties = 0.0
-    for base in range(0, values.shape[0], SUM_CHUNK):
-        chunk = values[base : base + SUM_CHUNK]
-        written = destination[base : base + SUM_CHUNK]
-        partial = 0.0
-        for j in range(chunk.shape[0]):
-            value = _scaled(chunk[j], scale)
-            e = exp_difference_for(values, value, largest)
-            if store:
-                written[j] = e
-            partial += e if value != largest else 0.0
-            ties += 1.0 if value == largest else 0.0
-        total += partial
-    return total + (ties - 1.0)
-
-
 @njit(fastmath=STRICT_FASTMATH, cache=False)
 def reduce_scaled(values, scale, destination, store):
     """(m_b, t_b) of a block of ``scale * values`` (scale > 0): max and sum exp(. - m_b) - 1.
@@ -221,7 +200,11 @@ def reduce_scaled(values, scale, destination, store):
         return largest, (np.nan if has_nan(values) else -1.0)
     if largest == np.inf:
         return largest, 0.0
-    return largest, _sum_exp_minus_one(values, scale, largest, destination, store)
+    # T counts the ties (the max's exp(0) = 1 exactly): float32 rows' terms are float64
+    # exponentials accurate to 6e-11, which would swamp a T of 1e-10 if the 1 were summed
+    if store:
+        return largest, scaled_store_exp_sum(values, scale, largest, destination)
+    return largest, scaled_exp_sum(values, scale, largest, destination)
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)

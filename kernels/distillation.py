@@ -15,7 +15,7 @@ One parallel kernel (``cross_entropy.make_loss_kernel``) with a state of 7 float
 block: the (max, sum of exp - 1) pairs of z/T, v/T and z, and
 u_b = sum_c e^(v_c/T - m_b) (v_c - z_c)/T.  Merged per row,
 KL = sum_c p_c (v_c - z_c)/T - [(M_v - M_z) + (log S_v - log S_z)], with every sum of
-exponentials taken without cancellation (``cross_entropy._sum_exp_minus_one``) and the
+exponentials taken without cancellation (``_rows.scaled_exp_sum``) and the
 log-sums as log1p.  The write pass reads z and v once more and writes
 ``g (alpha T / S_z) e^(z/T - M_z) - g (alpha T / S_v) e^(v/T - M_v) + g ((1-alpha)/S) e^(z - M)``
 with the target entry's ``a_y - 1`` formed as ``-T/S`` when z_y holds the max.  float32

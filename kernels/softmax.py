@@ -32,7 +32,7 @@ from ._rows import (
     reduce_max_sum_exp,
     reduce_sum_and_max,
     reduce_sum_product,
-    sum_exp_minus_one,
+    store_exp_sum,
 )
 from ._validation import as_rows, check_axis, check_float_array, check_same_array_layout, from_rows
 
@@ -54,7 +54,7 @@ def _reduce_softmax(x, unused, out, i, start, stop):
     if not math.isfinite(largest):
         return reduce_max_sum_exp(x, unused, out, i, start, stop)
     # e_j = exp(x_j - m_b), written to the output; t_b = sum_j e_j - 1
-    return largest, sum_exp_minus_one(x[i, start:stop], largest, out[i, start:stop], True)
+    return largest, store_exp_sum(x[i, start:stop], 1.0, largest, out[i, start:stop])
 
 
 @njit(fastmath=STRICT_FASTMATH, cache=False)

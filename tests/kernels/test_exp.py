@@ -102,9 +102,27 @@ def test_kernel_hot_loops_vectorize():
     # the sum of exponentials (both dtypes, with and without the store) and the max
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
-        _rows.sum_exp_minus_one(row, 0.0, np.empty_like(row), True)
-        _rows.sum_exp_minus_one(row, 0.0, row, False)
+        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row))
+        _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
         _rows.block_max(row)
-    for function in (_rows.sum_exp_minus_one, _rows.block_max):
+    for function in (_rows.store_exp_sum.terms, _rows.exp_sum_minus_one.terms, _rows.block_max):
         for signature in function.signatures:
             assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("classes", [19, 300, 9000])
+def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
+    # A dominant class: T = sum_j e^(z_j - M) - 1 is ~1e-13, far below ulp(1).  Each
+    # flavour must return it to its terms' accuracy (one chunk, several chunks, and
+    # several blocks' worth), never through a cancelling 1 + T - 1.
+    rng = np.random.default_rng(classes)
+    row = (-rng.uniform(30.0, 40.0, classes)).astype(dtype)
+    row[classes // 2] = 0.0
+    largest = 0.0
+    with mpmath.workdps(60):
+        exact_total = float(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row) - 1)
+    terms_bound = 1e-10 if dtype == np.float32 else 1e-15  # the exponentials' relative error
+    for flavour in (_rows.exp_sum_minus_one, _rows.scaled_exp_sum, _rows.scaled_store_exp_sum):
+        total = flavour(row, 1.0, largest, np.empty_like(row))
+        assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)
