@@ -102,10 +102,12 @@ def test_kernel_hot_loops_vectorize():
     # the sum of exponentials (both dtypes, with and without the store) and the max
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
-        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row))
+        _rows._store_exp_sum_direct(row, 1.0, 0.0, np.empty_like(row))
+        _rows._store_exp_sum_counted(row, 1.0, 0.0, np.empty_like(row))
         _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
         _rows.block_max(row)
-    for function in (_rows.store_exp_sum.terms, _rows.exp_sum_minus_one.terms, _rows.block_max):
+    loops = (_rows._store_exp_sum_direct.terms, _rows._store_exp_sum_counted.terms, _rows.exp_sum_minus_one.terms)
+    for function in loops + (_rows.block_max,):
         for signature in function.signatures:
             assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
 
@@ -123,6 +125,7 @@ def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
     with mpmath.workdps(60):
         exact_total = float(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row) - 1)
     terms_bound = 1e-10 if dtype == np.float32 else 1e-15  # the exponentials' relative error
-    for flavour in (_rows.exp_sum_minus_one, _rows.scaled_exp_sum, _rows.scaled_store_exp_sum):
+    flavours = (_rows.exp_sum_minus_one, _rows._store_exp_sum_counted, _rows.scaled_exp_sum, _rows.scaled_store_exp_sum)
+    for flavour in flavours:
         total = flavour(row, 1.0, largest, np.empty_like(row))
         assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)
