@@ -20,6 +20,13 @@ Excluded on purpose, everywhere: ``nnan`` and ``ninf`` (infinities and NaN are d
 here: an all ``-inf`` row must give ``-inf``, a NaN must reach the output), ``arcp``
 (``e / s`` must stay a correctly rounded division) and ``afn`` (``log`` must stay libm's).
 
+Error model: every kernel is compiled with ``error_model="numpy"``: a float division by
+zero gives inf or NaN as IEEE 754 says.  Numba's default (``"python"``) tests each
+division for a zero divisor and raises ZeroDivisionError, and that branch and call
+inside a loop stop LLVM from vectorizing it: binary cross-entropy's per-element loop
+(the sigmoid's 1 / (1 + e)) ran at ~10 ns per element instead of 1.2 (measured).  The
+kernels never rely on the exception; the Python-side validation raises the errors.
+
 Caching: the kernels are compiled lazily, once per dtype, and NOT cached to disk
 (``cache=False``).  Numba's on-disk cache of ``parallel=True`` functions has a history
 of stale-cache and threading-layer mismatches; a cold start compiles each kernel once
@@ -27,6 +34,9 @@ per process, and the test suite reports that time.
 """
 
 from __future__ import annotations
+
+# Options of every @njit: ``@njit(fastmath=..., **JIT_OPTIONS)``.
+JIT_OPTIONS = {"cache": False, "error_model": "numpy"}
 
 STRICT_FASTMATH = {"contract"}
 REDUCTION_FASTMATH = {"contract", "reassoc", "nsz"}

@@ -37,6 +37,20 @@ subnormal grid: bound 1 ULP there).
 
 Special values: exp(-inf) = 0, exp(+inf) = inf, exp(nan) = nan; results round to 0
 below ln(min subnormal / 2) and to inf above ln(max float).
+
+``log1p_unit(e)`` is log(1 + e) for 0 <= e <= 1 (the softplus of the sigmoid losses,
+log1p(e^-|x|)), vectorizable for the same reason: libm's ``log1p`` in a loop is a scalar
+call (binary cross-entropy ran at ~30 ns per element with it).  Method (the classic
+reduction of fdlibm's ``log``, with the rounding of 1 + e carried as a correction)::
+
+    u = 1 + e,  c = e - (u - 1)                # exact (Fast2Sum, 1 >= e)
+    u = 2**k m,  k in {0, 1},  m in [1/sqrt2, sqrt2),  f = m - 1 (exact)
+    s = f / (2 + f),  log(1 + f) = 2 atanh(s) = f - f**2/2 + s (f**2/2 + R(s**2))
+    log(1 + e) = k ln2 + log(1 + f) + c / u
+
+R(z)/z is fitted to degree 6 in mpmath (fit error 3.1e-16 relative, a term of at most
+s**3 = 0.005).  Measured: at most 0.841 ULP over 2e7 random e (uniform, and e^-U(0, 40)),
+against long double (``tests/kernels/test_exp.py`` checks a sample against mpmath).
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ from llvmlite import ir
 from numba import literal_unroll, njit, types
 from numba.extending import intrinsic
 
-from ._config import STRICT_FASTMATH
+from ._config import JIT_OPTIONS, STRICT_FASTMATH
 
 
 def _pow2_codegen(split):
@@ -135,7 +149,7 @@ _P32 = (
 )
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _horner(r, coefficients):
     """sum_i coefficients[i] r^(n - i): Horner's rule, one FMA per coefficient."""
     value = coefficients[0]
@@ -144,7 +158,7 @@ def _horner(r, coefficients):
     return value
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce(x, low_clamp, high_clamp):
     """(shifted, k, clamped): shifted = k + 1.5 * 2**52 with k = round(clamped / ln 2).
 
@@ -158,7 +172,7 @@ def _reduce(x, low_clamp, high_clamp):
     return shifted, shifted - _SHIFT, clamped
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp64_pair(high, low):
     """exp(high + low) for float64, |low| <= ulp(high) / 2; at most 0.66 ULP (1 for subnormal results)."""
     shifted, k, clamped = _reduce(high, _LOW_64, _HIGH_64)
@@ -180,13 +194,13 @@ def exp64_pair(high, low):
     return _scale_pow2(head + tail, shifted)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp64(x):
     """exp(x) for a float64 x; at most 0.66 ULP (1 for subnormal results), vectorizable by LLVM."""
     return exp64_pair(x, 0.0)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp_f32_wide(x):
     """exp(x) to float32 accuracy (6e-11 relative), computed in float64 for a float64 x.
 
@@ -200,13 +214,45 @@ def exp_f32_wide(x):
     return _scale_pow2_normal(_horner(r, _P32), shifted)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp32(x):
     """exp(x) for a float32 x: float32(exp_f32_wide(x)), at most 0.5 ULP + 6e-11 relative."""
     return np.float32(exp_f32_wide(np.float64(x)))
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+# R(z) / z, z = s**2 <= (3 - 2 sqrt2)**2 = 0.0294, in descending powers: the series
+# sum_k 2 z**(k-1) / (2k + 1) fitted to degree 6 (mpmath.chebyfit on [0, 0.02944]).
+_LOG_R = (
+    0.1461658542488862197445443,
+    0.1533171061821077156922223,
+    0.1818288945567494603847323,
+    0.2222221113025987702904284,
+    0.2857142862600326874161618,
+    0.3999999999989944323319279,
+    0.6666666666666669688307092,
+)
+_SQRT2 = 1.4142135623730951
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def log1p_unit(e):
+    """log(1 + e) for 0 <= e <= 1 (NaN gives NaN), vectorizable; at most 0.841 ULP measured."""
+    u = 1.0 + e
+    correction = e - (u - 1.0)  # u + correction = 1 + e exactly
+    big = u > _SQRT2
+    m = 0.5 * u if big else u  # exact
+    k = 1.0 if big else 0.0
+    f = m - 1.0  # exact: m is within a factor 2 of 1
+    s = f / (2.0 + f)
+    z = s * s
+    r = z * _horner(z, _LOG_R)
+    half_square = 0.5 * f * f
+    # k ln2 + f - (f^2/2 - s (f^2/2 + R)) + c/u, the small terms first
+    small = s * (half_square + r) + (k * _LN2_LO + correction / u)
+    return k * _LN2_HI - ((half_square - small) - f)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def two_sum(a, b):
     """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum, 6 flops).
 

@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._exp import exp64, exp64_pair, exp_f32_wide, two_sum
 
 # Reduced pairs per block, and the row pair produced by the merge.
@@ -158,7 +158,7 @@ def _exp_difference_for(values, value, shift):
 # ---- the block reductions ---------------------------------------------------------------
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def block_max(values):
     """max(values) as a float64, skipping NaN; -inf for an empty or all-NaN block."""
     largest = cast_like(values, -np.inf)
@@ -194,7 +194,7 @@ def _make_exp_sum(store, count_ties, scaled):
     and log_softmax 9% at 1000 classes (measured), LLVM not inlining this function.
     """
 
-    @njit(fastmath=REDUCTION_FASTMATH, cache=False)
+    @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
     def terms(values, scale, largest, destination):
         total = 0.0
         ties = 0.0
@@ -212,7 +212,7 @@ def _make_exp_sum(store, count_ties, scaled):
 
     # STRICT: with reassoc LLVM rewrote total + (ties - 1) as (total + ties) - 1, which
     # cancels (T = 1.8e-13 came out 1.5e-4 off; tests/kernels/test_exp.py guards it)
-    @njit(fastmath=STRICT_FASTMATH, cache=False)
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def exp_sum(values, scale, largest, destination):
         length = sum_chunk_for(values)
         if values.shape[0] <= length:
@@ -240,7 +240,7 @@ scaled_exp_sum = _make_exp_sum(store=False, count_ties=True, scaled=True)
 scaled_store_exp_sum = _make_exp_sum(store=True, count_ties=True, scaled=True)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def reduce_max_sum_exp(x, unused, out, i, start, stop):
     """The (m_b, t_b) pair of a block: its max and t_b = sum_j exp(x_j - m_b) - 1.
 
@@ -259,7 +259,7 @@ def reduce_max_sum_exp(x, unused, out, i, start, stop):
     return largest, exp_sum_minus_one(values, 1.0, largest, values)
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def pairwise_sum(terms):
     """Sum of a 1-D float64 array by repeated halving (it is overwritten); error O(log n)."""
     count = terms.shape[0]
@@ -276,7 +276,7 @@ def pairwise_sum(terms):
     return terms[0]
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def merge_max_sum_exp(x, i, partial):
     """Merge the (m_b, t_b) pairs of row i into (M, T), S = 1 + T = sum_b (1 + t_b) e^(m_b - M).
 
@@ -316,7 +316,7 @@ def merge_max_sum_exp(x, i, partial):
     return largest, count
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def reduce_sum_product(y, dy, out, i, start, stop):
     """(sum_j y_j dy_j, 0) over a block, in float64 (softmax backward)."""
     y_values = y[i, start:stop]
@@ -327,7 +327,7 @@ def reduce_sum_product(y, dy, out, i, start, stop):
     return total, 0.0
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def reduce_sum_and_max(y, dy, out, i, start, stop):
     """(sum_j dy_j, max_j y_j) over a block, in float64 (log-softmax backward)."""
     dy_values = dy[i, start:stop]
@@ -337,7 +337,7 @@ def reduce_sum_and_max(y, dy, out, i, start, stop):
     return total, block_max(y[i, start:stop])
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def merge_sum_and_max(x, i, partial):
     """(sum of the first members, max of the second members) of a row's pairs."""
     largest = -np.inf
@@ -361,7 +361,7 @@ def make_row_kernel(reduce_block, merge_row, write_block):
     threads; otherwise whole rows are.
     """
 
-    @njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+    @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def kernel(a, b, out, block, split):
         rows, classes = a.shape
         blocks = max(1, (classes + block - 1) // block)
@@ -379,19 +379,19 @@ def make_row_kernel(reduce_block, merge_row, write_block):
             for i in prange(rows):
                 _row_task(a, b, out, i, block, partial)
 
-    @njit(fastmath=STRICT_FASTMATH, cache=False)
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def _reduce_task(a, b, out, i, k, block, partial):
         start = k * block
         stop = min(a.shape[1], start + block)
         partial[i, k, 0], partial[i, k, 1] = reduce_block(a, b, out, i, start, stop)
 
-    @njit(fastmath=STRICT_FASTMATH, cache=False)
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def _write_task(a, b, out, i, k, block, partial, s0, s1):
         start = k * block
         stop = min(a.shape[1], start + block)
         write_block(a, b, out, i, start, stop, partial[i, k, 0], partial[i, k, 1], s0, s1)
 
-    @njit(fastmath=STRICT_FASTMATH, cache=False)
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def _row_task(a, b, out, i, block, partial):
         blocks = partial.shape[1]
         if blocks == 1:

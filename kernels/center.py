@@ -23,13 +23,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._validation import check_class_indices, check_float_array, check_grad_output, check_real_scalar, check_reduction
 
 __all__ = ["center_loss", "center_loss_forward_backward", "center_update"]
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _half_squared_distance(x_row, center):
     total = 0.0
     for j in range(x_row.shape[0]):
@@ -38,7 +38,7 @@ def _half_squared_distance(x_row, center):
     return 0.5 * total
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _center_rows_kernel(x, centers, targets, upstream, losses, dx):
     # loss_i = 1/2 |x_i - c_{y_i}|^2 ;  dx_i = g_i (x_i - c_{y_i})
     # (docs/proofs/margins.md#center-loss-gradient)
@@ -54,7 +54,7 @@ def _center_rows_kernel(x, centers, targets, upstream, losses, dx):
                 destination[j] = scale * (np.float64(x_row[j]) - np.float64(center[j]))
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _per_class_kernel(x, centers, order, starts, labels, weights, alpha, out):
     """For each class j = labels[g] present (its rows order[starts[g]:starts[g+1]], ascending):
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._rows import SUM_CHUNK, pairwise_sum
 from ._validation import check_class_indices, check_real_scalar, check_reduction
 from .cross_entropy import (
@@ -59,7 +59,7 @@ __all__ = [
 # stats per row: the same, summed over the blocks
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _hinge(value, label_value, margin):
     # max(z_j - z_y + m, 0); a masked class (z_j = -inf) never violates the margin
     if value == -np.inf:
@@ -67,7 +67,7 @@ def _hinge(value, label_value, margin):
     return max((np.float64(value) - label_value) + margin, 0.0)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _hinge_sums(values, label_value, margin):
     """(sum_j max(z_j - z_y + m, 0), number of positive hinges) over a slice, in float64."""
     total = 0.0
@@ -83,7 +83,7 @@ def _hinge_sums(values, label_value, margin):
     return total, count
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_hinge(logits, args, grad, i, k, start, stop, partial, write):
     target, row_scale, margin = args
     label = target[i]
@@ -98,17 +98,21 @@ def _reduce_hinge(logits, args, grad, i, k, start, stop, partial, write):
         partial[i, k, 0], partial[i, k, 1] = _hinge_sums(values, label_value, margin)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge_hinge(logits, args, i, partial, stats):
     if partial.shape[1] == 1:
         stats[i, 0], stats[i, 1] = partial[i, 0, 0], partial[i, 0, 1]
     else:
         stats[i, 0] = pairwise_sum(partial[i, :, 0].copy())
         stats[i, 1] = pairwise_sum(partial[i, :, 1].copy())
+    if logits[i, args[0][i]] == -np.inf and stats[i, 0] == 0.0:
+        # a target score of -inf gives +inf (DESIGN.md), also when every other score is -inf
+        # or there is no other class (their hinges are 0); a NaN loss stays NaN
+        stats[i, 0] = np.inf
     return stats[i, 0]
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_hinge(logits, args, grad, i, k, start, stop, partial, stats):
     target, row_scale, margin = args
     label = target[i]

@@ -58,7 +58,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
 from ._exp import exp64_pair, two_sum
 from ._rows import (
     SUM_CHUNK,
@@ -106,7 +106,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width):
     way (it is ``_rows.make_row_kernel`` generalized to ``width`` floats per block).
     """
 
-    @njit(fastmath=STRICT_FASTMATH, cache=False)
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def _row_task(logits, args, grad, row_loss, i, block, partial, stats, write):
         classes = logits.shape[1]
         blocks = partial.shape[1]
@@ -117,7 +117,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width):
             for k in range(blocks):
                 write_block(logits, args, grad, i, k, k * block, min(classes, (k + 1) * block), partial, stats)
 
-    @njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+    @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def kernel(logits, args, grad, row_loss, block, split, write):
         rows, classes = logits.shape
         blocks = max(1, (classes + block - 1) // block)
@@ -142,7 +142,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width):
     return kernel
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def merge_pair(x, i, partial, column):
     """The row's (M, T) from the blocks' (m_b, t_b) in ``partial[i, :, column:column + 2]``.
 
@@ -166,13 +166,13 @@ def run_loss_kernel(kernel, rows, args, write):
 # ---- block helpers (shared with distillation.py and classic_losses.py) ---------------------
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def fill(destination, value):
     for j in range(destination.shape[0]):
         destination[j] = value
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def has_nan(values):
     for j in range(values.shape[0]):
         if values[j] != values[j]:
@@ -180,12 +180,12 @@ def has_nan(values):
     return False
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _scaled(value, scale):
     return np.float64(value) * scale
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def reduce_scaled(values, scale, destination, store):
     """(m_b, t_b) of a block of ``scale * values`` (scale > 0): max and sum exp(. - m_b) - 1.
 
@@ -207,7 +207,7 @@ def reduce_scaled(values, scale, destination, store):
     return largest, scaled_exp_sum(values, scale, largest, destination)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def block_factor(block_largest, largest):
     """exp(m_b - M) in float64 (1 for the blocks holding the max), m_b - M taken exactly."""
     if block_largest == largest:
@@ -216,13 +216,13 @@ def block_factor(block_largest, largest):
     return exp64_pair(high, low)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp_scaled(values, value, scale, shift):
     """exp(scale * value - shift) for an element ``value`` of ``values``, as a float64."""
     return exp_difference_for(values, _scaled(value, scale), shift)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def target_minus_one(values, label_value, largest, total):
     """a_y - 1 for a_y = exp(z_y - M) / (1 + T), without cancellation when z_y = M (then -T / S).
 
@@ -232,7 +232,7 @@ def target_minus_one(values, label_value, largest, total):
     return exp_scaled(values, label_value, 1.0, largest) / (1.0 + total) - 1.0
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def infinite_index(row):
     """Index of the first +inf of a row (-1 if none)."""
     for j in range(row.shape[0]):
@@ -241,24 +241,24 @@ def infinite_index(row):
     return -1
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _gap(anchor, value):
     return anchor - np.float64(value)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _weighted_gap(weight, anchor, value):
     # w (anchor - z), and 0 where w = 0: a masked logit (-inf) of weight 0 adds nothing
     return weight * (anchor - np.float64(value)) if weight != 0.0 else 0.0
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _probability_weight(probability, weight, keep, uniform):
     # tw_c = w_c ((1 - eps) p_c + eps / C)
     return weight * (keep * np.float64(probability) + uniform)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _gap_sums(values, weights, anchor, weighted):
     """(sum_j w_j (anchor - z_j), sum_j w_j) over a block (w = 1 unless ``weighted``); float64."""
     total = 0.0
@@ -280,7 +280,7 @@ def _gap_sums(values, weights, anchor, weighted):
     return total, weight_total
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _probability_gap_sums(values, probabilities, weights, anchor, keep, uniform, weighted):
     """(sum_j tw_j (anchor - z_j), sum_j tw_j) over a block, tw_j = w_j ((1 - eps) p_j + eps/C)."""
     total = 0.0
@@ -304,7 +304,7 @@ def _probability_gap_sums(values, probabilities, weights, anchor, keep, uniform,
     return total, weight_total
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge_gaps(largest, partial, i):
     """sum_c tw_c (M - z_c) from the blocks' (anchor_b, d_b, TW_b) in ``partial[i, :, 2:5]``.
 
@@ -322,7 +322,7 @@ def _merge_gaps(largest, partial, i):
     return pairwise_sum(terms)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _weighted_infinity(weight):
     """The limit of weight * (+inf): +inf, -inf, or 0 for a zero weight."""
     if weight > 0.0:
@@ -346,12 +346,12 @@ def _weighted_infinity(weight):
 # ``_smooth_hinge_of_cross_entropy``.
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _smooth_hinge_of_cross_entropy(loss, margin):
     """(softplus(u + m), sigma(u + m) / sigma(u)) for the cross-entropy ``loss`` l = softplus(u) >= 0.
 
@@ -375,7 +375,7 @@ def _smooth_hinge_of_cross_entropy(loss, margin):
     return _softplus(u + margin), ratio
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     if target[i] == ignore_index:
@@ -391,7 +391,7 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
         partial[i, k, 3], partial[i, k, 4] = _gap_sums(values, weight[start:stop], anchor, weighted)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge_index(logits, args, i, partial, stats):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     label = target[i]
@@ -430,7 +430,7 @@ def _merge_index(logits, args, i, partial, stats):
     return loss
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     destination = grad[i, start:stop]
@@ -491,7 +491,7 @@ _index_kernel = make_loss_kernel(_reduce_index, _merge_index, _write_index, 5)
 # stats per row: M, T, TW, unused, unused
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     probabilities, weight, row_scale, smoothing, weighted = args
     values = logits[i, start:stop]
@@ -506,7 +506,7 @@ def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     )
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge_probability(logits, args, i, partial, stats):
     probabilities, weight, row_scale, smoothing, weighted = args
     largest, total = merge_pair(logits, i, partial, 0)
@@ -530,7 +530,7 @@ def _merge_probability(logits, args, i, partial, stats):
     return _weighted_infinity(target_total - target_k)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_probability(logits, args, grad, i, k, start, stop, partial, stats):
     probabilities, weight, row_scale, smoothing, weighted = args
     destination = grad[i, start:stop]

@@ -45,7 +45,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._rows import SUM_CHUNK, block_max, exp_difference_for, pairwise_sum
 from ._validation import (
     check_class_indices,
@@ -79,7 +79,7 @@ _ZERO_GRADIENT = 2.0  # every student logit -inf
 _UNDEFINED = 3.0  # NaN or +inf in the row
 
 
-@njit(fastmath=False, cache=False)
+@njit(fastmath=False, **JIT_OPTIONS)
 def _rounded_product(a, b):
     # a * b rounded on its own: without the ``contract`` flag LLVM cannot fuse it into an FMA
     # with the subtraction that follows, so q_j - p_j is exactly 0 where the student's and the
@@ -87,7 +87,7 @@ def _rounded_product(a, b):
     return a * b
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _cross_term(e, teacher_value, student_value, scale):
     # e (v - z) / T, and 0 where v = -inf (p_c = 0 adds nothing, even against z_c = -inf; the
     # float32 rows' exponential gives e**-110, not 0, below -110, so e itself is not tested)
@@ -96,7 +96,7 @@ def _cross_term(e, teacher_value, student_value, scale):
     return e * (np.float64(teacher_value) * scale - np.float64(student_value) * scale)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _teacher_sums(teacher, student, scale, largest):
     """(t_b, u_b) of a teacher block: sum_c e_c - 1 (ties counted) and sum_c e_c (v_c - z_c)/T,
     e_c = exp(v_c/T - largest), largest = max_c v_c/T; float64, chunked as ``_rows.SUM_CHUNK``."""
@@ -126,7 +126,7 @@ def _teacher_sums(teacher, student, scale, largest):
 # stats per row:   M_z, T_z, M_v, T_v, unused, M_1, T_1, status
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce(student, args, grad, i, k, start, stop, partial, write):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     values = student[i, start:stop]
@@ -144,7 +144,7 @@ def _reduce(student, args, grad, i, k, start, stop, partial, write):
         partial[i, k, 5], partial[i, k, 6] = reduce_scaled(values, 1.0, grad[0, 0:0], False)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge(student, args, i, partial, stats):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     student_largest, student_total = merge_pair(student, i, partial, 0)
@@ -191,7 +191,7 @@ def _merge(student, args, i, partial, stats):
     return loss
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write(student, args, grad, i, k, start, stop, partial, stats):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     destination = grad[i, start:stop]

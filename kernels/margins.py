@@ -53,7 +53,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
 from ._exp import exp64_pair, exp_f32_wide, two_sum
 from ._rows import SUM_CHUNK, block_max, cast_like, fma, make_row_kernel, maxnum, pairwise_sum
 from ._validation import (
@@ -118,7 +118,7 @@ def _exp_scaled_difference(values, value, scale, shift):
 #   an unevaluated pair), dz_iy / da_iy = scale * target_slopes[i], upstream[i] = dLoss / dloss_i.
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _sum_exp_scaled(values, scale, shift):
     """sum_j exp(scale * values[j] - shift) in float64, chunked as ``_rows.SUM_CHUNK``."""
     total = 0.0
@@ -131,7 +131,7 @@ def _sum_exp_scaled(values, scale, shift):
     return total
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _has_nan(values):
     for j in range(values.shape[0]):
         if values[j] != values[j]:
@@ -139,7 +139,7 @@ def _has_nan(values):
     return False
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_without_target(logits, rows, out, i, start, stop):
     """(m_b, t_b) of a block over its non-target entries: m_b = max_j s a_j, t_b = sum_j e^(s a_j - m_b).
 
@@ -165,7 +165,7 @@ def _reduce_without_target(logits, rows, out, i, start, stop):
     return shift, _sum_exp_scaled(left, scale, shift) + _sum_exp_scaled(right, scale, shift)
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def _merge_without_target(logits, i, partial):
     """(M_o, S_o) of a row's non-target entries: M_o = max_b m_b, S_o = sum_b t_b e^(m_b - M_o) (pairwise)."""
     blocks = partial.shape[0]
@@ -185,7 +185,7 @@ def _merge_without_target(logits, i, partial):
     return largest, pairwise_sum(terms)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _with_target(others_shift, others_total, target_high, target_low):
     """(M, 1/S, loss, a_y - 1) from the non-target (M_o, S_o) and the target logit z_y = high + low.
 
@@ -211,14 +211,14 @@ def _with_target(others_shift, others_total, target_high, target_low):
     return others_shift, 1.0 / total, loss, -others_total / total
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_scaled_softmax(values, destination, scale, shift, factor):
     # dz_j = factor * e^(s a_j - M),  factor = g s / S  (j != y; the target is overwritten)
     for j in range(values.shape[0]):
         destination[j] = factor * exp_scaled_difference(values, values[j], scale, shift)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_margin_rows(logits, rows, out, i, start, stop, block_shift, block_total, others_shift, others_total):
     """Write a block of dL/dlogits (skipped when ``out[0]`` is empty: the loss alone) and, from
     the first block, the row's loss and dL/dz_y."""
@@ -269,7 +269,7 @@ def _margin_rows(logits, targets, target_high, target_low, target_slopes, upstre
 # ---- normalized_linear ---------------------------------------------------------------------
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _sum_of_squares(values, scale):
     total = 0.0
     for j in range(values.shape[0]):
@@ -278,7 +278,7 @@ def _sum_of_squares(values, scale):
     return total
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _largest_magnitude(values):
     largest = 0.0
     for j in range(values.shape[0]):
@@ -286,7 +286,7 @@ def _largest_magnitude(values):
     return largest
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _row_norms_kernel(x, norms):
     # |x_i| = 2^e sqrt(sum_d (x_id 2^-e)^2), 2^e ~ max_d |x_id|: the scaling by a power of
     # two is exact and keeps the sum of squares from overflowing or underflowing
@@ -300,7 +300,7 @@ def _row_norms_kernel(x, norms):
             norms[i] = math.sqrt(_sum_of_squares(values, math.ldexp(1.0, -exponent))) * math.ldexp(1.0, exponent)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _normalize_rows_kernel(x, norms, out):
     for i in prange(x.shape[0]):
         values = x[i]
@@ -311,7 +311,7 @@ def _normalize_rows_kernel(x, norms, out):
             destination[j] = np.float64(values[j]) / norm
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _clamp_to_unit_kernel(cosines):
     for i in prange(cosines.shape[0]):
         row = cosines[i]
@@ -323,7 +323,7 @@ def _clamp_to_unit_kernel(cosines):
             row[j] = one if value > one else (minus_one if value < minus_one else value)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _dot64(first, second):
     total = 0.0
     for j in range(first.shape[0]):
@@ -331,7 +331,7 @@ def _dot64(first, second):
     return total
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _tangent_kernel(projected, unit, norms, out):
     # d/dv of a function of v_hat = v / |v|, given p = its gradient in v_hat:
     # dv = (p - (v_hat . p) v_hat) / |v|     (docs/proofs/margins.md#normalized-linear-gradient:
@@ -498,20 +498,20 @@ def derivative_limit(dtype) -> float:
     return float(np.nextafter(dtype.type(1.0), dtype.type(0.0)))
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _two_product(a, b):
     """(p, e) with p = fl(a b) and p + e = a b exactly (FMA)."""
     product = a * b
     return product, fma(a, b, -product)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _sine_of_angle(c):
     """sqrt(1 - c^2) as sqrt((1 - c)(1 + c)): 1 - c is exact for c >= 1/2."""
     return math.sqrt((1.0 - c) * (1.0 + c))
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _combined_margin_kernel(cosines, scale, m1, m2, m3, c_max, high, low, slopes):
     """Per row: z_y = s f(c) as a pair (high + low) and f'(c), for the target cosines c.
 
@@ -830,7 +830,7 @@ def _check_large_margin(m, lambda_, normalize_weights):
     return m, lambda_, bool(normalize_weights)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _target_dots_kernel(x, W, targets, out):
     # out_i = x_i . W_{y_i} by Dot2 (Ogita, Rump & Oishi 2005): every product split exactly
     # (FMA) and every sum carried with its error (two_sum), as accurate as if computed in
@@ -848,7 +848,7 @@ def _target_dots_kernel(x, W, targets, out):
         out[i] = total + error
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def _add_scaled_rows(destination, targets, coefficients, rows):
     # destination[t_i] += coefficients_i rows[t_i], in row order (sequential: deterministic)
     for i in range(targets.shape[0]):
@@ -860,7 +860,7 @@ def _add_scaled_rows(destination, targets, coefficients, rows):
             line[j] = np.float64(line[j]) + coefficient * np.float64(source[j])
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _add_scaled_self_kernel(destination, coefficients, rows):
     # destination_i += coefficients_i rows_i
     for i in prange(destination.shape[0]):

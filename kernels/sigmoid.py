@@ -20,7 +20,7 @@ The kernel is elementwise: (row, block) tasks of a fixed block size spread over 
 each writing its block of the gradient (and of the loss for ``reduction="none"``) and
 its block's loss sum in float64; the row sums are pairwise sums of the block sums in a
 fixed order, so every result is bit-identical for any thread count.  The same kernel
-computes the quadratic cost of ``classic_losses.py`` (``mode``), which shares its
+computes the quadratic cost of ``classic_losses.py`` (``mode``: one kernel each), which shares its
 shape.
 """
 
@@ -31,8 +31,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._config import REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
-from ._exp import exp64
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
+from ._exp import exp64, log1p_unit
 from ._rows import SUM_CHUNK, pairwise_sum
 from ._validation import (
     check_broadcast_weight,
@@ -53,7 +53,7 @@ QUADRATIC_COST = 1
 # ---- per-element arithmetic (STRICT: every one of these is order-sensitive) -----------------
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _sigmoids(x):
     """(sigma(x), sigma(-x), log1p(e^-|x|)) from e = e^-|x| in (0, 1]: no overflow, no cancellation."""
     e = exp64(-abs(x))
@@ -64,11 +64,12 @@ def _sigmoids(x):
     return small, inverse, e
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+# inline="always": LLVM's inliner found it too large, and the call kept the loop scalar
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _binary_term(x, y, weight, positive_weight):
     """(loss, dloss/dx) of one entry of binary cross-entropy with logits, in float64."""
     positive, negative, e = _sigmoids(x)
-    log_term = math.log1p(e)
+    log_term = log1p_unit(e)  # vectorizable (libm's log1p is a scalar call)
     softplus = max(x, 0.0) + log_term  # sp(x)
     softplus_negative = max(-x, 0.0) + log_term  # sp(-x)
     positive_part = positive_weight * y
@@ -84,7 +85,7 @@ def _binary_term(x, y, weight, positive_weight):
     return loss, gradient
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _quadratic_term(x, y):
     """(loss, dloss/dx) of one entry of the quadratic cost 1/2 (y - sigma(x))^2, in float64."""
     positive, negative, e = _sigmoids(x)
@@ -97,13 +98,13 @@ def _quadratic_term(x, y):
 # ---- the elementwise kernel -------------------------------------------------------------------
 #
 # args = (target (rows, classes) logits' dtype, weight f64 (1 or rows, classes), pos_weight f64
-#         (1 or rows, classes), upstream f64 (rows, classes) or [[1.0]], scale f64, mode int,
+#         (1 or rows, classes), upstream f64 (rows, classes) or [[1.0]], scale f64,
 #         store_loss bool)
 # dOut/dl_ij = scale * upstream[i, j] (upstream is [[1.0]] unless grad_output is elementwise,
 # i.e. an array for reduction="none").
 
 
-@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _sum(values):
     """sum(values) in float64, chunked as ``_rows.SUM_CHUNK``."""
     total = 0.0
@@ -116,48 +117,74 @@ def _sum(values):
     return total
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
-def _elementwise_block(logits, args, grad, loss_out, losses, i, start, stop, write):
-    """Loss (into ``losses``, float64) and gradient of the block ``[i, start:stop]``; returns the loss sum."""
-    target, weight, positive_weight, upstream, scale, mode, store_loss = args
-    values = logits[i, start:stop]
-    targets = target[i, start:stop]
-    weights = weight[i if weight.shape[0] > 1 else 0, start:stop]
-    positives = positive_weight[i if positive_weight.shape[0] > 1 else 0, start:stop]
-    elementwise = upstream.shape[1] > 1
-    upstreams = upstream[i, start:stop] if elementwise else upstream[0, 0:1]
-    destination = grad[i, start:stop]
-    block_losses = losses[: stop - start]
-    for j in range(values.shape[0]):
-        if mode == BINARY_CROSS_ENTROPY:
-            loss, gradient = _binary_term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
+def _make_elementwise_kernel(term):
+    """The parallel kernel of one elementwise loss: ``term(x, y, w, p_w) -> (loss, dloss/dx)``.
+
+    The term is a closure constant, and each of the three loops of a block (gradient
+    with a scalar or an elementwise upstream, or no gradient) has no test of the options
+    left inside it, so that LLVM vectorizes it.
+    """
+
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+    def block_loss(logits, args, grad, loss_out, losses, i, start, stop, write):
+        """Loss (into ``losses``, float64) and gradient of the block ``[i, start:stop]``; returns the loss sum."""
+        target, weight, positive_weight, upstream, scale, store_loss = args
+        values = logits[i, start:stop]
+        targets = target[i, start:stop]
+        weights = weight[i if weight.shape[0] > 1 else 0, start:stop]
+        positives = positive_weight[i if positive_weight.shape[0] > 1 else 0, start:stop]
+        block_losses = losses[: stop - start]
+        # dOut/dx_ij = g_ij dl_ij/dx_ij, g_ij = scale (times grad_output[i, j] when elementwise)
+        if not write:
+            for j in range(values.shape[0]):
+                block_losses[j] = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])[0]
+        elif upstream.shape[1] > 1:
+            upstreams = upstream[i, start:stop]
+            destination = grad[i, start:stop]
+            for j in range(values.shape[0]):
+                loss, gradient = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
+                block_losses[j] = loss
+                destination[j] = (scale * upstreams[j]) * gradient
         else:
-            loss, gradient = _quadratic_term(np.float64(values[j]), np.float64(targets[j]))
-        block_losses[j] = loss
-        if write:
-            # dOut/dx_ij = g_ij dl_ij/dx_ij, g_ij = scale (times grad_output[i, j] when elementwise)
-            destination[j] = (scale * upstreams[j if elementwise else 0]) * gradient
-    if store_loss:
-        out = loss_out[i, start:stop]
-        for j in range(values.shape[0]):
-            out[j] = block_losses[j]
-    return _sum(block_losses)
+            factor = scale * upstream[0, 0]
+            destination = grad[i, start:stop]
+            for j in range(values.shape[0]):
+                loss, gradient = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
+                block_losses[j] = loss
+                destination[j] = factor * gradient
+        if store_loss:
+            out = loss_out[i, start:stop]
+            for j in range(values.shape[0]):
+                out[j] = block_losses[j]
+        return _sum(block_losses)
+
+    @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+    def kernel(logits, args, grad, loss_out, row_loss, block, write):
+        rows, classes = logits.shape
+        blocks = max(1, (classes + block - 1) // block)
+        partial = np.empty((rows, blocks))
+        for task in prange(rows * blocks):
+            i = task // blocks
+            k = task % blocks
+            start = k * block
+            stop = min(classes, start + block)
+            losses = np.empty(block)
+            partial[i, k] = block_loss(logits, args, grad, loss_out, losses, i, start, stop, write)
+        for i in prange(rows):
+            row_loss[i] = pairwise_sum(partial[i].copy()) if blocks > 1 else partial[i, 0]
+
+    return kernel
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, cache=False)
-def _elementwise_kernel(logits, args, grad, loss_out, row_loss, block, write):
-    rows, classes = logits.shape
-    blocks = max(1, (classes + block - 1) // block)
-    partial = np.empty((rows, blocks))
-    for task in prange(rows * blocks):
-        i = task // blocks
-        k = task % blocks
-        start = k * block
-        stop = min(classes, start + block)
-        losses = np.empty(block)
-        partial[i, k] = _elementwise_block(logits, args, grad, loss_out, losses, i, start, stop, write)
-    for i in prange(rows):
-        row_loss[i] = pairwise_sum(partial[i].copy()) if blocks > 1 else partial[i, 0]
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _quadratic_entry(x, y, weight, positive_weight):
+    return _quadratic_term(x, y)
+
+
+_KERNELS = {
+    BINARY_CROSS_ENTROPY: _make_elementwise_kernel(_binary_term),
+    QUADRATIC_COST: _make_elementwise_kernel(_quadratic_entry),
+}
 
 
 # ---- Python side --------------------------------------------------------------------------------
@@ -202,9 +229,9 @@ def elementwise_loss(logits, target, reduction, grad_output, write, mode, weight
     loss_out = np.empty_like(rows) if store_loss else np.empty((1, 1), dtype=rows.dtype)
     grad = np.empty_like(rows) if write else np.empty((1, 1), dtype=rows.dtype)
     row_loss = np.empty(rows_count)
-    args = (targets, weights, positive_weights, np.ascontiguousarray(upstream), scale, mode, store_loss)
+    args = (targets, weights, positive_weights, np.ascontiguousarray(upstream), scale, store_loss)
     block = block_length(rows.dtype.itemsize)
-    _elementwise_kernel(rows, args, grad, loss_out, row_loss, block, write)
+    _KERNELS[mode](rows, args, grad, loss_out, row_loss, block, write)
     if store_loss:
         loss = loss_out.reshape(shape)
     else:

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ._config import STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length
 from ._exp import exp64_pair, two_sum
 from ._rows import (
     block_max,
@@ -42,13 +42,13 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
 # ---- block writes (the math of each kernel stands above its loop) ----------------------
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _fill(destination, value):
     for j in range(destination.shape[0]):
         destination[j] = value
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_softmax(x, unused, out, i, start, stop):
     largest = block_max(x[i, start:stop])
     if not math.isfinite(largest):
@@ -57,7 +57,7 @@ def _reduce_softmax(x, unused, out, i, start, stop):
     return largest, store_exp_sum(x[i, start:stop], 1.0, largest, out[i, start:stop])
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _softmax_factor(block_largest, largest, total):
     """exp(m_b - M) / (1 + T) as an unevaluated float64 pair (high + low).
 
@@ -75,7 +75,7 @@ def _softmax_factor(block_largest, largest, total):
     return high, fma(scale, inverse, -high) + scale * inverse_low
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _scale_in_place(destination, high, low):
     # a_j = e_j * (high + low), rounded once: fma(e_j, high, e_j * low), where the
     # dtype's (high, low) carry the float64 factor to twice the dtype's precision
@@ -86,7 +86,7 @@ def _scale_in_place(destination, high, low):
         destination[j] = fma(e, high_t, e * low_t)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     destination = out[i, start:stop]
     if math.isfinite(largest):
@@ -109,7 +109,7 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
         _fill(destination, 0.0 if total == -1.0 else np.nan)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     values = x[i, start:stop]
     destination = out[i, start:stop]
@@ -126,7 +126,7 @@ def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_tota
         _fill(destination, -np.inf if total == -1.0 else np.nan)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     if start != 0:
         return
@@ -140,7 +140,7 @@ def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total,
         out[i] = -np.inf if total == -1.0 else np.nan
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_softmax_backward(y, dy, out, i, start, stop, block_dot, block_unused, dot, unused):
     y_values = y[i, start:stop]
     dy_values = dy[i, start:stop]
@@ -151,7 +151,7 @@ def _write_softmax_backward(y, dy, out, i, start, stop, block_dot, block_unused,
         destination[j] = np.float64(y_values[j]) * (np.float64(dy_values[j]) - dot)
 
 
-@njit(fastmath=STRICT_FASTMATH, cache=False)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
     y_values = y[i, start:stop]
     dy_values = dy[i, start:stop]

@@ -18,7 +18,7 @@ from softmaxlab.harness.exp_accuracy import (
 )
 from softmaxlab.kernels import _rows
 from softmaxlab.kernels._config import REDUCTION_FASTMATH
-from softmaxlab.kernels._exp import exp32, exp64, exp64_pair, two_sum
+from softmaxlab.kernels._exp import exp32, exp64, exp64_pair, log1p_unit, two_sum
 
 from . import exact
 
@@ -129,3 +129,30 @@ def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
     for flavour in flavours:
         total = flavour(row, 1.0, largest, np.empty_like(row))
         assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)
+
+
+def test_log1p_unit_within_bound_and_vectorizes():
+    # log(1 + e) on [0, 1] (the softplus of the sigmoid losses): the bound measured over
+    # 2e7 inputs against long double is 0.841 ULP; here a sample against mpmath, with the
+    # reduction's edges (1 + e = sqrt2) and the ends, and the loop must vectorize.
+    rng = np.random.default_rng(11)
+    edge = np.sqrt(2.0) - 1.0
+    e = np.concatenate([rng.random(1500), np.exp(-rng.uniform(0.0, 745.0, 1500)),
+                        [0.0, 1.0, 5e-324, 2.0**-53, edge, np.nextafter(edge, 0.0), np.nextafter(edge, 1.0)]])
+    got = _apply_log1p(e, np.empty_like(e))
+    with mpmath.workdps(40):
+        exact = [mpmath.log1p(mpmath.mpf(float(v))) for v in e]
+    worst = max(
+        float(abs(mpmath.mpf(float(g)) - x) / mpmath.mpf(float(np.spacing(float(x))))) if x != 0 else float(g != 0)
+        for g, x in zip(got, exact)
+    )
+    assert worst <= 0.85, worst
+    assert np.isnan(_apply_log1p(np.array([np.nan]), np.empty(1))[0])
+    assert _vector_instructions(_apply_log1p.inspect_asm(_apply_log1p.signatures[-1])) > 50
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _apply_log1p(e, out):
+    for j in range(e.shape[0]):
+        out[j] = log1p_unit(e[j])
+    return out
