@@ -364,107 +364,67 @@ def _jax_backward(name):
 
 # ---- the entries ------------------------------------------------------------------------------
 
-register(
-    Operation(
-        kernel="softmax",
-        op="softmax",
-        mode="forward",
-        outputs=("y",),
-        make_inputs=logit_inputs,
-        exact=lambda inputs, engine: (exact.softmax(inputs["x"], engine),),
-        cost=_elementwise_cost(exps=True),
-        implementations=(
-            Implementation("softmaxlab", _softmaxlab_forward(kernels.softmax)),
-            Implementation("torch", _torch_forward("softmax"), requires=("torch",)),
-            Implementation("jax", _jax_forward("softmax"), requires=("jax",)),
-            Implementation("numpy", _numpy_forward(_numpy_softmax), timed=False),
-            Implementation("numpy_naive", _numpy_forward(_naive_softmax), timed=False),
-        ),
-    )
-)
-
-register(
-    Operation(
-        kernel="log_softmax",
-        op="log_softmax",
-        mode="forward",
-        outputs=("y",),
-        make_inputs=logit_inputs,
-        exact=lambda inputs, engine: (exact.log_softmax(inputs["x"], engine),),
-        cost=_elementwise_cost(exps=True),
-        implementations=(
-            Implementation("softmaxlab", _softmaxlab_forward(kernels.log_softmax)),
-            Implementation("torch", _torch_forward("log_softmax"), requires=("torch",)),
-            Implementation("jax", _jax_forward("log_softmax"), requires=("jax",)),
-            Implementation("numpy", _numpy_forward(_numpy_log_softmax), timed=False),
-            Implementation("numpy_naive", _numpy_forward(_naive_log_softmax), timed=False),
-        ),
-    )
-)
-
-register(
-    Operation(
-        kernel="logsumexp",
-        op="logsumexp",
-        mode="forward",
-        outputs=("lse",),
-        make_inputs=logit_inputs,
-        exact=lambda inputs, engine: (exact.logsumexp(inputs["x"], engine),),
-        cost=_row_reduction_cost,
-        implementations=(
-            Implementation("softmaxlab", _softmaxlab_forward(kernels.logsumexp)),
-            Implementation("torch", _torch_forward("logsumexp"), requires=("torch",)),
-            Implementation("jax", _jax_forward("logsumexp"), requires=("jax",)),
-            Implementation("numpy", _numpy_forward(_numpy_logsumexp), timed=False),
-            Implementation("numpy_naive", _numpy_forward(_naive_logsumexp), timed=False),
-        ),
-    )
-)
-
-register(
-    Operation(
-        kernel="softmax_backward",
-        op="softmax",
-        mode="backward",
-        outputs=("dx",),
-        make_inputs=logit_and_gradient_inputs,
-        exact=lambda inputs, engine: (exact.softmax_vjp(inputs["x"], inputs["dy"], engine),),
-        cost=_backward_cost(exps=False),
-        implementations=(
-            Implementation("softmaxlab", _softmaxlab_backward(kernels.softmax, kernels.softmax_backward)),
-            Implementation("torch", _torch_backward("softmax"), requires=("torch",)),
-            Implementation("jax", _jax_backward("softmax"), requires=("jax",)),
-            Implementation("numpy", _numpy_backward(_numpy_softmax, _numpy_softmax_backward), timed=False),
-            Implementation("numpy_naive", _numpy_backward(_naive_softmax, _numpy_softmax_backward), timed=False),
-        ),
-        description="dx = J^T dy at x; softmaxlab and numpy from y = softmax(x) (computed in prepare)",
-    )
-)
-
-register(
-    Operation(
-        kernel="log_softmax_backward",
-        op="log_softmax",
-        mode="backward",
-        outputs=("dx",),
-        make_inputs=logit_and_gradient_inputs,
-        exact=lambda inputs, engine: (exact.log_softmax_vjp(inputs["x"], inputs["dy"], engine),),
-        cost=_backward_cost(exps=True),
-        implementations=(
-            Implementation(
-                "softmaxlab", _softmaxlab_backward(kernels.log_softmax, kernels.log_softmax_backward)
+def _register_normalizer(name, output, exact_value, cost, numpy_function, naive_function):
+    """One forward normalizer: softmaxlab, torch, JAX, and NumPy (stable and naive)."""
+    register(
+        Operation(
+            kernel=name,
+            op=name,
+            mode="forward",
+            outputs=(output,),
+            make_inputs=logit_inputs,
+            exact=lambda inputs, engine: (exact_value(inputs["x"], engine),),
+            cost=cost,
+            implementations=(
+                Implementation("softmaxlab", _softmaxlab_forward(getattr(kernels, name))),
+                Implementation("torch", _torch_forward(name), requires=("torch",)),
+                Implementation("jax", _jax_forward(name), requires=("jax",)),
+                Implementation("numpy", _numpy_forward(numpy_function), timed=False),
+                Implementation("numpy_naive", _numpy_forward(naive_function), timed=False),
             ),
-            Implementation("torch", _torch_backward("log_softmax"), requires=("torch",)),
-            Implementation("jax", _jax_backward("log_softmax"), requires=("jax",)),
-            Implementation(
-                "numpy", _numpy_backward(_numpy_log_softmax, _numpy_log_softmax_backward), timed=False
-            ),
-            Implementation(
-                "numpy_naive", _numpy_backward(_naive_log_softmax, _numpy_log_softmax_backward), timed=False
-            ),
-        ),
-        description="dx = J^T dy at x; softmaxlab and numpy from y = log_softmax(x) (computed in prepare)",
+        )
     )
+
+
+def _register_normalizer_backward(op, exact_vjp, cost, forwards, numpy_backward):
+    """The VJP of a normalizer, from its output: ``forwards`` = (stable, naive) NumPy forwards."""
+    register(
+        Operation(
+            kernel=f"{op}_backward",
+            op=op,
+            mode="backward",
+            outputs=("dx",),
+            make_inputs=logit_and_gradient_inputs,
+            exact=lambda inputs, engine: (exact_vjp(inputs["x"], inputs["dy"], engine),),
+            cost=cost,
+            implementations=(
+                Implementation(
+                    "softmaxlab", _softmaxlab_backward(getattr(kernels, op), getattr(kernels, f"{op}_backward"))
+                ),
+                Implementation("torch", _torch_backward(op), requires=("torch",)),
+                Implementation("jax", _jax_backward(op), requires=("jax",)),
+                Implementation("numpy", _numpy_backward(forwards[0], numpy_backward), timed=False),
+                Implementation("numpy_naive", _numpy_backward(forwards[1], numpy_backward), timed=False),
+            ),
+            description=f"dx = J^T dy at x; softmaxlab and numpy from y = {op}(x) (computed in prepare)",
+        )
+    )
+
+
+_register_normalizer("softmax", "y", exact.softmax, _elementwise_cost(exps=True), _numpy_softmax, _naive_softmax)
+_register_normalizer(
+    "log_softmax", "y", exact.log_softmax, _elementwise_cost(exps=True), _numpy_log_softmax, _naive_log_softmax
+)
+_register_normalizer("logsumexp", "lse", exact.logsumexp, _row_reduction_cost, _numpy_logsumexp, _naive_logsumexp)
+_register_normalizer_backward(
+    "softmax", exact.softmax_vjp, _backward_cost(exps=False), (_numpy_softmax, _naive_softmax), _numpy_softmax_backward
+)
+_register_normalizer_backward(
+    "log_softmax",
+    exact.log_softmax_vjp,
+    _backward_cost(exps=True),
+    (_numpy_log_softmax, _naive_log_softmax),
+    _numpy_log_softmax_backward,
 )
 
 

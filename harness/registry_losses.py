@@ -379,7 +379,8 @@ def exact_multiclass_hinge(logits, target, *, margin=1.0, reduction="mean", grad
             z = [_mp(v) for v in logits[i]]
             hinges = [mpmath.mpf(0) if (j == label or z[j] == -mpmath.inf) else max(z[j] - z[label] + m, 0)
                       for j in range(classes)]
-            losses.append(mpmath.fsum(hinges))
+            # a target score of -inf costs +inf (DESIGN.md), also when no other class is finite
+            losses.append(mpmath.inf if z[label] == -mpmath.inf else mpmath.fsum(hinges))
             active = [1 if h > 0 else 0 for h in hinges]
             active[label] = -sum(active)
             grads.extend(upstream[i] * a for a in active)

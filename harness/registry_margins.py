@@ -411,6 +411,23 @@ def _torch_target_function(torch, c, m1, m2, m3):
     return torch.cos(m1 * torch.arccos(c) + m2) - m3
 
 
+def _torch_runner(torch, loss_of, tensors, with_gradient):
+    """``run()``: ``loss_of(*tensors)`` under no_grad, or (loss, d loss / d each tensor) by autograd.grad."""
+    if not with_gradient:
+        def run():
+            with torch.no_grad():
+                return loss_of(*tensors)
+
+        return run
+
+    def run():
+        leaves = tuple(tensor.detach().requires_grad_(True) for tensor in tensors)
+        loss = loss_of(*leaves)
+        return (loss.detach(), *torch.autograd.grad(loss, leaves))
+
+    return run
+
+
 def _torch_margin(s, m1, m2, m3, with_gradient):
     """F.cross_entropy(s * (cos with the target's f(c))), and dcos by torch.autograd.grad."""
 
@@ -426,19 +443,7 @@ def _torch_margin(s, m1, m2, m3, with_gradient):
             logits[rows, target] = _torch_target_function(torch, cosines[rows, target], m1, m2, m3)
             return functional.cross_entropy(s * logits, target)
 
-        if not with_gradient:
-            def run():
-                with torch.no_grad():
-                    return loss_of(cos)
-
-            return run
-
-        def run():
-            cosines = cos.detach().requires_grad_(True)
-            loss = loss_of(cosines)
-            return loss.detach(), torch.autograd.grad(loss, cosines)[0]
-
-        return run
+        return _torch_runner(torch, loss_of, (cos,), with_gradient)
 
     return prepare
 
@@ -489,19 +494,7 @@ def _torch_large_margin(with_gradient, m, lambda_, normalize_weights):
             logits[rows, target] = (lambda_ * dot + magnitude * psi) / (1.0 + lambda_)
             return functional.cross_entropy(logits, target)
 
-        if not with_gradient:
-            def run():
-                with torch.no_grad():
-                    return loss_of(x, W)
-
-            return run
-
-        def run():
-            features, weights = x.detach().requires_grad_(True), W.detach().requires_grad_(True)
-            loss = loss_of(features, weights)
-            return (loss.detach(), *torch.autograd.grad(loss, (features, weights)))
-
-        return run
+        return _torch_runner(torch, loss_of, (x, W), with_gradient)
 
     return prepare
 
@@ -514,19 +507,7 @@ def _torch_center(with_gradient):
         def loss_of(features, middles):
             return 0.5 * ((features - middles[target]) ** 2).sum(dim=1).mean()
 
-        if not with_gradient:
-            def run():
-                with torch.no_grad():
-                    return loss_of(x, centers)
-
-            return run
-
-        def run():
-            features, middles = x.detach().requires_grad_(True), centers.detach().requires_grad_(True)
-            loss = loss_of(features, middles)
-            return (loss.detach(), *torch.autograd.grad(loss, (features, middles)))
-
-        return run
+        return _torch_runner(torch, loss_of, (x, centers), with_gradient)
 
     return prepare
 
@@ -569,19 +550,7 @@ def _pml_on_cosines(loss_class, with_gradient, **parameters):
             logits = loss_function.scale_logits(cosines + mask * (modified - target_cosines).unsqueeze(1), None)
             return loss_function.cross_entropy(logits, target).mean()
 
-        if not with_gradient:
-            def run():
-                with torch.no_grad():
-                    return loss_of(cos)
-
-            return run
-
-        def run():
-            cosines = cos.detach().requires_grad_(True)
-            loss = loss_of(cosines)
-            return loss.detach(), torch.autograd.grad(loss, cosines)[0]
-
-        return run
+        return _torch_runner(torch, loss_of, (cos,), with_gradient)
 
     return prepare
 

@@ -20,17 +20,15 @@ from softmaxlab.kernels import (
 )
 from softmaxlab.kernels._config import block_length
 
+from ._shared import DTYPES, TOLERANCE
+from ._shared import LOSS_SHAPES as SHAPES
+from ._shared import assert_close as _assert_close
+from ._shared import random_array as _random
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [np.float32, np.float64]
-SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
-TOLERANCE = 8
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def _random(shape, dtype, scale=3.0, seed=0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
 def _labels(shape, classes, seed=1):
@@ -75,14 +73,6 @@ def torch_quadratic_cost(logits, target, *, reduction="mean", grad_output=1.0):
                 if reduction == "none" else torch.tensor(float(grad_output), dtype=torch.float64))
     loss.backward(upstream)
     return loss.detach().numpy(), x.grad.numpy()
-
-
-def _assert_close(ours, reference, dtype, what):
-    eps = np.finfo(dtype).eps
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
-    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=TOLERANCE * eps,
-                               atol=TOLERANCE * eps * scale, err_msg=what)
 
 
 CASES = [

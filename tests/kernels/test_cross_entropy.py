@@ -20,24 +20,19 @@ from softmaxlab.kernels._config import block_length
 from softmaxlab.kernels._rows import scaled_exp_sum, scaled_store_exp_sum
 from softmaxlab.kernels.cross_entropy import reduce_scaled
 
+from ._shared import DTYPES, TOLERANCE
+from ._shared import LOSS_SHAPES as SHAPES
+from ._shared import assert_close as _assert_close
+from ._shared import random_array as _random
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [np.float32, np.float64]
-# Shared shape table: a single class, an ordinary batch, leading batch axes with an odd class count.
-SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
-# Tolerance against the float64 torch reference, in units of the dtype's epsilon
-# (the measured errors are ~1 ULP; torch float64 adds ~1e-16).
-TOLERANCE = 8
 # ULP bounds against the exact reference (measured maxima in brackets): per-row loss
 # float32 0.51 (0.34: computed in float64, rounded once), float64 2 (0.64); gradient
 # float32 1.5 (1.24: e_j rounded when stored by the reduce, then scaled), float64 4 (2.6).
 LOSS_ULP = {np.float32: 0.51, np.float64: 2.0}
 GRAD_ULP = {np.float32: 1.5, np.float64: 4.0}
-
-
-def _random(shape, dtype, scale=3.0, seed=0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
 def _labels(shape, classes, seed=1):
@@ -71,14 +66,6 @@ def torch_cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduc
     loss.backward(upstream)
     value = loss.detach().numpy()
     return (value.reshape(logits.shape[:-1]) if reduction == "none" else value), x.grad.numpy().reshape(logits.shape)
-
-
-def _assert_close(ours, reference, dtype, what):
-    eps = np.finfo(dtype).eps
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
-    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=TOLERANCE * eps,
-                               atol=TOLERANCE * eps * scale, err_msg=what)
 
 
 # ---- every option combination against torch ----------------------------------------------------

@@ -12,12 +12,14 @@ from softmaxlab.harness.registry_losses import exact_distillation_loss
 from softmaxlab.kernels import distillation_loss, distillation_loss_forward_backward
 from softmaxlab.kernels._config import block_length
 
+from ._shared import DTYPES, TOLERANCE
+from ._shared import LOSS_SHAPES as SHAPES
+from ._shared import assert_close as _assert_close
+from ._shared import random_array as _random
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [np.float32, np.float64]
-SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
-TOLERANCE = 8
 # Bounds against the exact reference (measured maxima in brackets).  KL(p || q) is a
 # difference of terms of the size of (v - z)/T and log C: where it is much smaller than
 # they are (p close to q, the dominant regime's shared winner, near ties) every method that
@@ -31,10 +33,6 @@ TOLERANCE = 8
 LOSS_TERMS = 4
 FLOAT32_LOSS_ULP = 1.0
 GRAD_TERM_ULP = {np.float32: 2.0, np.float64: 4.0}
-
-
-def _random(shape, dtype, scale=3.0, seed=0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
 def _labels(shape, classes, seed=1):
@@ -59,14 +57,6 @@ def torch_distillation(student, teacher, target=None, *, temperature=4.0, alpha=
     loss.backward(upstream)
     value = loss.detach().numpy()
     return (value.reshape(student.shape[:-1]) if reduction == "none" else value), s.grad.numpy().reshape(student.shape)
-
-
-def _assert_close(ours, reference, dtype, what):
-    eps = np.finfo(dtype).eps
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
-    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=TOLERANCE * eps,
-                               atol=TOLERANCE * eps * scale, err_msg=what)
 
 
 OPTIONS = [

@@ -12,22 +12,20 @@ from softmaxlab.harness.registry_losses import exact_binary_cross_entropy_with_l
 from softmaxlab.kernels import binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_forward_backward
 from softmaxlab.kernels._config import block_length
 
+from ._shared import DTYPES, TOLERANCE
+from ._shared import LOSS_SHAPES as SHAPES
+from ._shared import assert_close as _assert_close
+from ._shared import random_array as _random
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [np.float32, np.float64]
-SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
-TOLERANCE = 8
 # ULP bounds against the exact reference, per entry (reduction="none"; measured maxima in
 # brackets): the loss, two non-negative terms, float32 0.51 (0.5: computed in float64),
 # float64 3 (1.6); the gradient (1 - y) sigma(x) - p_w y sigma(-x) likewise: float32 0.51
 # (0.5), float64 3 (2.4).
 LOSS_ULP = {np.float32: 0.51, np.float64: 3.0}
 GRAD_ULP = {np.float32: 0.51, np.float64: 3.0}
-
-
-def _random(shape, dtype, scale=3.0, seed=0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
 def _targets(shape, dtype, seed=1, soft=False):
@@ -44,14 +42,6 @@ def torch_binary_cross_entropy(logits, target, *, weight=None, pos_weight=None, 
                 if reduction == "none" else torch.tensor(float(grad_output), dtype=torch.float64))
     loss.backward(upstream)
     return loss.detach().numpy(), x.grad.numpy()
-
-
-def _assert_close(ours, reference, dtype, what):
-    eps = np.finfo(dtype).eps
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
-    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=TOLERANCE * eps,
-                               atol=TOLERANCE * eps * scale, err_msg=what)
 
 
 OPTIONS = [

@@ -1,0 +1,26 @@
+"""Helpers shared by the loss tests: random inputs and the comparison with a float64 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = [np.float32, np.float64]
+# A single class, an ordinary batch, leading batch axes with an odd class count.
+LOSS_SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
+# Tolerance against a float64 torch reference, in units of the dtype's epsilon (the measured
+# errors are ~1 ULP; torch float64 adds ~1e-16).
+TOLERANCE = 8
+
+
+def random_array(shape, dtype, scale=3.0, seed=0):
+    """scale * N(0, 1) values of ``dtype``."""
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def assert_close(ours, reference, dtype, what, tolerance=TOLERANCE):
+    """|ours - reference| <= tolerance eps (|reference| + max |reference|), eps of ``dtype``."""
+    eps = np.finfo(dtype).eps
+    reference = np.asarray(reference, dtype=np.float64)
+    scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
+    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=tolerance * eps,
+                               atol=tolerance * eps * scale, err_msg=what)
