@@ -1,8 +1,10 @@
-"""Exact references (mpmath, 50 significant digits) and ULP errors, for the kernel tests.
+"""Exact references and ULP errors for the kernel tests, from the harness (no reference twice).
 
-The ULP of an exact value v in a format is the spacing of that format at v:
-2**(e - p + 1) for 2**e <= |v| < 2**(e+1), and the subnormal spacing below the
-normal range.  The error of a computed y is |y - v| / ulp(v).
+The normalizers come from ``softmaxlab.harness.exact`` (mpmath at 50 digits, held as
+float64 pairs of 106 bits) and errors from ``softmaxlab.harness.metrics``: the ULP of an
+exact value v is the spacing of the format at v (``metrics.ulp_at``), and the error of a
+computed y is |y - v| / ulp(v).  Tests with their own mpmath values pass them as (nested)
+lists of mpf.
 """
 
 from __future__ import annotations
@@ -10,70 +12,50 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-mpmath.mp.dps = 50
-
-_MANTISSA_BITS = {np.dtype(np.float32): 23, np.dtype(np.float64): 52}
-_MIN_EXPONENT = {np.dtype(np.float32): -126, np.dtype(np.float64): -1022}
+from softmaxlab.harness import exact as harness_exact
+from softmaxlab.harness.metrics import Exact, absolute_error, ulp_at
 
 
-def ulp(exact, dtype) -> mpmath.mpf:
-    """The spacing of ``dtype`` at the exact value ``exact`` (an mpf)."""
-    dtype = np.dtype(dtype)
-    if exact == 0:
-        exponent = _MIN_EXPONENT[dtype]
-    else:
-        exponent = max(int(mpmath.floor(mpmath.log(abs(exact), 2))), _MIN_EXPONENT[dtype])
-    return mpmath.ldexp(1, exponent - _MANTISSA_BITS[dtype])
+def _pairs(values, shape) -> Exact:
+    """mpf values (nested lists, or an object array) -> Exact of ``shape``."""
+    flat = [mpmath.mpf(value) for value in np.asarray(values, dtype=object).ravel()]
+    return harness_exact._mp_to_pairs(flat, shape)
 
 
-def ulp_errors(computed: np.ndarray, exact) -> np.ndarray:
-    """|computed - exact| / ulp(exact) elementwise; exact is a nested list of mpf (or inf)."""
-    flat_exact = np.asarray(exact, dtype=object).ravel()
-    flat = computed.ravel()
-    errors = np.empty(flat.shape[0])
-    for index, (value, reference) in enumerate(zip(flat, flat_exact)):
-        if mpmath.isinf(reference) or mpmath.isnan(reference):
-            same = (np.isnan(value) and mpmath.isnan(reference)) or value == float(reference)
-            errors[index] = 0.0 if same else np.inf
-        else:
-            errors[index] = float(abs(mpmath.mpf(float(value)) - reference) / ulp(reference, computed.dtype))
-    return errors.reshape(computed.shape)
+def _on_rows(reference, x, shape) -> Exact:
+    x = np.asarray(x)
+    pairs = reference(x.reshape(-1, x.shape[-1]), engine=harness_exact.MPMATH_ENGINE)
+    return Exact(pairs.hi.reshape(shape), pairs.lo.reshape(shape), pairs.engine)
 
 
-def _rows(x: np.ndarray):
-    return x.reshape(-1, x.shape[-1])
+def softmax(x) -> Exact:
+    """Exact softmax over the last axis of a finite (or -inf masked) array."""
+    return _on_rows(harness_exact.softmax, x, np.shape(x))
 
 
-def softmax(x: np.ndarray):
-    """Exact softmax over the last axis of a finite array, as nested lists of mpf."""
-    result = []
-    for row in _rows(x):
-        exps = [mpmath.exp(mpmath.mpf(float(v))) for v in row]
-        total = mpmath.fsum(exps)
-        result.append([e / total for e in exps])
-    return result
+def log_softmax(x) -> Exact:
+    return _on_rows(harness_exact.log_softmax, x, np.shape(x))
 
 
-def _max_and_rest(row):
-    """(M, T) with M = max(row) and T = sum_k exp(x_k - M) - 1, summed without cancellation."""
-    values = [mpmath.mpf(float(v)) for v in row]
-    largest = max(values)
-    rest = list(values)
-    rest.remove(largest)
-    return largest, mpmath.fsum(mpmath.exp(v - largest) for v in rest)
+def logsumexp(x) -> Exact:
+    return _on_rows(harness_exact.logsumexp, x, np.shape(x)[:-1])
 
 
-def log_softmax(x: np.ndarray):
-    """(x_j - M) - log1p(T) at 400 digits: exact even when the result is ~1e-300 next to M."""
-    result = []
-    with mpmath.workdps(400):
-        for row in _rows(x):
-            largest, rest = _max_and_rest(row)
-            log_total = mpmath.log1p(rest)
-            result.append([+((mpmath.mpf(float(v)) - largest) - log_total) for v in row])
-    return result
+def columns(exact: Exact, key) -> Exact:
+    """``exact[:, key]``."""
+    return Exact(exact.hi[:, key], exact.lo[:, key], exact.engine)
 
 
-def logsumexp(x: np.ndarray):
-    with mpmath.workdps(400):
-        return [+(largest + mpmath.log1p(rest)) for largest, rest in map(_max_and_rest, _rows(x))]
+def ulp_errors(computed, exact) -> np.ndarray:
+    """|computed - exact| / ulp(exact) elementwise (``exact``: an Exact, or lists of mpf).
+
+    Where the exact value is +-inf or NaN the error is 0 if ``computed`` is the same, inf otherwise.
+    """
+    computed = np.asarray(computed)
+    if not isinstance(exact, Exact):
+        exact = _pairs(exact, computed.shape)
+    with np.errstate(invalid="ignore"):
+        errors = absolute_error(computed, exact) / ulp_at(exact, computed.dtype)
+    special = ~np.isfinite(exact.hi)
+    same = (computed == exact.hi) | (np.isnan(computed) & np.isnan(exact.hi))
+    return np.where(special, np.where(same, 0.0, np.inf), errors)
