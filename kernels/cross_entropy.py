@@ -137,7 +137,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width):
                     write_block(logits, args, grad, i, k, k * block, min(classes, (k + 1) * block), partial, stats)
         else:
             for i in prange(rows):
-                _row_task(logits, args, grad, row_loss, i, block, partial, stats, write)
+                _row_task(logits, args, grad, row_loss, np.int64(i), block, partial, stats, write)  # see _rows
 
     return kernel
 
@@ -610,7 +610,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     classes = rows.shape[1]
     reduction = check_reduction("reduction", reduction)
     smoothing = check_real_scalar("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
-    ignore_index = check_real_scalar("ignore_index", ignore_index, integer=True)
+    int64 = np.iinfo(np.int64)
+    ignore_index = check_real_scalar("ignore_index", ignore_index, integer=True, minimum=int64.min, maximum=int64.max)
     if weight is None:
         class_weight, weighted = np.ones(1), False
     else:

@@ -584,8 +584,8 @@ def _check_margins(s, m1, m2, m3):
 
 def _cosine_rows(cos, target):
     cos = check_float_array("cos", cos)
-    rows = np.ascontiguousarray(cos.reshape(-1, cos.shape[-1]))
-    if rows.shape[0] < 1 or rows.shape[1] < 1:
+    rows = np.ascontiguousarray(cos.reshape(-1, cos.shape[-1])) if cos.shape[-1] else cos
+    if cos.size == 0:
         raise ValueError(f"cos must have at least one row and one class, got shape {cos.shape}")
     targets = check_class_indices("target", target, cos.shape[:-1], cos.shape[-1]).reshape(-1)
     return cos, rows, targets
