@@ -411,7 +411,9 @@ def _merge_index(logits, args, i, partial, stats):
         log_total = math.log1p(total)
         # L = (1 - eps) w_y (LSE - z_y) + eps/C sum_c w_c (LSE - z_c),  LSE - z_c = (M - z_c) + log1p(T)
         loss = hard * ((largest - label_value) + log_total) if hard != 0.0 else 0.0
-        if smoothing != 0.0:
+        # uniform, not eps: an eps below C * 2**-1074 makes eps/C 0 (as the gradient takes it), and
+        # 0 * (a masked logit's +inf gap) would be NaN
+        if uniform != 0.0:
             loss += uniform * (_merge_gaps(largest, partial, i) + weight_total * log_total)
     elif total != total:  # a NaN in the row
         loss = np.nan

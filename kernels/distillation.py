@@ -93,6 +93,10 @@ def _cross_term(e, teacher_value, student_value, scale):
     # float32 rows' exponential gives e**-110, not 0, below -110, so e itself is not tested)
     if teacher_value == -np.inf:
         return 0.0
+    if student_value == -np.inf:
+        # p_c > 0 for a finite v_c even where e underflows to 0 (float64, v_c/T - M_v < -745):
+        # p_c (v_c - z_c) = +inf, not 0 * inf = NaN
+        return np.inf
     return e * (np.float64(teacher_value) * scale - np.float64(student_value) * scale)
 
 
@@ -113,7 +117,9 @@ def _teacher_sums(teacher, student, scale, largest):
             e = exp_difference_for(teacher, value, largest)
             partial += e if value != largest else 0.0
             ties += 1.0 if value == largest else 0.0
-            partial_cross += _cross_term(e, chunk[j], student_chunk[j], scale)
+            # the max's own e is 1 here too, as T counts it: for float32 rows exp(0) is 1 - 4.04e-11,
+            # which left KL = -4e-11 (v - z)/T where p = q (one class, a shifted teacher)
+            partial_cross += _cross_term(e if value != largest else 1.0, chunk[j], student_chunk[j], scale)
         total += partial
         cross += partial_cross
     return total + (ties - 1.0), cross
@@ -176,7 +182,11 @@ def _merge(student, args, i, partial, stats):
             terms = np.empty(blocks)
             for k in range(blocks):
                 cross_b = partial[i, k, 4]
-                terms[k] = cross_b * block_factor(partial[i, k, 2], teacher_largest) if cross_b != 0.0 else 0.0
+                # 0 stays 0, and +inf stays +inf: exp(m_b - M) > 0 even where it underflows to 0
+                if cross_b == 0.0 or cross_b == np.inf:
+                    terms[k] = cross_b
+                else:
+                    terms[k] = cross_b * block_factor(partial[i, k, 2], teacher_largest)
             cross = pairwise_sum(terms)
         teacher_log_total = math.log1p(teacher_total)
         student_log_total = math.log1p(student_total)

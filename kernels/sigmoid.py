@@ -138,7 +138,9 @@ def _make_elementwise_kernel(term):
         if not write:
             for j in range(values.shape[0]):
                 block_losses[j] = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])[0]
-        elif upstream.shape[1] > 1:
+        elif upstream.shape[0] > 1 or upstream.shape[1] > 1:
+            # an elementwise grad_output, (rows, classes); (1, 1) is a scalar either way (with
+            # one class the test of the columns alone took (N, 1) for a scalar)
             upstreams = upstream[i, start:stop]
             destination = grad[i, start:stop]
             for j in range(values.shape[0]):
