@@ -151,12 +151,7 @@ class BenchPlan:
                 if self._inputs is None:
                     self._inputs = entry.make_inputs(BENCH_REGIME, shape, case.dtype, self.seed)
                 run = entry.implementation(case.provider).prepare(self._inputs)
-            start = time.perf_counter()
-            result = run()
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-            run()
-            warm = time.perf_counter() - start
+            result, first, warm = first_calls.timed_first_two(run)
             first_calls.record(kernel=case.kernel, provider=case.provider, dtype=case.dtype, shape=shape,
                                phase="bench", first=first, warm=warm)
             self._prepared[case.provider] = (run, first, warm, result)

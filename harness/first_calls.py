@@ -16,17 +16,22 @@ FIRST_CALLS: list[dict] = []
 _SEEN: set = set()
 
 
-def call(run, *, kernel: str, provider: str, dtype: str, shape: tuple, phase: str):
-    """``run()``, recording the first and a warm call's time the first time the key is seen."""
-    key = (kernel, provider, dtype, tuple(shape))
-    if key in _SEEN:
-        return run()
+def timed_first_two(run):
+    """(result, first call's seconds, second (warm) call's seconds) of two calls of ``run``."""
     start = time.perf_counter()
     result = run()
     first = time.perf_counter() - start
     start = time.perf_counter()
     run()
-    warm = time.perf_counter() - start
+    return result, first, time.perf_counter() - start
+
+
+def call(run, *, kernel: str, provider: str, dtype: str, shape: tuple, phase: str):
+    """``run()``, recording the first and a warm call's time the first time the key is seen."""
+    key = (kernel, provider, dtype, tuple(shape))
+    if key in _SEEN:
+        return run()
+    result, first, warm = timed_first_two(run)
     record(kernel=kernel, provider=provider, dtype=dtype, shape=shape, phase=phase, first=first, warm=warm)
     return result
 

@@ -272,24 +272,11 @@ def _softmaxlab_backward(forward, backward):
 
 
 def _numpy_forward(formula):
-    formula = _quiet(formula)
-
-    def prepare(inputs):
-        x = inputs["x"]
-        return lambda: formula(x)
-
-    return prepare
+    return _softmaxlab_forward(_quiet(formula))
 
 
 def _numpy_backward(forward, backward):
-    forward, backward = _quiet(forward), _quiet(backward)
-
-    def prepare(inputs):
-        y = forward(inputs["x"])
-        dy = inputs["dy"]
-        return lambda: backward(y, dy)
-
-    return prepare
+    return _softmaxlab_backward(_quiet(forward), _quiet(backward))
 
 
 def _torch_forward(name):
