@@ -2,7 +2,7 @@
 
 Why: the llvmlite wheels on PyPI carry no SVML, so ``math.exp`` / ``np.exp`` inside a
 Numba loop is a scalar libm call and the loop does not vectorize.  These functions are
-plain float64 arithmetic plus one LLVM intrinsic, so LLVM inlines them and vectorizes
+plain float arithmetic plus LLVM intrinsics (fma, the bitcasts of 2**k), so LLVM inlines them and vectorizes
 the loop that calls them (``tests/kernels/test_exp.py`` checks it with ``inspect_asm``).
 
 Method (the classic Cody-Waite scheme, as in SLEEF and fdlibm)::
@@ -11,6 +11,7 @@ Method (the classic Cody-Waite scheme, as in SLEEF and fdlibm)::
     r   = (x - k ln2_hi) - k ln2_lo          # |r| <= ln(2)/2; k ln2_hi is exact
     e^r = (1 + r) + r^2 q(r)                 # q: near-minimax fit of (e^r - 1 - r) / r^2
     e^x = e^r 2**k1 2**k2                    # k1 = k >> 1, k2 = k - k1, from integer bits
+    e^x = (e^r 2**(k+64)) 2**-64             # k <= 0 (exp of x - max): 2 integer operations
 
 The polynomials were fitted by Chebyshev interpolation in mpmath (``mpmath.chebyfit``)
 on ``[-ln2/2 - 1e-6, ln2/2 + 1e-6]``.
@@ -23,17 +24,33 @@ on ``[-ln2/2 - 1e-6, ln2/2 + 1e-6]``.
   error of an argument made by a subtraction (``two_sum``).  Splitting k in two keeps
   both powers of two normal, so results that overflow, underflow into the subnormals
   or to zero come out right.
+* ``exp32`` (float32 arithmetic, 16 lanes per AVX-512 vector): a two-constant
+  reduction (k ln2_hi exact), e^r = 1 + r P1(r) with P1 fitted to degree 6 (fit error
+  2.4e-10 relative) and evaluated by Horner's rule, the last step one FMA so that only
+  it rounds at the result's scale.  ``exp32_difference(value, largest)`` is exp of the
+  exact difference (its ``two_sum`` error joins the reduction) for value <= largest, the
+  exponential of the float32 softmax, log-softmax and cross-entropy loops;
+  ``exp32_difference_floored`` is the same with the element clamped at largest - 110
+  instead of the difference clamped (3 operations fewer, for |largest| < 2**21).
 * ``exp_f32_wide`` (float32 results, computed in float64): a one-constant reduction
-  and e^r fitted directly to degree 7 (fit error 5.5e-11 relative); the float32 kernels widen their operands (so ``x - max`` is
-  exact), call it, and round once when they store.  ``exp32(x)`` is exactly that
-  rounding of ``exp_f32_wide(x)``: the float32 exp of the kernels.
+  and e^r = 1 + r Q(r), Q fitted to degree 6 (1.1e-10 relative; exp(0) = 1 exactly), for the float32
+  kernels whose argument is a float64 (a temperature or a margin applied, a scale
+  factor): they call it and round once when they store.  ``exp32_wide(x)`` is that
+  rounding of ``exp_f32_wide(x)``.
 
 Measured error against correctly rounded references (``softmaxlab exp-accuracy``,
-the README's table): ``exp32`` at most 0.5007 ULP over every one of the 2,239,849,421
-float32 inputs whose exp is finite and non-zero (exhaustive); ``exp64`` at most
-0.6533 ULP for normal results and 0.7712 ULP overall over 1.1e8 random inputs and the
-ends of the range (subnormal results round twice, in the last addition and on the
-subnormal grid: bound 1 ULP there).
+the README's table): ``exp32`` at most 0.87 ULP and ``exp32_wide`` at most 0.5007 ULP
+over every one of the 2,239,849,421 float32 inputs whose exp is finite and non-zero
+(exhaustive), and ``exp32_difference_floored(x, 0) == exp32(x)`` for every float32
+x <= 0; ``exp64`` at most 0.6533 ULP for normal results and 0.7712 ULP overall over
+1.1e8 random inputs and the ends of the range (subnormal results round twice, in the
+last addition and on the subnormal grid: bound 1 ULP there).
+``exp64_difference_floored`` (the float64 kernels' exp(x - max)) equals ``exp64`` on
+every sampled x <= 0.
+
+Why float32 arithmetic: with the float64 evaluation the float32 loops ran at 8 lanes
+and their exp cost twice the float32 one; softmax at 1000 classes was 0.74x torch.
+The price is exp32's 0.87 ULP, against 0.5 for the rounded float64 evaluation.
 
 Special values: exp(-inf) = 0, exp(+inf) = inf, exp(nan) = nan; results round to 0
 below ln(min subnormal / 2) and to inf above ln(max float).
@@ -63,32 +80,60 @@ from numba.extending import intrinsic
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 
 
-def _pow2_codegen(split):
-    """LLVM IR for ``mantissa * 2**k`` with k read from ``shifted = k + 1.5 * 2**52``.
+# (integer type, the bits of 1.5 * 2**p as shifted's offset, exponent bias, mantissa bits)
+_FORMATS = {
+    64: (ir.IntType(64), 0x4338000000000000, 1023, 52),
+    32: (ir.IntType(32), 0x4B400000, 127, 23),
+}
 
-    The integer k sits in the low bits of ``shifted``'s representation, so
-    ``bits(shifted) - bits(1.5 * 2**52)`` is k, and ``(k + 1023) << 52`` are the bits
-    of 2**k.  With ``split``, k is cut as k1 = k >> 1, k2 = k - k1 and the result is
-    ``(mantissa * 2**k1) * 2**k2``: both factors stay normal for every k the clamped
-    exp produces, the first product is exact and only the second one rounds (into the
-    subnormals, to 0, or to inf).  Without ``split`` one factor is used, right
-    whenever 2**k is a normal number.
+
+def _pow2_codegen(split, width):
+    """LLVM IR for ``mantissa * 2**k`` with k read from ``shifted = k + 1.5 * 2**p``.
+
+    p is the format's mantissa width (52, or 23 for float32).  The integer k sits in the
+    low bits of ``shifted``'s representation, so ``bits(shifted) - bits(1.5 * 2**p)`` is
+    k, and ``(k + bias) << p`` are the bits of 2**k.  With ``split``, k is cut as
+    k1 = k >> 1, k2 = k - k1 and the result is ``(mantissa * 2**k1) * 2**k2``: both
+    factors stay normal for every k the clamped exp produces, the first product is
+    exact and only the second one rounds (into the subnormals, to 0, or to inf).
+    Without ``split`` one factor is used, right whenever 2**k is a normal number.
     """
+    int_type, magic, bias, mantissa_bits = _FORMATS[width]
 
     def codegen(context, builder, signature, args):
         value, shift = args
-        int_type = ir.IntType(64)
-        k = builder.sub(builder.bitcast(shift, int_type), ir.Constant(int_type, 0x4338000000000000))
+        k = builder.sub(builder.bitcast(shift, int_type), ir.Constant(int_type, magic))
         parts = [k]
         if split:
             k1 = builder.ashr(k, ir.Constant(int_type, 1))
             parts = [k1, builder.sub(k, k1)]
         result = value
         for part in parts:
-            biased = builder.add(part, ir.Constant(int_type, 1023))
-            exponent = builder.shl(biased, ir.Constant(int_type, 52))
+            biased = builder.add(part, ir.Constant(int_type, bias))
+            exponent = builder.shl(biased, ir.Constant(int_type, mantissa_bits))
             result = builder.fmul(result, builder.bitcast(exponent, value.type))
         return result
+
+    return codegen
+
+
+def _pow2_offset_codegen(width, offset):
+    """LLVM IR for ``(mantissa * 2**(k + offset)) * 2**-offset``, for k <= 0.
+
+    ``bits(shifted) << p`` is ``k << p`` modulo the word (the offset's bits, 1.5 * 2**p,
+    shift out), so the bits of 2**(k + offset) are two integer operations.  For
+    k + offset and -offset in the normal range, the first product is exact and only the
+    second one rounds: the same single rounding as the split form, in 2 integer
+    operations instead of 7 (the exp of ``x - max`` never has k > 0).
+    """
+    int_type, _, bias, mantissa_bits = _FORMATS[width]
+
+    def codegen(context, builder, signature, args):
+        value, shift = args
+        k_bits = builder.shl(builder.bitcast(shift, int_type), ir.Constant(int_type, mantissa_bits))
+        exponent = builder.add(k_bits, ir.Constant(int_type, (bias + offset) << mantissa_bits))
+        result = builder.fmul(value, builder.bitcast(exponent, value.type))
+        return builder.fmul(result, ir.Constant(value.type, 2.0**-offset))
 
     return codegen
 
@@ -96,9 +141,9 @@ def _pow2_codegen(split):
 @intrinsic
 def _scale_pow2(typingctx, mantissa, shifted):
     """``mantissa * 2**k`` in two steps (any k the clamped exp produces)."""
-    if not (mantissa == shifted == types.float64):
+    if not (mantissa == shifted and mantissa in (types.float64, types.float32)):
         return None
-    return mantissa(mantissa, shifted), _pow2_codegen(split=True)
+    return mantissa(mantissa, shifted), _pow2_codegen(split=True, width=mantissa.bitwidth)
 
 
 @intrinsic
@@ -106,7 +151,35 @@ def _scale_pow2_normal(typingctx, mantissa, shifted):
     """``mantissa * 2**k`` in one step, for k with 2**k a normal number."""
     if not (mantissa == shifted == types.float64):
         return None
-    return mantissa(mantissa, shifted), _pow2_codegen(split=False)
+    return mantissa(mantissa, shifted), _pow2_codegen(split=False, width=64)
+
+
+# k + 64 stays normal down to k = -190 (float32) and -1086 (float64), below both clamps
+_POW2_OFFSET = 64
+
+
+@intrinsic
+def _scale_pow2_nonpositive(typingctx, mantissa, shifted):
+    """``mantissa * 2**k`` for k <= 0 (an exp of a non-positive argument), one rounding."""
+    if not (mantissa == shifted and mantissa in (types.float64, types.float32)):
+        return None
+    return mantissa(mantissa, shifted), _pow2_offset_codegen(mantissa.bitwidth, _POW2_OFFSET)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c with a single rounding (llvm.fma; one instruction on FMA hardware)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value_type = args[0].type
+        function = builder.module.declare_intrinsic(
+            "llvm.fma", [value_type], ir.FunctionType(value_type, [value_type] * 3)
+        )
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen
 
 
 _LOG2E = 1.4426950408889634
@@ -134,18 +207,20 @@ _Q64 = (
     0.166666666666666709864573,
     0.5,
 )
-# ... and, for float32 results, e^r itself to degree 7 (no exact leading terms needed:
-# the fit error 5.5e-11 relative is 0.001 float32 ULP).
+# ... and, for float32 results computed in float64, e^r = 1 + r Q(r) with Q fitted to
+# degree 6 (fit error 2.4e-10 relative, 1.1e-10 for e^r: 0.002 float32 ULP); the constant
+# term is exactly 1, so exp_f32_wide(0) = 1 exactly (a direct fit of e^r gave 1 - 4e-11,
+# which showed in KL(p || p) and in log_softmax_backward near a dominant class).
 _LN2 = 0.6931471805599453
 _P32 = (
-    0.0001990756969402313322065,
-    0.001394857867154721534858,
-    0.008333283538133252043355,
-    0.04166621831411108082318,
-    0.1666666678631065898283,
-    0.5000000107731031964728,
-    0.9999999999955089368153,
-    0.9999999999595608166668,
+    0.000198992742938358860420996,
+    0.001394110873582351542063422,
+    0.008333298483352308887804314,
+    0.04166635289314981990885098,
+    0.1666666671899841507628981,
+    0.5000000047118574033958722,
+    1.0,
+    1.0,
 )
 
 
@@ -173,12 +248,11 @@ def _reduce(x, low_clamp, high_clamp):
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def exp64_pair(high, low):
-    """exp(high + low) for float64, |low| <= ulp(high) / 2; at most 0.66 ULP (1 for subnormal results)."""
-    shifted, k, clamped = _reduce(high, _LOW_64, _HIGH_64)
+def _exp64_mantissa(clamped, low):
+    """(e^(r + c), shifted) with exp(clamped + low) = e^(r + c) 2**k, shifted = k + 1.5 * 2**52."""
+    shifted = clamped * _LOG2E + _SHIFT
+    k = shifted - _SHIFT
     reduced = clamped - k * _LN2_HI  # exact: k * LN2_HI has at most 43 significant bits
-    # Where exp underflows, ``low`` is irrelevant, and from two_sum(-inf, .) it is NaN.
-    low = low if high > _LOW_64 else 0.0
     # ``low`` joins the small subtracted part before r is rounded (|low| and k ln2_lo
     # are far below ulp(r), so this subtraction's own rounding is negligible) ...
     subtracted = k * _LN2_LO - low
@@ -191,7 +265,38 @@ def exp64_pair(high, low):
     # that only the last addition rounds at the scale of the result.
     head = 1.0 + r
     tail = ((1.0 - head) + r) + (correction + (r * r) * q)
-    return _scale_pow2(head + tail, shifted)
+    return head + tail, shifted
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp64_pair(high, low):
+    """exp(high + low) for float64, |low| <= ulp(high) / 2; at most 0.66 ULP (1 for subnormal results)."""
+    clamped = _LOW_64 if high < _LOW_64 else high
+    clamped = _HIGH_64 if clamped > _HIGH_64 else clamped
+    # Where exp underflows, ``low`` is irrelevant, and from two_sum(-inf, .) it is NaN.
+    mantissa, shifted = _exp64_mantissa(clamped, low if high > _LOW_64 else 0.0)
+    return _scale_pow2(mantissa, shifted)
+
+
+# largest - 750 is within 2**-13 of its exact value for |largest| < 2**40
+EXP64_FLOOR_LIMIT = 2.0**40
+_FLOOR_OFFSET_64 = 750.0  # e**-749.9 rounds to 0 in float64
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp64_difference_floored(value, largest):
+    """exp(value - largest) for float64 value <= largest, |largest| < 2**40, the difference exact.
+
+    As ``exp32_difference_floored``: the element is clamped at largest - 750 (a -inf
+    becomes finite, NaN passes), the rounding error of the difference joins the
+    reduction (``two_sum``), and k <= 0 scales in one rounding
+    (``_scale_pow2_nonpositive``): 8 operations fewer than ``exp64_pair(two_sum(...))``.
+    """
+    floor = largest - _FLOOR_OFFSET_64
+    clamped = floor if value < floor else value
+    high, low = two_sum(clamped, -largest)
+    mantissa, shifted = _exp64_mantissa(high, low)
+    return _scale_pow2_nonpositive(mantissa, shifted)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -202,7 +307,7 @@ def exp64(x):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp_f32_wide(x):
-    """exp(x) to float32 accuracy (6e-11 relative), computed in float64 for a float64 x.
+    """exp(x) to float32 accuracy (1.1e-10 relative, exp(0) = 1), computed in float64 for a float64 x.
 
     For the float32 kernels, which store the result as float32 (one rounding).
     Below -110 the result is e**-110 and above 90 it is e**90; both round to 0 and inf
@@ -215,9 +320,100 @@ def exp_f32_wide(x):
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def exp32(x):
+def exp32_wide(x):
     """exp(x) for a float32 x: float32(exp_f32_wide(x)), at most 0.5 ULP + 6e-11 relative."""
     return np.float32(exp_f32_wide(np.float64(x)))
+
+
+# ---- float32 arithmetic ---------------------------------------------------------------------
+_F32 = np.float32
+_SHIFT_32 = _F32(12582912.0)  # 1.5 * 2**23
+_LOG2E_32 = _F32(_LOG2E)
+# ln 2 split for float32: LN2_HI_32 has 15 significant bits, so k * LN2_HI_32 is exact for
+# |k| < 2**9, and x - k LN2_HI_32 is exact (Sterbenz: k ln2 is within a factor 2 of x)
+_LN2_HI_32 = _F32(0.693145751953125)
+_LN2_LO_32 = _F32(1.428606765330187045e-06)
+_LOW_32_NATIVE = _F32(-104.0)  # e**-104 < 2**-150: rounds to 0 in float32
+_HIGH_32_NATIVE = _F32(89.0)  # e**89 > max float32: rounds to inf
+# (e^r - 1) / r to degree 6 in float32 coefficients, descending powers
+# (mpmath.chebyfit on +-(ln2/2 + 2e-5), fit error 2.4e-10 relative)
+_P1_32 = (
+    _F32(0.00019899281323887408),
+    _F32(0.00139411143027246),
+    _F32(0.0083332983776927),
+    _F32(0.04166635125875473),
+    _F32(0.1666666716337204),
+    _F32(0.5),
+    _F32(1.0),
+)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _exp32_mantissa(clamped, low):
+    """(e^r, shifted) with e^(clamped + low) = e^r 2**k, shifted = k + 1.5 * 2**23; float32.
+
+    r = (clamped - k ln2_hi) + (low - k ln2_lo): the first difference is exact, the
+    second is below 2**-12 (its rounding is negligible), so r is rounded once at its
+    scale (|r| <= ln2/2, error <= 2**-26); e^r = 1 + r P1(r) by one FMA, so the last
+    rounding is at the scale of the result.
+    """
+    shifted = clamped * _LOG2E_32 + _SHIFT_32
+    k = shifted - _SHIFT_32
+    # (low - k ln2_lo), not -(k ln2_lo - low): with low = 0 (exp32) LLVM could fold the
+    # latter into an FMA with the first difference, and exp32 would round r differently
+    # from the kernels' exp32_difference (1 ULP apart on 97 float32 inputs, measured)
+    r = (clamped - k * _LN2_HI_32) + (low - k * _LN2_LO_32)
+    return fma(r, _horner(r, _P1_32), _F32(1.0)), shifted
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp32(x):
+    """exp(x) for a float32 x in float32 arithmetic; at most 0.87 ULP (exhaustive), vectorizable."""
+    clamped = _LOW_32_NATIVE if x < _LOW_32_NATIVE else x
+    clamped = _HIGH_32_NATIVE if clamped > _HIGH_32_NATIVE else clamped
+    mantissa, shifted = _exp32_mantissa(clamped, _F32(0.0))
+    return _scale_pow2(mantissa, shifted)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp32_difference(value, largest):
+    """exp(value - largest) for float32 value <= largest, as if the subtraction were exact.
+
+    The float32 kernels' exponential (``value`` an element of a row, ``largest`` its
+    max, both float32): the difference d = value - largest is rounded, and its error
+    ``low`` (``two_sum``, exact) joins the reduced argument, so the result is exp32's
+    for the exact difference.  d <= 0 gives k <= 0 and one-step scaling
+    (``_scale_pow2_nonpositive``); a -inf value gives 0, NaN gives NaN.  Equal to
+    ``exp32(value - largest)`` whenever the difference is exact.
+    """
+    difference, low = two_sum(value, -largest)
+    below = difference < _LOW_32_NATIVE
+    clamped = _LOW_32_NATIVE if below else difference
+    # from two_sum(-inf, .) low is NaN; where exp underflows it is irrelevant
+    mantissa, shifted = _exp32_mantissa(clamped, _F32(0.0) if below else low)
+    return _scale_pow2_nonpositive(mantissa, shifted)
+
+
+# largest - 110 is within 1/8 of its exact value for |largest| < 2**21 (ulp <= 1/8 there)
+EXP32_FLOOR_LIMIT = _F32(2.0**21)
+_FLOOR_OFFSET_32 = _F32(110.0)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp32_difference_floored(value, largest):
+    """``exp32_difference`` for |largest| < 2**21 (``EXP32_FLOOR_LIMIT``), 3 operations fewer.
+
+    The element, not the difference, is clamped, at floor = largest - 110 (rounded by at
+    most 1/8 for such a ``largest``): e**-109.8 rounds to 0 in float32 like every
+    smaller value, a -inf element becomes finite (no NaN from ``two_sum``), and the
+    difference stays above -111, so no other clamp is needed.  NaN passes the clamp.
+    The floor is loop-invariant, computed once per row.
+    """
+    floor = largest - _FLOOR_OFFSET_32
+    clamped = floor if value < floor else value
+    difference, low = two_sum(clamped, -largest)
+    mantissa, shifted = _exp32_mantissa(difference, low)
+    return _scale_pow2_nonpositive(mantissa, shifted)
 
 
 # R(z) / z, z = s**2 <= (3 - 2 sqrt2)**2 = 0.0294, in descending powers: the series

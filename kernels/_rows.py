@@ -34,7 +34,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
-from ._exp import exp64, exp64_pair, exp_f32_wide, two_sum
+from ._exp import EXP32_FLOOR_LIMIT, EXP64_FLOOR_LIMIT, exp64_difference_floored, exp32_difference, exp32_difference_floored, exp64, exp64_pair, exp_f32_wide, fma, two_sum
 
 # Reduced pairs per block, and the row pair produced by the merge.
 PAIR = 2
@@ -85,22 +85,6 @@ def maxnum(typingctx, a, b):
         return builder.call(function, args)
 
     return a(a, b), codegen
-
-
-@intrinsic
-def fma(typingctx, a, b, c):
-    """a * b + c with a single rounding (llvm.fma; one instruction on FMA hardware)."""
-    if not (isinstance(a, types.Float) and a == b == c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        value_type = args[0].type
-        function = builder.module.declare_intrinsic(
-            "llvm.fma", [value_type], ir.FunctionType(value_type, [value_type] * 3)
-        )
-        return builder.call(function, args)
-
-    return a(a, b, c), codegen
 
 
 def cast_like(values, value):
@@ -188,30 +172,97 @@ def _make_exp_sum(store, count_ties, scaled):
     holds the max's 1 rounds every small term added to it at ulp(1): S was 4.5 ULP off
     on rows with one dominant logit (softmax 4.94 ULP, measured; 1.3 with the count).
 
+    The loops (``exp_sum.loops``):
+
+    * float32 rows that store (softmax, log_softmax into its output, cross-entropy into
+      the gradient, unscaled): the exponentials in float32 arithmetic
+      (``exp32_difference_floored``, 16 lanes a vector), stored, then summed in float64
+      in a second loop; the ties are the stored e_j equal to 1.
+    * float64 rows: ``exp64_difference_floored`` (for |largest| < 2**40, every row in
+      practice) or ``exp64_pair`` of the ``two_sum``.
+    * the rest (float32 rows scaled by a temperature, or not stored): the float64
+      evaluation ``exp_f32_wide`` of the float64 difference.
+
     Chunked as described at ``SUM_CHUNK`` (``sum_chunk_for``); a row of one chunk runs
     one loop, as the chunk loop around it measured 14% slower at 1000 classes.  The
     flags are closure constants, not arguments: passed at run time they cost softmax 7%
     and log_softmax 9% at 1000 classes (measured), LLVM not inlining this function.
     """
 
+    def make_terms_wide(floored):
+        # floored (float64 rows with |largest| < EXP64_FLOOR_LIMIT): the cheaper exponential
+        # of ``exp64_difference_floored``; a closure constant, as the branch inside the
+        # loop kept it scalar (LLVM does not unswitch it)
+        @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+        def terms_wide(values, scale, largest, destination):
+            total = 0.0
+            ties = 0.0
+            for j in range(values.shape[0]):
+                value = np.float64(values[j]) * scale if scaled else np.float64(values[j])
+                if floored:
+                    e = exp64_difference_floored(value, largest)
+                else:
+                    e = exp_difference_for(values, value, largest)
+                if store:
+                    destination[j] = e
+                if count_ties:
+                    total += e if value != largest else 0.0
+                    ties += 1.0 if value == largest else 0.0
+                else:
+                    total += e
+            return total, ties
+
+        return terms_wide
+
+    terms_wide = make_terms_wide(floored=False)
+    terms_floored = make_terms_wide(floored=True)
+
     @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-    def terms(values, scale, largest, destination):
+    def terms_float32(values, scale, largest, destination):
+        # two loops: e_j = exp32(x_j - m) in float32 arithmetic (16 lanes), stored; then
+        # their float64 sum.  In one loop the float64 sum halves the exp's vector width
+        # (LLVM picks 8 lanes for both), which measured 25% slower.
+        shift = np.float32(largest)
+        if abs(shift) < EXP32_FLOOR_LIMIT:  # every row in practice
+            for j in range(values.shape[0]):
+                destination[j] = exp32_difference_floored(values[j], shift)
+        else:
+            for j in range(values.shape[0]):
+                destination[j] = exp32_difference(values[j], shift)
         total = 0.0
         ties = 0.0
         for j in range(values.shape[0]):
-            value = np.float64(values[j]) * scale if scaled else np.float64(values[j])
-            e = exp_difference_for(values, value, largest)
-            if store:
-                destination[j] = e
+            e = np.float64(destination[j])
             if count_ties:
-                total += e if value != largest else 0.0
-                ties += 1.0 if value == largest else 0.0
+                # e_j = 1 exactly for the ties (and for |x_j - m| < 2**-25, whose e_j is 1
+                # within 2**-25: T >= 1 then, so the count costs T no accuracy)
+                total += e if e != 1.0 else 0.0
+                ties += 1.0 if e == 1.0 else 0.0
             else:
                 total += e
         return total, ties
 
+    def terms(values, scale, largest, destination):
+        raise NotImplementedError("terms is only callable from JIT code")
+
+    @overload(terms, jit_options=JIT_OPTIONS)
+    def _terms(values, scale, largest, destination):
+        if store and not scaled and values.dtype == destination.dtype == types.float32:
+            return lambda values, scale, largest, destination: terms_float32(values, scale, largest, destination)
+        if values.dtype == types.float64:
+
+            def terms64(values, scale, largest, destination):
+                if abs(largest) < EXP64_FLOOR_LIMIT:  # every row in practice
+                    return terms_floored(values, scale, largest, destination)
+                return terms_wide(values, scale, largest, destination)
+
+            return terms64
+        return lambda values, scale, largest, destination: terms_wide(values, scale, largest, destination)
+
     # STRICT: with reassoc LLVM rewrote total + (ties - 1) as (total + ties) - 1, which
     # cancels (T = 1.8e-13 came out 1.5e-4 off; tests/kernels/test_exp.py guards it)
+    # (and not inline="always": inlined, it took its REDUCTION_FASTMATH callers' flags and
+    # the rewrite came back)
     @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def exp_sum(values, scale, largest, destination):
         length = sum_chunk_for(values)
@@ -227,36 +278,53 @@ def _make_exp_sum(store, count_ties, scaled):
                 ties += count
         return total + (ties - 1.0) if count_ties else total - 1.0
 
-    exp_sum.terms = terms
+    exp_sum.loops = (terms_wide, terms_floored, terms_float32)  # for tests/kernels/test_exp.py
     return exp_sum
 
 
 # softmax's first pass; logsumexp and log_softmax; cross-entropy (and, scaled by 1/T,
 # distillation) without and with the store of the gradient pass
 _store_exp_sum_direct = _make_exp_sum(store=True, count_ties=False, scaled=False)
-_store_exp_sum_counted = _make_exp_sum(store=True, count_ties=True, scaled=False)
+store_exp_sum_counted = _make_exp_sum(store=True, count_ties=True, scaled=False)
 exp_sum_minus_one = _make_exp_sum(store=False, count_ties=True, scaled=False)
 scaled_exp_sum = _make_exp_sum(store=False, count_ties=True, scaled=True)
 scaled_store_exp_sum = _make_exp_sum(store=True, count_ties=True, scaled=True)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-def reduce_max_sum_exp(x, unused, out, i, start, stop):
-    """The (m_b, t_b) pair of a block: its max and t_b = sum_j exp(x_j - m_b) - 1.
-
-    A block of only -inf gives t_b = -1 (its sum is 0), or NaN if it holds a NaN; a
-    block holding +inf gives (inf, 0) and the merge settles its row.
-    """
-    values = x[i, start:stop]
-    largest = block_max(values)
+def _infinite_block_pair(values, largest):
+    """(m_b, t_b) of a block whose max is infinite: (-inf, -1) (sum 0), or NaN as t_b if
+    the block holds a NaN; (inf, 0) for a block holding +inf (the merge settles its row)."""
     if largest == -np.inf:
         for j in range(values.shape[0]):
             if values[j] != values[j]:
                 return largest, np.nan
         return largest, -1.0
-    if largest == np.inf:
-        return largest, 0.0
+    return largest, 0.0
+
+
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def reduce_max_sum_exp(x, unused, out, i, start, stop):
+    """The (m_b, t_b) pair of a block: its max and t_b = sum_j exp(x_j - m_b) - 1."""
+    values = x[i, start:stop]
+    largest = block_max(values)
+    if not math.isfinite(largest):
+        return _infinite_block_pair(values, largest)
     return largest, exp_sum_minus_one(values, 1.0, largest, values)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def reduce_max_sum_exp_via(x, unused, out, i, start, stop):
+    """``reduce_max_sum_exp`` with ``out``'s block (of ``x``'s shape) as scratch for the e_j.
+
+    For kernels that overwrite ``out`` afterwards (log_softmax): a float32 row then takes
+    its exponentials in float32 arithmetic (``_make_exp_sum``), twice as many per vector.
+    """
+    values = x[i, start:stop]
+    largest = block_max(values)
+    if not math.isfinite(largest):
+        return _infinite_block_pair(values, largest)
+    return largest, store_exp_sum_counted(values, 1.0, largest, out[i, start:stop])
 
 
 @njit(**JIT_OPTIONS)
@@ -393,7 +461,7 @@ def make_row_kernel(reduce_block, merge_row, write_block):
         stop = min(a.shape[1], start + block)
         write_block(a, b, out, i, start, stop, partial[i, k, 0], partial[i, k, 1], s0, s1)
 
-    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+    @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
     def _row_task(a, b, out, i, block, partial):
         blocks = partial.shape[1]
         if blocks == 1:
@@ -426,4 +494,4 @@ def store_exp_sum(values, scale, largest, destination):
 def _store_exp_sum(values, scale, largest, destination):
     if values.dtype == types.float32:
         return lambda values, scale, largest, destination: _store_exp_sum_direct(values, scale, largest, destination)
-    return lambda values, scale, largest, destination: _store_exp_sum_counted(values, scale, largest, destination)
+    return lambda values, scale, largest, destination: store_exp_sum_counted(values, scale, largest, destination)

@@ -31,8 +31,11 @@ How the kernel keeps its accuracy:
 * The smoothing term ``sum_c w_c (M - z_c)`` is a sum of non-negative terms, per block
   around the block's max and merged, never ``C LSE - sum z`` (which cancels for large
   logits).
-* float32 rows are computed in float64 and rounded once when stored; float64 rows take
-  ``x - max`` exactly (``two_sum``) into the exponential.
+* ``x - max`` enters the exponential exactly (``two_sum``); float32 rows take their
+  exponentials in float32 arithmetic (``_exp.exp32``, 0.87 ULP), stored in the gradient's
+  block (or, for the loss alone, in one block of scratch per thread, so that
+  ``cross_entropy`` and ``cross_entropy_forward_backward`` give the same loss bit for bit),
+  and everything else in float64.
 
 The row driver (``make_loss_kernel``) is ``_rows.make_row_kernel`` generalized to a
 state of ``width`` floats per block (the smoothing and the distillation losses need
@@ -68,6 +71,7 @@ from ._rows import (
     pairwise_sum,
     scaled_exp_sum,
     scaled_store_exp_sum,
+    store_exp_sum_counted,
 )
 from ._validation import (
     check_class_indices_or_ignored,
@@ -157,7 +161,13 @@ def run_loss_kernel(kernel, rows, args, write):
     """Call a ``make_loss_kernel`` kernel on (rows, classes) logits: (row losses float64, grad or None)."""
     block = block_length(rows.dtype.itemsize)
     split = rows.shape[0] < 2 * numba.get_num_threads() and rows.shape[1] > block
-    grad = np.empty_like(rows) if write else np.empty((1, 1), dtype=rows.dtype)
+    if write:
+        grad = np.empty_like(rows)
+    else:
+        # forward only: one block of scratch per thread (``exp_slot``), so that the loss
+        # takes the same exponentials, stored as the fused kernel stores them in the
+        # gradient, and comes out bit-identical to the fused kernel's
+        grad = np.empty((numba.get_num_threads(), min(block, rows.shape[1])), dtype=rows.dtype)
     row_loss = np.empty(rows.shape[0])
     kernel(rows, args, grad, row_loss, block, split, write)
     return row_loss, (grad if write else None)
@@ -181,6 +191,14 @@ def has_nan(values):
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp_slot(grad, i, start, stop, write):
+    """Where a block's e_j go: the gradient's block, or (forward only) this thread's scratch row."""
+    if write:
+        return grad[i, start:stop]
+    return grad[numba.get_thread_id(), 0 : stop - start]
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _scaled(value, scale):
     return np.float64(value) * scale
 
@@ -200,9 +218,12 @@ def reduce_scaled(values, scale, destination, store):
         return largest, (np.nan if has_nan(values) else -1.0)
     if largest == np.inf:
         return largest, 0.0
-    # T counts the ties (the max's exp(0) = 1 exactly): float32 rows' terms are float64
-    # exponentials accurate to 6e-11, which would swamp a T of 1e-10 if the 1 were summed
+    # T counts the ties (the max's exp(0) = 1 exactly): summed, the 1 would round every
+    # small term at ulp(1) and swamp a T of 1e-10
     if store:
+        if scale == 1.0:
+            # cross-entropy: float32 rows take the float32-arithmetic exponential (``_rows``)
+            return largest, store_exp_sum_counted(values, 1.0, largest, destination)
         return largest, scaled_store_exp_sum(values, scale, largest, destination)
     return largest, scaled_exp_sum(values, scale, largest, destination)
 
@@ -381,8 +402,9 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     if target[i] == ignore_index:
         return
     values = logits[i, start:stop]
-    # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place)
-    largest, total = reduce_scaled(values, 1.0, grad[i, start:stop] if write else grad[0, 0:0], write)
+    # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
+    # scratch for the loss alone (the same T either way)
+    largest, total = reduce_scaled(values, 1.0, exp_slot(grad, i, start, stop, write), True)
     partial[i, k, 0] = largest
     partial[i, k, 1] = total
     if smoothing != 0.0:
@@ -497,7 +519,7 @@ _index_kernel = make_loss_kernel(_reduce_index, _merge_index, _write_index, 5)
 def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     probabilities, weight, row_scale, smoothing, weighted = args
     values = logits[i, start:stop]
-    largest, total = reduce_scaled(values, 1.0, grad[i, start:stop] if write else grad[0, 0:0], write)
+    largest, total = reduce_scaled(values, 1.0, exp_slot(grad, i, start, stop, write), True)
     anchor = largest if math.isfinite(largest) else 0.0
     partial[i, k, 0] = largest
     partial[i, k, 1] = total

@@ -117,9 +117,9 @@ def _teacher_sums(teacher, student, scale, largest):
             e = exp_difference_for(teacher, value, largest)
             partial += e if value != largest else 0.0
             ties += 1.0 if value == largest else 0.0
-            # the max's own e is 1 here too, as T counts it: for float32 rows exp(0) is 1 - 4.04e-11,
-            # which left KL = -4e-11 (v - z)/T where p = q (one class, a shifted teacher)
-            partial_cross += _cross_term(e if value != largest else 1.0, chunk[j], student_chunk[j], scale)
+            # the max's own e is exactly 1, as T counts it (exp(0) = 1 in both dtypes; a float32
+            # exp(0) of 1 - 4e-11 once left KL = -4e-11 (v - z)/T where p = q)
+            partial_cross += _cross_term(e, chunk[j], student_chunk[j], scale)
         total += partial
         cross += partial_cross
     return total + (ties - 1.0), cross

@@ -3,9 +3,11 @@
 Each public function validates its input in plain Python, lays the array out as
 (rows, classes) with the class axis last, and calls one parallel Numba kernel built by
 ``_rows.make_row_kernel`` from a block reduction, a row merge and a block write.
-float32 inputs are computed in float64 inside the loops (``x - max`` is then exact and
-every output is rounded once) and stored as float32; sums are accumulated in float64
-over blocks of fixed size, merged in a fixed order (see ``_rows``).
+The exponentials of ``x - max`` take the rounding error of the difference into their
+argument (``two_sum``), float32 rows in float32 arithmetic (``_exp.exp32``, 16 lanes a
+vector), float64 rows in float64; sums are accumulated in float64 over blocks of fixed
+size, merged in a fixed order (see ``_rows``).  log_softmax's reduce stores the
+exponentials in the output row it later overwrites (``reduce_max_sum_exp_via``).
 
 Proof book: ``docs/proofs/softmax.md`` (Jacobian and VJPs, shift invariance, the
 bounds of logsumexp, d logsumexp / dz = softmax); each kernel's loop cites its anchor.
@@ -30,6 +32,7 @@ from ._rows import (
     merge_max_sum_exp,
     merge_sum_and_max,
     reduce_max_sum_exp,
+    reduce_max_sum_exp_via,
     reduce_sum_and_max,
     reduce_sum_product,
     store_exp_sum,
@@ -48,7 +51,7 @@ def _fill(destination, value):
         destination[j] = value
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _reduce_softmax(x, unused, out, i, start, stop):
     largest = block_max(x[i, start:stop])
     if not math.isfinite(largest):
@@ -57,7 +60,7 @@ def _reduce_softmax(x, unused, out, i, start, stop):
     return largest, store_exp_sum(x[i, start:stop], 1.0, largest, out[i, start:stop])
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _softmax_factor(block_largest, largest, total):
     """exp(m_b - M) / (1 + T) as an unevaluated float64 pair (high + low).
 
@@ -75,7 +78,7 @@ def _softmax_factor(block_largest, largest, total):
     return high, fma(scale, inverse, -high) + scale * inverse_low
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _scale_in_place(destination, high, low):
     # a_j = e_j * (high + low), rounded once: fma(e_j, high, e_j * low), where the
     # dtype's (high, low) carry the float64 factor to twice the dtype's precision
@@ -86,7 +89,7 @@ def _scale_in_place(destination, high, low):
         destination[j] = fma(e, high_t, e * low_t)
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     destination = out[i, start:stop]
     if math.isfinite(largest):
@@ -109,7 +112,7 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
         _fill(destination, 0.0 if total == -1.0 else np.nan)
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
     values = x[i, start:stop]
     destination = out[i, start:stop]
@@ -167,7 +170,7 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
 
 
 _softmax_kernel = make_row_kernel(_reduce_softmax, merge_max_sum_exp, _write_softmax)
-_log_softmax_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_log_softmax)
+_log_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_log_softmax)
 _logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
 _softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)
 _log_softmax_backward_kernel = make_row_kernel(

@@ -10,6 +10,7 @@ from numba import njit
 
 from softmaxlab.harness.exp_accuracy import (
     FLOAT32_EXP_BOUND_ULP,
+    FLOAT32_WIDE_EXP_BOUND_ULP,
     FLOAT64_EXP_BOUND_ULP,
     FLOAT64_EXP_NORMAL_BOUND_ULP,
     check_longdouble_reference,
@@ -18,7 +19,17 @@ from softmaxlab.harness.exp_accuracy import (
 )
 from softmaxlab.kernels import _rows
 from softmaxlab.kernels._config import REDUCTION_FASTMATH
-from softmaxlab.kernels._exp import exp32, exp64, exp64_pair, log1p_unit, two_sum
+from softmaxlab.kernels._exp import (
+    exp32,
+    exp32_difference,
+    exp32_difference_floored,
+    exp32_wide,
+    exp64,
+    exp64_difference_floored,
+    exp64_pair,
+    log1p_unit,
+    two_sum,
+)
 
 from . import exact
 
@@ -28,20 +39,24 @@ def test_float32_exp_within_bound_on_a_strided_subset_of_every_float32():
     result = sweep_float32(stride=4099)
     assert result["inputs"] > 500_000
     assert result["wrong_specials"] == 0
-    assert result["max_ulp"] <= FLOAT32_EXP_BOUND_ULP
+    assert result["exp32"]["max_ulp"] <= FLOAT32_EXP_BOUND_ULP
+    assert result["exp32_wide"]["max_ulp"] <= FLOAT32_WIDE_EXP_BOUND_ULP
+    # the kernels' form is exp32 itself on every x <= 0
+    assert result["kernel_mismatches"] == 0
 
 
 def test_float64_exp_within_bound_on_random_inputs():
     result = sweep_float64(200_000)
     assert result["max_ulp"] <= FLOAT64_EXP_BOUND_ULP
     assert result["max_ulp_normal"] <= FLOAT64_EXP_NORMAL_BOUND_ULP
+    assert result["kernel_mismatches"] == 0
 
 
 def test_longdouble_reference_agrees_with_mpmath():
     assert check_longdouble_reference(samples=200) < 0.01
 
 
-@pytest.mark.parametrize("function,dtype", [(exp32, np.float32), (exp64, np.float64)])
+@pytest.mark.parametrize("function,dtype", [(exp32, np.float32), (exp32_wide, np.float32), (exp64, np.float64)])
 def test_special_values(function, dtype):
     assert function(dtype(np.inf)) == np.inf
     assert function(dtype(-np.inf)) == 0.0
@@ -70,6 +85,34 @@ def test_pair_form_is_as_accurate_as_an_exact_argument():
     # while exp of the rounded difference is off by up to |x - max| u
     rounded = max(exact.ulp_errors(np.array([exp64(v - largest)]), [mpmath.exp(mpmath.mpf(v) - mpmath.mpf(largest))])[0] for v in x)
     assert rounded > worst
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_difference_forms_are_exact_in_the_argument_and_agree(dtype):
+    # The kernels' exp(x - max): float32 exp32_difference(_floored), float64
+    # exp64_difference_floored.  The rounding error of x - max (two_sum) joins the
+    # reduction, so each is as accurate as the exp of the exact difference, where the
+    # exp of the rounded difference is off by up to |x - max| u.  The floored form (the
+    # element clamped at max - 110 or - 750) equals the general one, -inf and NaN included.
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.normal(0.0, 20.0, 3000), [-np.inf, np.nan, -200.0, -1e30]]).astype(dtype)
+    largest = dtype(np.nanmax(x[np.isfinite(x)]) + dtype(3.7))
+    if dtype == np.float32:
+        floored = np.array([exp32_difference_floored(v, largest) for v in x], dtype=dtype)
+        general = np.array([exp32_difference(v, largest) for v in x], dtype=dtype)
+        plain = np.array([exp32(v - largest) for v in x], dtype=dtype)
+        bound = FLOAT32_EXP_BOUND_ULP
+    else:
+        floored = np.array([exp64_difference_floored(v, largest) for v in x], dtype=dtype)
+        general = np.array([exp64_pair(*two_sum(v, -largest)) for v in x], dtype=dtype)
+        plain = np.array([exp64(v - largest) for v in x], dtype=dtype)
+        bound = FLOAT64_EXP_NORMAL_BOUND_ULP
+    np.testing.assert_array_equal(floored, general)
+    finite = np.isfinite(x) & (x > largest - 80)
+    references = [mpmath.exp(mpmath.mpf(float(v)) - mpmath.mpf(float(largest))) for v in x[finite]]
+    assert exact.ulp_errors(floored[finite], references).max() <= bound
+    assert exact.ulp_errors(plain[finite], references).max() > 2.0
+    assert floored[-4] == 0.0 and np.isnan(floored[-3])
 
 
 @njit(fastmath=REDUCTION_FASTMATH, cache=False)
@@ -103,13 +146,18 @@ def test_kernel_hot_loops_vectorize():
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
         _rows._store_exp_sum_direct(row, 1.0, 0.0, np.empty_like(row))
-        _rows._store_exp_sum_counted(row, 1.0, 0.0, np.empty_like(row))
+        _rows.store_exp_sum_counted(row, 1.0, 0.0, np.empty_like(row))
         _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
         _rows.block_max(row)
-    loops = (_rows._store_exp_sum_direct.terms, _rows._store_exp_sum_counted.terms, _rows.exp_sum_minus_one.terms)
-    for function in loops + (_rows.block_max,):
+    flavours = (_rows._store_exp_sum_direct, _rows.store_exp_sum_counted, _rows.exp_sum_minus_one)
+    loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows.block_max]
+    compiled = 0
+    for function in loops:
         for signature in function.signatures:
+            compiled += 1
             assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
+    # float32 and float64 rows reach the floored loop, float32 stores the float32 one
+    assert compiled >= 8
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -124,9 +172,13 @@ def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
     largest = 0.0
     with mpmath.workdps(60):
         exact_total = float(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row) - 1)
-    terms_bound = 1e-10 if dtype == np.float32 else 1e-15  # the exponentials' relative error
-    flavours = (_rows.exp_sum_minus_one, _rows._store_exp_sum_counted, _rows.scaled_exp_sum, _rows.scaled_store_exp_sum)
+    # the exponentials' relative error: float64 exp64 (1.55 u), float32 exp_f32_wide (1.1e-10)
+    # or, where float32 rows store their e_j, exp32 (0.87 ULP: 0.87 * 2**-23)
+    wide_bound = 1.2e-10 if dtype == np.float32 else 1e-15
+    flavours = (_rows.exp_sum_minus_one, _rows.store_exp_sum_counted, _rows.scaled_exp_sum, _rows.scaled_store_exp_sum)
     for flavour in flavours:
+        native = dtype == np.float32 and flavour is _rows.store_exp_sum_counted
+        terms_bound = 0.87 * 2.0**-23 if native else wide_bound
         total = flavour(row, 1.0, largest, np.empty_like(row))
         assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)
 

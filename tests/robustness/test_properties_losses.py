@@ -634,7 +634,8 @@ def test_one_class_elementwise_losses_scale_each_row_by_its_own_grad_output(fuse
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_distillation_is_zero_where_the_teacher_has_the_student_s_distribution(dtype, temperature):
     """KL(p || q) = 0 for p = q: one class, or a teacher shifted by a constant.  float32 rows
-    counted the teacher's max as exactly 1 in S_v but used exp(0) = 1 - 4.04e-11 in the cross
+    counted the teacher's max as exactly 1 in S_v but used exp(0) = 1 - 4.04e-11 (a fit whose
+    constant term was not 1; it is now) in the cross
     term, leaving KL = -4e-11 (v - z) / T < 0 (found by the distillation property)."""
     rng = np.random.default_rng(7)
     student = rng.standard_normal((5, 1)).astype(dtype)
