@@ -210,8 +210,9 @@ def softmax(x, axis=-1):
         >>> softmax(np.array([1000.0, 1000.0, 1000.0]))
         array([0.33333333, 0.33333333, 0.33333333])
 
-    Accuracy: float32 is computed in float64 and rounded once (about 0.5 ULP plus the
-    rounding of the sum); float64 within about 1.5 ULP.  See the README's tables.
+    Accuracy: float32 within 4 ULP (exp32's 0.87 ULP, in e_j and averaged in S, then
+    one rounding), float64 within 3.5 ULP plus the summation error of S; measured maxima
+    in the README's accuracy section.
 
     Reference: J. S. Bridle, "Probabilistic interpretation of feedforward classification
     network outputs", 1990; the max shift and the blocked (max, sum) merge follow
