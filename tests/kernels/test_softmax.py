@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softmaxlab.kernels import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
+from softmaxlab.kernels import (
+    cross_entropy,
+    cross_entropy_forward_backward,
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    softmax,
+    softmax_backward,
+)
 from softmaxlab.kernels._config import block_length
 
 from . import exact
@@ -188,6 +196,30 @@ def test_large_logits(dtype):
     x = np.array([[1e4, -1e4, 1e4 - 3.0, 0.0]], dtype=dtype)
     assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
     assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_ulp(dtype, x.shape[-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("magnitude", [1.5e6, 3e6, 1e12, 2e12, 1e30, -3e37])
+def test_rows_on_both_sides_of_the_floored_exponential_limit(dtype, magnitude):
+    # float32 rows with |max| < 2**21 (float64: 2**40) take the exponential that clamps the
+    # element at max - 110 (- 750); the others the one that clamps the difference.  Both
+    # sides, with the spacing of the row's values near the max, a -inf and a far value.
+    largest = dtype(magnitude)
+    step = np.spacing(np.abs(largest)).astype(np.float64)
+    offsets = np.array([0.0, 1.0, 3.0, 40.0, 200.0, 1e9]) * max(step, 1.0)
+    offsets[-1] = min(offsets[-1], 1e38)  # far below the max, still finite
+    row = (np.float64(largest) - offsets).astype(dtype)
+    x = np.stack([row, np.append(row[:-1], -np.inf).astype(dtype)])
+    cross_target = np.array([1, 0])
+    assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_ulp(dtype, x.shape[-1])
+    assert exact.ulp_errors(logsumexp(x), exact.logsumexp(x)).max() <= log_ulp(dtype, x.shape[-1])
+    assert softmax(x)[1, -1] == 0.0 and log_softmax(x)[1, -1] == -np.inf
+    loss, grad = cross_entropy_forward_backward(x, cross_target, reduction="none")
+    np.testing.assert_array_equal(cross_entropy(x, cross_target, reduction="none"), loss)
+    expected = -exact.log_softmax(x).hi[np.arange(2), cross_target]
+    assert np.allclose(loss, expected, rtol=4 * np.finfo(dtype).eps, atol=0.0)
+    assert np.all(np.isfinite(grad)) and np.allclose(grad.astype(np.float64).sum(axis=1), 0.0, atol=8 * np.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
