@@ -39,7 +39,7 @@ on ``[-ln2/2 - 1e-6, ln2/2 + 1e-6]``.
   rounding of ``exp_f32_wide(x)``.
 
 Measured error against correctly rounded references (``softmaxlab exp-accuracy``,
-the README's table): ``exp32`` at most 0.87 ULP and ``exp32_wide`` at most 0.5007 ULP
+the README's table): ``exp32`` at most 0.8736 ULP and ``exp32_wide`` at most 0.5013 ULP
 over every one of the 2,239,849,421 float32 inputs whose exp is finite and non-zero
 (exhaustive), and ``exp32_difference_floored(x, 0) == exp32(x)`` for every float32
 x <= 0; ``exp64`` at most 0.6533 ULP for normal results and 0.7712 ULP overall over
@@ -321,7 +321,7 @@ def exp_f32_wide(x):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def exp32_wide(x):
-    """exp(x) for a float32 x: float32(exp_f32_wide(x)), at most 0.5 ULP + 6e-11 relative."""
+    """exp(x) for a float32 x: float32(exp_f32_wide(x)), at most 0.5 ULP + 1.1e-10 relative (0.5013 measured)."""
     return np.float32(exp_f32_wide(np.float64(x)))
 
 

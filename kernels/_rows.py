@@ -282,17 +282,16 @@ def _make_exp_sum(store, count_ties, scaled):
     return exp_sum
 
 
-# softmax's first pass; logsumexp and log_softmax; cross-entropy (and, scaled by 1/T,
-# distillation) without and with the store of the gradient pass
+# softmax's first pass; log_softmax and cross-entropy (stored); logsumexp; distillation
+# (scaled by 1/T)
 _store_exp_sum_direct = _make_exp_sum(store=True, count_ties=False, scaled=False)
 store_exp_sum_counted = _make_exp_sum(store=True, count_ties=True, scaled=False)
 exp_sum_minus_one = _make_exp_sum(store=False, count_ties=True, scaled=False)
 scaled_exp_sum = _make_exp_sum(store=False, count_ties=True, scaled=True)
-scaled_store_exp_sum = _make_exp_sum(store=True, count_ties=True, scaled=True)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-def _infinite_block_pair(values, largest):
+def infinite_block_pair(values, largest):
     """(m_b, t_b) of a block whose max is infinite: (-inf, -1) (sum 0), or NaN as t_b if
     the block holds a NaN; (inf, 0) for a block holding +inf (the merge settles its row)."""
     if largest == -np.inf:
@@ -309,22 +308,29 @@ def reduce_max_sum_exp(x, unused, out, i, start, stop):
     values = x[i, start:stop]
     largest = block_max(values)
     if not math.isfinite(largest):
-        return _infinite_block_pair(values, largest)
+        return infinite_block_pair(values, largest)
     return largest, exp_sum_minus_one(values, 1.0, largest, values)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-def reduce_max_sum_exp_via(x, unused, out, i, start, stop):
-    """``reduce_max_sum_exp`` with ``out``'s block (of ``x``'s shape) as scratch for the e_j.
+def max_sum_exp_stored(values, destination):
+    """(m_b, t_b) of a block as ``reduce_max_sum_exp``, each e_j stored in ``destination``.
 
-    For kernels that overwrite ``out`` afterwards (log_softmax): a float32 row then takes
-    its exponentials in float32 arithmetic (``_make_exp_sum``), twice as many per vector.
+    Storing is what lets a float32 block take its exponentials in float32 arithmetic
+    (``_make_exp_sum``), twice as many per vector: log_softmax stores them in the output
+    row it overwrites afterwards, cross-entropy in the gradient's block (or scratch).
+    Nothing is stored for a block whose max is infinite.
     """
-    values = x[i, start:stop]
     largest = block_max(values)
     if not math.isfinite(largest):
-        return _infinite_block_pair(values, largest)
-    return largest, store_exp_sum_counted(values, 1.0, largest, out[i, start:stop])
+        return infinite_block_pair(values, largest)
+    return largest, store_exp_sum_counted(values, 1.0, largest, destination)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def reduce_max_sum_exp_via(x, unused, out, i, start, stop):
+    """``reduce_max_sum_exp`` with ``out``'s block (of ``x``'s shape) as scratch for the e_j."""
+    return max_sum_exp_stored(x[i, start:stop], out[i, start:stop])
 
 
 @njit(**JIT_OPTIONS)

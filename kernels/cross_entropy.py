@@ -25,7 +25,7 @@ How the kernel keeps its accuracy:
 
 * ``LSE(z) - z_c = (M - z_c) + log1p(T)`` with M the row max and T = S - 1 summed
   without cancellation: the terms equal to M (each exp(0) = 1 exactly) are counted, not
-  summed, for float32 rows as well as float64 (``_rows.scaled_exp_sum``).  A target that
+  summed, for float32 rows as well as float64 (``_rows.max_sum_exp_stored``).  A target that
   holds the max then has loss log1p(T), exact however small (e.g. 1000 e^-30), and
   ``a_y - 1 = -T / S`` with no ``a_y - 1`` rounding to 0.
 * The smoothing term ``sum_c w_c (M - z_c)`` is a sum of non-negative terms, per block
@@ -67,11 +67,11 @@ from ._rows import (
     SUM_CHUNK,
     block_max,
     exp_difference_for,
+    infinite_block_pair,
+    max_sum_exp_stored,
     merge_max_sum_exp,
     pairwise_sum,
     scaled_exp_sum,
-    scaled_store_exp_sum,
-    store_exp_sum_counted,
 )
 from ._validation import (
     check_class_indices_or_ignored,
@@ -204,28 +204,19 @@ def _scaled(value, scale):
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def reduce_scaled(values, scale, destination, store):
+def reduce_scaled(values, scale):
     """(m_b, t_b) of a block of ``scale * values`` (scale > 0): max and sum exp(. - m_b) - 1.
 
-    As ``_rows.reduce_max_sum_exp``: a block of only -inf gives (-inf, -1), or NaN as
-    t_b if it holds a NaN; a block holding +inf gives (inf, 0) and the merge
-    (``_rows.merge_max_sum_exp``, which looks at the row's elements) settles the row.
-    With ``store`` the block's exp(scale v_j - m_b) are written to ``destination``
-    (only for a finite m_b).
+    As ``_rows.reduce_max_sum_exp`` (distillation's temperature-scaled rows): a block of
+    only -inf gives (-inf, -1), or NaN as t_b if it holds a NaN; a block holding +inf gives
+    (inf, 0) and the merge (``_rows.merge_max_sum_exp``, which looks at the row's
+    elements) settles the row.  T counts the ties (the max's exp(0) = 1 exactly): summed,
+    the 1 would round every small term at ulp(1) and swamp a T of 1e-10.
     """
     largest = block_max(values) * scale
-    if largest == -np.inf:
-        return largest, (np.nan if has_nan(values) else -1.0)
-    if largest == np.inf:
-        return largest, 0.0
-    # T counts the ties (the max's exp(0) = 1 exactly): summed, the 1 would round every
-    # small term at ulp(1) and swamp a T of 1e-10
-    if store:
-        if scale == 1.0:
-            # cross-entropy: float32 rows take the float32-arithmetic exponential (``_rows``)
-            return largest, store_exp_sum_counted(values, 1.0, largest, destination)
-        return largest, scaled_store_exp_sum(values, scale, largest, destination)
-    return largest, scaled_exp_sum(values, scale, largest, destination)
+    if not math.isfinite(largest):
+        return infinite_block_pair(values, largest)
+    return largest, scaled_exp_sum(values, scale, largest, values)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -404,7 +395,7 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     values = logits[i, start:stop]
     # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
     # scratch for the loss alone (the same T either way)
-    largest, total = reduce_scaled(values, 1.0, exp_slot(grad, i, start, stop, write), True)
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write))
     partial[i, k, 0] = largest
     partial[i, k, 1] = total
     if smoothing != 0.0:
@@ -519,7 +510,7 @@ _index_kernel = make_loss_kernel(_reduce_index, _merge_index, _write_index, 5)
 def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     probabilities, weight, row_scale, smoothing, weighted = args
     values = logits[i, start:stop]
-    largest, total = reduce_scaled(values, 1.0, exp_slot(grad, i, start, stop, write), True)
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write))
     anchor = largest if math.isfinite(largest) else 0.0
     partial[i, k, 0] = largest
     partial[i, k, 1] = total

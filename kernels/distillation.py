@@ -137,7 +137,7 @@ def _reduce(student, args, grad, i, k, start, stop, partial, write):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     values = student[i, start:stop]
     teacher_values = teacher[i, start:stop]
-    partial[i, k, 0], partial[i, k, 1] = reduce_scaled(values, scale, grad[0, 0:0], False)
+    partial[i, k, 0], partial[i, k, 1] = reduce_scaled(values, scale)
     largest = block_max(teacher_values) * scale
     partial[i, k, 2] = largest
     if largest == -np.inf:
@@ -147,7 +147,7 @@ def _reduce(student, args, grad, i, k, start, stop, partial, write):
     else:
         partial[i, k, 3], partial[i, k, 4] = _teacher_sums(teacher_values, values, scale, largest)
     if hard:
-        partial[i, k, 5], partial[i, k, 6] = reduce_scaled(values, 1.0, grad[0, 0:0], False)
+        partial[i, k, 5], partial[i, k, 6] = reduce_scaled(values, 1.0)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)

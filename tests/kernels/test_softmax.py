@@ -16,6 +16,7 @@ from softmaxlab.kernels import (
 )
 from softmaxlab.kernels._config import block_length
 
+from ..robustness.checks import summation_depth
 from . import exact
 
 DTYPES = [np.float32, np.float64]
@@ -42,13 +43,11 @@ def log_ulp(dtype, classes: int) -> float:
     float64: 0.5 ULP (x - M, |x - M| <= |out|) + 1 (libm's log1p of L <= |out|) + 0.5
     (the last rounding) + T's relative error eps in units of u (L's error is at most
     eps T / (1 + T) <= eps L <= eps |out|): the exponentials' 1.32 u, averaged, plus one
-    u per addition in T's longest chain of additions, n - 1 in the scalar loop of a row
-    under 32 classes and about n / 32 + 5 over the 4 x 8 lanes above.
+    u per addition a term of T goes through (``summation_depth``).
     """
     if dtype == np.float32:
         return 2.25
-    chain = classes - 1 if classes < 32 else min(classes, 256) // 32 + 5 + -(-classes // 256)
-    return 2.0 + 1.32 + chain
+    return 2.0 + 1.32 + summation_depth(classes, np.float64)
 
 SHAPES = [(1, 1), (3, 7), (2, 3, 17), (4, 257)]
 
@@ -217,8 +216,12 @@ def test_rows_on_both_sides_of_the_floored_exponential_limit(dtype, magnitude):
     assert softmax(x)[1, -1] == 0.0 and log_softmax(x)[1, -1] == -np.inf
     loss, grad = cross_entropy_forward_backward(x, cross_target, reduction="none")
     np.testing.assert_array_equal(cross_entropy(x, cross_target, reduction="none"), loss)
-    expected = -exact.log_softmax(x).hi[np.arange(2), cross_target]
-    assert np.allclose(loss, expected, rtol=4 * np.finfo(dtype).eps, atol=0.0)
+    # the loss is -log_softmax at the target, (M - z_y) + log1p(T): the same formula and bound
+    log_probabilities = exact.log_softmax(x)
+    rows = np.arange(2)
+    expected = exact.Exact(-log_probabilities.hi[rows, cross_target], -log_probabilities.lo[rows, cross_target],
+                           log_probabilities.engine)
+    assert exact.ulp_errors(loss, expected).max() <= log_ulp(dtype, x.shape[-1])
     assert np.all(np.isfinite(grad)) and np.allclose(grad.astype(np.float64).sum(axis=1), 0.0, atol=8 * np.finfo(dtype).eps)
 
 

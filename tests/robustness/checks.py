@@ -89,16 +89,20 @@ def spacing(values, dtype) -> np.ndarray:
 def summation_depth(classes: int, dtype) -> int:
     """Upper bound on the additions one term of a row's float64 sum goes through.
 
-    In a chunk: ceil(chunk / 32) in its lane and 5 in the tree joining the lanes; then the
-    chunk sums of its block, one after the other; then ceil(log2(blocks)) pairwise merges;
-    plus 2 for the final ``+ (ties - 1)`` and ``1 + T``.  A sum of non-negative terms with
-    depth D has relative error below D * U64 (first order; D * U64 < 1e-11 here).
+    In a chunk of m terms: m // 32 in its lane, 5 in the tree joining the lanes, and the
+    m % 32 terms past the last full vector iteration, added one after the other (a row of
+    under 32 classes is summed entirely that way); then the chunk sums of its block, one
+    after the other; then ceil(log2(blocks)) pairwise merges; plus 2 for the final
+    ``+ (ties - 1)`` and ``1 + T``.  A sum of non-negative terms with depth D has
+    relative error below D * U64 (first order; D * U64 < 1e-11 here).
     """
     block = block_length(np.dtype(dtype).itemsize)
     chunk = SUM_CHUNK64 if np.dtype(dtype) == np.float64 else block
     in_block = min(max(classes, 1), block)
     blocks = max(1, -(-classes // block))
-    return -(-min(in_block, chunk) // LANES) + LANE_TREE + -(-in_block // chunk) + math.ceil(math.log2(blocks)) + 2
+    in_chunk = min(in_block, chunk)
+    lane_chain = in_chunk // LANES + LANE_TREE + in_chunk % LANES
+    return lane_chain + -(-in_block // chunk) + math.ceil(math.log2(blocks)) + 2
 
 
 def softmax_relative_bound(dtype, classes: int) -> float:
