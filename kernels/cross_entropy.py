@@ -72,6 +72,7 @@ from ._rows import (
     merge_max_sum_exp,
     pairwise_sum,
     scaled_exp_sum,
+    scale_shift_in_place,
 )
 from ._validation import (
     check_class_indices_or_ignored,
@@ -110,7 +111,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width):
     way (it is ``_rows.make_row_kernel`` generalized to ``width`` floats per block).
     """
 
-    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+    @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
     def _row_task(logits, args, grad, row_loss, i, block, partial, stats, write):
         classes = logits.shape[1]
         blocks = partial.shape[1]
@@ -387,7 +388,7 @@ def _smooth_hinge_of_cross_entropy(loss, margin):
     return _softplus(u + margin), ratio
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     if target[i] == ignore_index:
@@ -404,7 +405,7 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
         partial[i, k, 3], partial[i, k, 4] = _gap_sums(values, weight[start:stop], anchor, weighted)
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _merge_index(logits, args, i, partial, stats):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     label = target[i]
@@ -445,7 +446,7 @@ def _merge_index(logits, args, i, partial, stats):
     return loss
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
 def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     destination = grad[i, start:stop]
@@ -472,8 +473,7 @@ def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
             for j in range(destination.shape[0]):
                 destination[j] = factor * np.float64(destination[j]) - uniform * weights[j]
         else:
-            for j in range(destination.shape[0]):
-                destination[j] = factor * np.float64(destination[j]) - uniform
+            scale_shift_in_place(destination, factor, 0.0, uniform)
         if start <= label < stop:
             # the target: g (TW (a_y - 1) + eps/C (W - w_y)), with a_y - 1 = -T/S when z_y = M
             difference = target_minus_one(destination, logits[i, label], largest, total)

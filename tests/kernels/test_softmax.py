@@ -35,10 +35,11 @@ SOFTMAX_ULP_BLOCKS = {np.float32: 4.0, np.float64: 4.5}
 
 
 def log_ulp(dtype, classes: int) -> float:
-    """Bound for log_softmax = (x - M) - log1p(T) (and logsumexp = M + log1p(T)).
+    """Bound for logsumexp = M + log1p(T) (and cross-entropy's loss, (M - z_y) + log1p(T)).
 
-    float32: x - M exact and the rest in float64, rounded once (0.5 ULP), and T's
-    relative error, that of the float32 exponentials it sums (0.87 * 2**-23), up to 1.74
+    float32: computed in float64 and rounded once (0.5 ULP), and T's relative error, that
+    of the float32 exponentials it sums (0.87 * 2**-23; the plain sum of a block adds at
+    most 17 * depth * 2**-53 relative, under 2**-36, ``_rows.terms_float32``), up to 1.74
     ULP of the output (L's error is at most eps L <= eps |out|, as below): 2.25 ULP.
     float64: 0.5 ULP (x - M, |x - M| <= |out|) + 1 (libm's log1p of L <= |out|) + 0.5
     (the last rounding) + T's relative error eps in units of u (L's error is at most
@@ -48,6 +49,14 @@ def log_ulp(dtype, classes: int) -> float:
     if dtype == np.float32:
         return 2.25
     return 2.0 + 1.32 + summation_depth(classes, np.float64)
+
+
+def log_softmax_ulp(dtype, classes: int) -> float:
+    """Bound for log_softmax = (x - M) - log1p(T): ``log_ulp``, plus, for float32 rows (whose
+    write runs in float32 arithmetic), the rounding of x - M and of L to float32 before
+    their difference: same sign, so together below 2**-24 |out|, i.e. 1 ULP (3.25 ULP)."""
+    return log_ulp(dtype, classes) + (1.0 if dtype == np.float32 else 0.0)
+
 
 SHAPES = [(1, 1), (3, 7), (2, 3, 17), (4, 257)]
 
@@ -76,11 +85,10 @@ def test_softmax_matches_exact_reference(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_log_softmax_and_logsumexp_match_exact_reference(shape, dtype):
     x = _random(shape, dtype)
-    bound = log_ulp(dtype, shape[-1])
-    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= bound
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_softmax_ulp(dtype, shape[-1])
     lse = logsumexp(x)
     assert lse.shape == shape[:-1]
-    assert exact.ulp_errors(lse, exact.logsumexp(x)).max() <= bound
+    assert exact.ulp_errors(lse, exact.logsumexp(x)).max() <= log_ulp(dtype, shape[-1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -194,7 +202,7 @@ def test_empty_batch_and_single_class(dtype):
 def test_large_logits(dtype):
     x = np.array([[1e4, -1e4, 1e4 - 3.0, 0.0]], dtype=dtype)
     assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
-    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_ulp(dtype, x.shape[-1])
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_softmax_ulp(dtype, x.shape[-1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -211,7 +219,7 @@ def test_rows_on_both_sides_of_the_floored_exponential_limit(dtype, magnitude):
     x = np.stack([row, np.append(row[:-1], -np.inf).astype(dtype)])
     cross_target = np.array([1, 0])
     assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
-    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_ulp(dtype, x.shape[-1])
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_softmax_ulp(dtype, x.shape[-1])
     assert exact.ulp_errors(logsumexp(x), exact.logsumexp(x)).max() <= log_ulp(dtype, x.shape[-1])
     assert softmax(x)[1, -1] == 0.0 and log_softmax(x)[1, -1] == -np.inf
     loss, grad = cross_entropy_forward_backward(x, cross_target, reduction="none")
@@ -230,8 +238,38 @@ def test_dominant_class_log_probability_near_zero(dtype):
     # log_softmax of the dominant class is -log1p(T) with T tiny: T must carry no
     # absolute error (forming it as S - 1 gave 1e34 ULP on float32 rows of +-1e4 logits)
     x = np.array([[0.0, -30.0, -31.0], [1e4, -1e4, 1e4 - 95.0], [5.0, -100.0, -200.0]], dtype=dtype)
-    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_ulp(dtype, x.shape[-1])
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_softmax_ulp(dtype, x.shape[-1])
     assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sums_on_both_sides_of_the_tie_recount(dtype):
+    # float32 blocks sum their stored e_j plainly and recount the ties only for T < 1/16
+    # (_rows.RECOUNT_BELOW): rows whose T lies just below, at and above it, with one or
+    # two maxima, and the dominant class's log-probability -log1p(T) checked on each
+    from softmaxlab.kernels._rows import RECOUNT_BELOW
+
+    classes = 300
+    threshold = RECOUNT_BELOW - 1.0
+    rows = []
+    for ratio in (0.25, 0.97, 1.0, 1.03, 4.0):
+        rest = np.log(ratio * threshold / (classes - 1))  # (classes - 1) e^rest = ratio / 16
+        row = np.full(classes, rest) + np.linspace(-1e-3, 1e-3, classes)
+        row[7] = 0.0
+        rows.append(row)
+    tied = rows[1].copy()
+    tied[200] = 0.0  # two maxima: T >= 1, the plain sum
+    x = np.array(rows + [tied], dtype=dtype)
+    assert exact.ulp_errors(log_softmax(x), exact.log_softmax(x)).max() <= log_softmax_ulp(dtype, classes)
+    assert exact.ulp_errors(logsumexp(x), exact.logsumexp(x)).max() <= log_ulp(dtype, classes)
+    assert exact.ulp_errors(softmax(x), exact.softmax(x)).max() <= SOFTMAX_ULP[dtype]
+    target = np.full(x.shape[0], 7)
+    loss, grad = cross_entropy_forward_backward(x, target, reduction="none")
+    np.testing.assert_array_equal(cross_entropy(x, target, reduction="none"), loss)
+    expected = exact.log_softmax(x)
+    rows_index = np.arange(x.shape[0])
+    expected_loss = exact.Exact(-expected.hi[rows_index, 7], -expected.lo[rows_index, 7], expected.engine)
+    assert exact.ulp_errors(loss, expected_loss).max() <= log_ulp(dtype, classes)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

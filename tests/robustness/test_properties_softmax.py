@@ -19,7 +19,8 @@ from softmaxlab.kernels import log_softmax, log_softmax_backward, logsumexp, sof
 
 from .checks import (
     EXP_RELATIVE,
-    LOG_ULPS,
+    LOG_SOFTMAX_ULPS,
+    LOGSUMEXP_ULPS,
     SOFTMAX_ULPS,
     THIRD_LSE,
     U64,
@@ -112,11 +113,11 @@ def test_log_softmax_is_the_log_of_softmax(case):
     assert np.all(log_p <= 0.0)
     masked = np.isneginf(case.rows)
     assert np.all(np.isneginf(log_p[masked])) and np.all(p[masked] == 0.0)
-    # where softmax is normal: log_softmax is within LOG_ULPS of l = log a, so
-    # |l_hat - l| <= LOG_ULPS * 2**(1-p) |l_hat| / (1 - LOG_ULPS 2**(1-p)); softmax is a (1 + d) with
+    # where softmax is normal: log_softmax is within LOG_SOFTMAX_ULPS of l = log a, so
+    # |l_hat - l| <= E * 2**(1-p) |l_hat| / (1 - E 2**(1-p)) (E those ULPs); softmax is a (1 + d) with
     # |d| <= rel + E s_min / s_normal, so |log a_hat - l| <= |d| / (1 - |d|); np.log adds 2 U64.
     normal = p >= np.finfo(case.dtype).tiny
-    log_ratio = LOG_ULPS[case.dtype] * ulp_ratio(case.dtype)
+    log_ratio = LOG_SOFTMAX_ULPS[case.dtype] * ulp_ratio(case.dtype)
     d = softmax_relative_bound(case.dtype, case.classes) + SOFTMAX_ULPS[case.dtype] * smallest_subnormal(
         case.dtype) / np.finfo(case.dtype).tiny
     log_of_p = np.log(p[normal])
@@ -135,10 +136,10 @@ def test_logsumexp_lies_between_the_max_and_the_max_plus_log_k(case):
     assert np.all(lse >= largest)
     if case.classes == 1:
         assert np.array_equal(lse, largest)  # T = 0: the value itself
-    # upper: the exact LSE <= M + log K and the computed one is within LOG_ULPS of it, an ULP
+    # upper: the exact LSE <= M + log K and the computed one is within LOGSUMEXP_ULPS of it, an ULP
     # at most that at max(|M|, |M + log K|); M + log K in float64 adds U64 |M + log K|
     upper = largest + math.log(case.classes)
-    bound = LOG_ULPS[case.dtype] * spacing(np.maximum(np.abs(largest), np.abs(upper)), case.dtype) + U64 * np.abs(upper)
+    bound = LOGSUMEXP_ULPS[case.dtype] * spacing(np.maximum(np.abs(largest), np.abs(upper)), case.dtype) + U64 * np.abs(upper)
     assert np.all(lse <= upper + bound)
 
 
