@@ -9,8 +9,8 @@ matrix (float32 4096x1000, 512x32000, 64x262144, 1x4194304, and float64 4096x100
 (``softmaxlab.harness.environment.pin_threads``: numba, torch, and JAX's pool through the
 CPU affinity).  Each provider is called once first (that call's time is reported apart:
 Numba's compile, JAX's jit), then twice more to warm up, then the providers are timed
-one call at a time, interleaved, their order rotated each round, for ``--repeats`` rounds:
-the medians and their ratios come from measurements minutes apart at most, on a shared
+``CALLS_PER_ROUND`` calls at a time, interleaved, their order rotated each round, for
+``--repeats`` rounds: the medians and their ratios come from measurements minutes apart at most, on a shared
 machine whose load changes.  Inputs: 3 N(0, 1) logits, uniform labels.
 
 Accuracy: the same losses and gradients on smaller inputs of three regimes, each provider
@@ -44,6 +44,7 @@ ACCURACY_SHAPE = (32, 1000)
 ACCURACY_REGIMES = ("normal_x3", "dominant", "large_1e4")
 TEMPERATURE, ALPHA = 4.0, 0.9
 PROVIDERS = ("softmaxlab", "torch", "jax")
+CALLS_PER_ROUND = 5  # consecutive timed calls of one provider in each round (see ``time_interleaved``)
 
 
 def parse_arguments(argv=None):
@@ -146,8 +147,15 @@ def distillation_providers(student, teacher, labels):
 # ---- timing ---------------------------------------------------------------------------------------
 
 
-def time_interleaved(providers: dict, repeats: int) -> dict:
-    """{provider: (first_call_s, [seconds per timed call])}, providers interleaved and rotated."""
+def time_interleaved(providers: dict, repeats: int, calls: int = CALLS_PER_ROUND) -> dict:
+    """{provider: (first_call_s, [seconds per timed call])}, providers interleaved and rotated.
+
+    Each round times ``calls`` consecutive calls of each provider, all of them kept: after
+    a call, torch's OpenMP threads, JAX's Eigen pool and numba's workers keep spinning for
+    a while (about a millisecond), and on 2 cores they slow the next provider's call.  One
+    call per provider per round measured cross-entropy's 64x262144 cell at 81 ms for ours
+    with label smoothing, 10 ms alone; with a run of calls only the first is exposed.
+    """
     names = list(providers)
     first = {}
     for name in names:
@@ -163,9 +171,10 @@ def time_interleaved(providers: dict, repeats: int) -> dict:
         for round_index in range(repeats):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                providers[name]()
-                samples[name].append(time.perf_counter() - start)
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    providers[name]()
+                    samples[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
     return {name: (first[name], samples[name]) for name in names}
@@ -212,7 +221,8 @@ def speed_markdown(rows) -> str:
             f"| {row['softmaxlab_first_s']:.2f}, {row['torch_first_s']:.2f}, {row['jax_first_s']:.2f} |"
         )
     lines.append("")
-    lines.append("Median of the interleaved rounds (softmaxlab's p20 and p80 in brackets); the ratios "
+    lines.append(f"Median of the timed calls ({CALLS_PER_ROUND} consecutive calls per provider in each interleaved round; "
+                 "softmaxlab's p20 and p80 in brackets); the ratios "
                  "divide medians of the same run.  First call: the first call's time, compile (Numba) "
                  "or jit (JAX) included, excluded from the medians.")
     return "\n".join(lines)
