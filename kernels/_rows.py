@@ -170,18 +170,23 @@ def _make_exp_sum(store, count_ties, scaled):
     T = sum + (count - 1).  That is what log S = log1p(T) needs (logsumexp, log_softmax,
     cross-entropy's loss and a_y - 1 = -T/S), accurate for a dominant class down to the
     smallest subnormal; forming T = S - 1 by subtraction costs ~1e-16 absolute, 1e34 ULP
-    for a float32 log-probability of -1e-40 (measured).  softmax needs only S's relative
-    accuracy: float32 rows sum directly (a float64 sum is far below a float32 ULP, and
-    counting measured 22% slower there); float64 rows count, because the lane that
-    holds the max's 1 rounds every small term added to it at ulp(1): S was 4.5 ULP off
-    on rows with one dominant logit (softmax 4.94 ULP, measured; 1.3 with the count).
+    for a float32 log-probability of -1e-40 (measured).  float32 rows that store their
+    e_j count only where it matters: they sum plainly and sum again with the ties
+    counted when the block's T < 1/16 (``RECOUNT_BELOW``; above it the plain sum's
+    absolute error, depth * u * S, is under 17 depth u relative to T, about 2**-36: far
+    below a float32 ULP).  The count cost log_softmax and cross-entropy 9% at 1000
+    classes (measured).  softmax needs only S's relative accuracy: float32 rows sum
+    directly; float64 rows count, because the lane that holds the max's 1 rounds every
+    small term added to it at ulp(1): S was 4.5 ULP off on rows with one dominant logit
+    (softmax 4.94 ULP, measured; 1.3 with the count).
 
     The loops (``exp_sum.loops``):
 
     * float32 rows that store (softmax, log_softmax into its output, cross-entropy into
       the gradient, unscaled): the exponentials in float32 arithmetic
       (``exp32_difference_floored``, 16 lanes a vector), stored, then summed in float64
-      in a second loop; the ties are the stored e_j equal to 1.
+      in a second loop (a third, counting the ties as the stored e_j equal to 1, for a
+      dominant max).
     * float64 rows: ``exp64_difference_floored`` (for |largest| < 2**40, every row in
       practice) or ``exp64_pair`` of the ``two_sum``.
     * the rest (float32 rows scaled by a temperature, or not stored): the float64

@@ -25,7 +25,9 @@ How the kernel keeps its accuracy:
 
 * ``LSE(z) - z_c = (M - z_c) + log1p(T)`` with M the row max and T = S - 1 summed
   without cancellation: the terms equal to M (each exp(0) = 1 exactly) are counted, not
-  summed, for float32 rows as well as float64 (``_rows.max_sum_exp_stored``).  A target that
+  summed, for float64 rows and, where T < 1/16, for float32 rows
+  (``_rows.max_sum_exp_stored``; above that T = S - 1 of the plain sum is accurate to
+  2**-36).  A target that
   holds the max then has loss log1p(T), exact however small (e.g. 1000 e^-30), and
   ``a_y - 1 = -T / S`` with no ``a_y - 1`` rounding to 0.
 * The smoothing term ``sum_c w_c (M - z_c)`` is a sum of non-negative terms, per block

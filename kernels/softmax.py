@@ -299,6 +299,11 @@ def log_softmax(x, axis=-1):
         >>> log_softmax(np.array([0.0, 0.0]))
         array([-0.69314718, -0.69314718])
 
+    Accuracy: float32 within 3.25 ULP (x - M and log S each rounded to float32, both of
+    one sign: < 1 ULP together; the difference rounded once; exp32's error in S, up to
+    1.74 ULP), float64 within 3.32 ULP plus the summation error of S; measured maxima in
+    the README's accuracy section.
+
     Reference: Bridle 1990; Milakov & Gimelshein 2018 (see :func:`softmax`).
     """
     x = check_float_array("x", x)
