@@ -155,7 +155,7 @@ def block_max(values):
     return np.float64(largest)
 
 
-def _make_exp_sum(store, count_ties, scaled):
+def _make_exp_sum(store, scaled):
     """Build ``exp_sum(values, scale, largest, destination) -> T`` for one combination of flags.
 
     T = sum_j exp(scale values[j] - largest) - 1, in float64, for
@@ -165,25 +165,24 @@ def _make_exp_sum(store, count_ties, scaled):
     ``store`` each e_j is also written to ``destination`` (rounded to its dtype), for a
     write pass to scale in place.
 
-    With ``count_ties`` T is computed without cancellation: the entries equal to the
-    max (each exp(0) = 1 exactly) are counted and the others summed,
-    T = sum + (count - 1).  That is what log S = log1p(T) needs (logsumexp, log_softmax,
-    cross-entropy's loss and a_y - 1 = -T/S), accurate for a dominant class down to the
-    smallest subnormal; forming T = S - 1 by subtraction costs ~1e-16 absolute, 1e34 ULP
-    for a float32 log-probability of -1e-40 (measured).  float32 rows that store their
-    e_j count only where it matters: they sum plainly and sum again with the ties
-    counted when the block's T < 1/16 (``RECOUNT_BELOW``; above it the plain sum's
-    absolute error, depth * u * S, is under 17 depth u relative to T, about 2**-36: far
-    below a float32 ULP).  The count cost log_softmax and cross-entropy 9% at 1000
-    classes (measured).  softmax needs only S's relative accuracy: float32 rows sum
-    directly; float64 rows count, because the lane that holds the max's 1 rounds every
-    small term added to it at ulp(1): S was 4.5 ULP off on rows with one dominant logit
-    (softmax 4.94 ULP, measured; 1.3 with the count).
+    T is computed without cancellation: the entries equal to the max (each exp(0) = 1
+    exactly) are counted and the others summed, T = sum + (count - 1).  That is what
+    log S = log1p(T) needs (logsumexp, log_softmax, cross-entropy's loss and
+    a_y - 1 = -T/S), accurate for a dominant class down to the smallest subnormal;
+    forming T = S - 1 by subtraction costs ~1e-16 absolute, 1e34 ULP for a float32
+    log-probability of -1e-40 (measured).  softmax needs it too: the lane that holds the
+    max's 1 rounds every small term added to it at ulp(1), and S was 4.5 ULP off on
+    float64 rows with one dominant logit (softmax 4.94 ULP, measured; 1.3 with the
+    count).  float32 rows that store their e_j count only where it matters: they sum
+    plainly and sum again with the ties counted when the block's T < 1/16
+    (``RECOUNT_BELOW``; above it the plain sum's absolute error, depth * u * S, is under
+    17 depth u relative to T, about 2**-36: far below a float32 ULP).  Counting every
+    block cost log_softmax and cross-entropy 9% at 1000 classes (measured).
 
     The loops (``exp_sum.loops``):
 
-    * float32 rows that store (softmax, log_softmax into its output, cross-entropy into
-      the gradient, unscaled): the exponentials in float32 arithmetic
+    * float32 rows that store (softmax and log_softmax into their output, cross-entropy
+      into the gradient, unscaled): the exponentials in float32 arithmetic
       (``exp32_difference_floored``, 16 lanes a vector), stored, then summed in float64
       in a second loop (a third, counting the ties as the stored e_j equal to 1, for a
       dominant max).
@@ -214,11 +213,8 @@ def _make_exp_sum(store, count_ties, scaled):
                     e = exp_difference_for(values, value, largest)
                 if store:
                     destination[j] = e
-                if count_ties:
-                    total += e if value != largest else 0.0
-                    ties += 1.0 if value == largest else 0.0
-                else:
-                    total += e
+                total += e if value != largest else 0.0
+                ties += 1.0 if value == largest else 0.0
             return total, ties
 
         return terms_wide
@@ -241,7 +237,7 @@ def _make_exp_sum(store, count_ties, scaled):
         total = 0.0
         for j in range(values.shape[0]):
             total += np.float64(destination[j])
-        if not (count_ties and total < RECOUNT_BELOW):
+        if total >= RECOUNT_BELOW:
             # T = S - 1 from the plain sum: S's rounding errors are at most depth * u * S,
             # so T's relative error is depth * u * S / T <= 17 depth u for T >= 1/16
             # (about 2**-36 for a block of 8192 terms: far below a float32 ULP)
@@ -292,18 +288,16 @@ def _make_exp_sum(store, count_ties, scaled):
                 partial, count = terms(values[base : base + length], scale, largest, written)
                 total += partial
                 ties += count
-        return total + (ties - 1.0) if count_ties else total - 1.0
+        return total + (ties - 1.0)
 
     exp_sum.loops = (terms_wide, terms_floored, terms_float32)  # for tests/kernels/test_exp.py
     return exp_sum
 
 
-# softmax's first pass; log_softmax and cross-entropy (stored); logsumexp; distillation
-# (scaled by 1/T)
-_store_exp_sum_direct = _make_exp_sum(store=True, count_ties=False, scaled=False)
-store_exp_sum_counted = _make_exp_sum(store=True, count_ties=True, scaled=False)
-exp_sum_minus_one = _make_exp_sum(store=False, count_ties=True, scaled=False)
-scaled_exp_sum = _make_exp_sum(store=False, count_ties=True, scaled=True)
+# softmax, log_softmax and cross-entropy (stored); logsumexp; distillation (scaled by 1/T)
+store_exp_sum = _make_exp_sum(store=True, scaled=False)
+exp_sum_minus_one = _make_exp_sum(store=False, scaled=False)
+scaled_exp_sum = _make_exp_sum(store=False, scaled=True)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
@@ -340,7 +334,7 @@ def max_sum_exp_stored(values, destination):
     largest = block_max(values)
     if not math.isfinite(largest):
         return infinite_block_pair(values, largest)
-    return largest, store_exp_sum_counted(values, 1.0, largest, destination)
+    return largest, store_exp_sum(values, 1.0, largest, destination)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
@@ -507,9 +501,9 @@ def make_row_kernel(reduce_block, merge_row, write_block, fused_row=no_fused_row
 
     ``fused_row(a, b, out, i) -> bool`` (optional, ``inline="always"``) computes a whole
     row of one block in one piece, without the block pair and the merge, and returns
-    False, having written nothing, for a row it leaves to the three functions (softmax's
-    rows with an infinite max: about 4% faster at 4096 x 1000, measured).  It must give
-    the results of the three functions bit for bit.
+    False, having written nothing, for a row it leaves to the three functions (a row
+    whose max is infinite, say).  It must give their results bit for bit.  softmax's and
+    log_softmax's are 2-7% faster than the three at 4096 x 1000 (measured side by side).
     """
 
     @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -565,18 +559,3 @@ def make_row_kernel(reduce_block, merge_row, write_block, fused_row=no_fused_row
             _write_task(a, b, out, i, k, block, partial, s0, s1)
 
     return kernel
-
-
-def store_exp_sum(values, scale, largest, destination):
-    """softmax's first pass: T with each e_j stored; see ``_make_exp_sum`` (JIT only).
-
-    float32 rows sum directly, float64 rows count the ties (the reason is given there).
-    """
-    raise NotImplementedError("store_exp_sum is only callable from JIT code")
-
-
-@overload(store_exp_sum)
-def _store_exp_sum(values, scale, largest, destination):
-    if values.dtype == types.float32:
-        return lambda values, scale, largest, destination: _store_exp_sum_direct(values, scale, largest, destination)
-    return lambda values, scale, largest, destination: store_exp_sum_counted(values, scale, largest, destination)

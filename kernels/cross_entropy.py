@@ -423,6 +423,8 @@ def _index_finite_loss(logits, args, i, largest, total, gaps):
     return loss, hard + uniform * weight_total, factor  # TW = sum_c tw_c
 
 
+# not inline="always": inlined into _index_row, Numba's IR inliner dropped the target
+# entry's write (the gradient came out as softmax's; test_every_option_combination_matches_torch)
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _index_finite_gradient(logits, args, destination, i, start, largest, total, target_total, scale, block):
     """A block's gradient, row max M finite, from its stored e_j and ``block`` = exp(m_b - M)."""
@@ -456,7 +458,8 @@ def _index_row(logits, args, grad, row_loss, i, write):
 
     The arithmetic of ``_reduce_index``, ``_merge_index`` and ``_write_index`` for such a
     row (its block is the row: m_b = M, anchor M, the gaps unshifted), without the block
-    state: 15% faster than the three at 4096 x 1000 (measured against a hand-fused loop).
+    state: 4-5% faster than the three at 4096 x 1000 float32, 7-9% with label smoothing
+    (measured side by side, 1 and 2 threads).
     """
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
     if target[i] == ignore_index:

@@ -6,8 +6,9 @@ Each public function validates its input in plain Python, lays the array out as
 The exponentials of ``x - max`` take the rounding error of the difference into their
 argument (``two_sum``), float32 rows in float32 arithmetic (``_exp.exp32``, 16 lanes a
 vector), float64 rows in float64; sums are accumulated in float64 over blocks of fixed
-size, merged in a fixed order (see ``_rows``).  log_softmax's reduce stores the
-exponentials in the output row it later overwrites (``reduce_max_sum_exp_via``).
+size, merged in a fixed order (see ``_rows``).  softmax's and log_softmax's reduce stores
+the exponentials in the output row, which the write scales (softmax) or overwrites
+(log_softmax) (``reduce_max_sum_exp_via``).
 
 Proof book: ``docs/proofs/softmax.md`` (Jacobian and VJPs, shift invariance, the
 bounds of logsumexp, d logsumexp / dz = softmax); each kernel's loop cites its anchor.
@@ -25,7 +26,6 @@ from numba.extending import overload
 from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length
 from ._exp import exp64_pair, two_sum
 from ._rows import (
-    block_max,
     exp_for,
     fma,
     make_row_kernel,
@@ -37,7 +37,6 @@ from ._rows import (
     reduce_sum_and_max,
     reduce_sum_product,
     scale_shift_in_place,
-    store_exp_sum,
 )
 from ._validation import as_rows, check_axis, check_float_array, check_same_array_layout, from_rows
 
@@ -51,15 +50,6 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
 def _fill(destination, value):
     for j in range(destination.shape[0]):
         destination[j] = value
-
-
-@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
-def _reduce_softmax(x, unused, out, i, start, stop):
-    largest = block_max(x[i, start:stop])
-    if not math.isfinite(largest):
-        return reduce_max_sum_exp(x, unused, out, i, start, stop)
-    # e_j = exp(x_j - m_b), written to the output; t_b = sum_j e_j - 1
-    return largest, store_exp_sum(x[i, start:stop], 1.0, largest, out[i, start:stop])
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
@@ -84,16 +74,15 @@ def _softmax_factor(block_largest, largest, total):
 def _softmax_row(x, unused, out, i):
     """A row of one block with a finite max, in one piece (``make_row_kernel``'s ``fused_row``).
 
-    The arithmetic of ``_reduce_softmax`` then ``_write_softmax`` for such a row (its
-    block is the row: m_b = M, t_b = T), without the block pair and the merge.
+    The arithmetic of ``reduce_max_sum_exp_via`` then ``_write_softmax`` for such a row
+    (its block is the row: m_b = M, t_b = T), without the block pair and the merge.
     """
     values = x[i]
     destination = out[i]
-    largest = block_max(values)
+    # e_j = exp(x_j - M) stored, T = sum_j e_j - 1; a_j = e_j / (1 + T)
+    largest, total = max_sum_exp_stored(values, destination)
     if not math.isfinite(largest):
         return False
-    # e_j = exp(x_j - M) stored, T = sum_j e_j - 1; a_j = e_j / (1 + T)
-    total = store_exp_sum(values, 1.0, largest, destination)
     high, low = _softmax_factor(largest, largest, total)
     scale_shift_in_place(destination, high, low, 0.0)
     return True
@@ -224,7 +213,7 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
         destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
 
 
-_softmax_kernel = make_row_kernel(_reduce_softmax, merge_max_sum_exp, _write_softmax, _softmax_row)
+_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_softmax, _softmax_row)
 _log_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_log_softmax, _log_softmax_row)
 _logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
 _softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)

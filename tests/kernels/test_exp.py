@@ -145,19 +145,24 @@ def test_kernel_hot_loops_vectorize():
     # the sum of exponentials (both dtypes, with and without the store) and the max
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
-        _rows._store_exp_sum_direct(row, 1.0, 0.0, np.empty_like(row))
-        _rows.store_exp_sum_counted(row, 1.0, 0.0, np.empty_like(row))
+        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row))
         _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
         _rows.block_max(row)
-    flavours = (_rows._store_exp_sum_direct, _rows.store_exp_sum_counted, _rows.exp_sum_minus_one)
+    flavours = (_rows.store_exp_sum, _rows.exp_sum_minus_one)
     loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows.block_max]
     compiled = 0
     for function in loops:
         for signature in function.signatures:
             compiled += 1
             assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
-    # float32 and float64 rows reach the floored loop, float32 stores the float32 one
-    assert compiled >= 8
+    # float64 rows reach the floored loop, float32 rows that store the float32 one, the
+    # others the float64 evaluation (terms_wide, terms_floored, terms_float32)
+    wide, floored, native = _rows.store_exp_sum.loops
+    assert any(str(signature[0].dtype) == "float32" for signature in native.signatures)
+    assert all(any(str(signature[0].dtype) == "float64" for signature in flavour.loops[1].signatures)
+               for flavour in flavours)
+    assert any(str(signature[0].dtype) == "float32" for signature in _rows.exp_sum_minus_one.loops[0].signatures)
+    assert compiled >= 6
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -175,9 +180,9 @@ def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
     # the exponentials' relative error: float64 exp64 (1.55 u), float32 exp_f32_wide (1.1e-10)
     # or, where float32 rows store their e_j, exp32 (0.87 ULP: 0.87 * 2**-23)
     wide_bound = 1.2e-10 if dtype == np.float32 else 1e-15
-    flavours = (_rows.exp_sum_minus_one, _rows.store_exp_sum_counted, _rows.scaled_exp_sum)
+    flavours = (_rows.exp_sum_minus_one, _rows.store_exp_sum, _rows.scaled_exp_sum)
     for flavour in flavours:
-        native = dtype == np.float32 and flavour is _rows.store_exp_sum_counted
+        native = dtype == np.float32 and flavour is _rows.store_exp_sum
         terms_bound = 0.87 * 2.0**-23 if native else wide_bound
         total = flavour(row, 1.0, largest, np.empty_like(row))
         assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)

@@ -123,13 +123,16 @@ def gradient_relative_bound(dtype, classes: int) -> float:
     A fused softmax-loss gradient entry g (a_j - t_j) (probabilities a, target weights t)
     is computed in float64 through ``ENTRY_ROUNDINGS`` roundings and the sum of S
     (``summation_depth``), then stored: float32 rows round the stored e_j = exp(z_j - m_b)
-    once (2**-24 relative) and the result once (2**-24 |g_j| <= 2**-24 |g| (a_j + t_j)),
-    2**-23 in all, and their exponential (``EXP32_RELATIVE`` or ``EXP_RELATIVE``) errs in e_j and in S; float64
-    rows store e_j exactly, and their exp and final rounding are among the counted ones.
+    once (2**-24 relative), and the write rounds at most twice, each within
+    2**-24 |g| (a_j + t_j) (cross-entropy's ``_rows.scale_shift_in_place`` with label
+    smoothing: fma(e, fh, -sh), then the sum with fma(e, fl, -sl); the others once,
+    2**-24 |g_j|): 3 * 2**-24 in all; and their exponential (``EXP32_RELATIVE`` or
+    ``EXP_RELATIVE``) errs in e_j and in S.  float64 rows store e_j exactly, and their
+    exp and final rounding are among the counted ones.
     """
     if np.dtype(dtype) == np.float32:
         # exp32 (cross-entropy) or exp_f32_wide (the others): the larger one bounds both
-        stored = ulp_ratio(np.float32) + 2 * max(EXP32_RELATIVE, EXP_RELATIVE[np.dtype(np.float32)])
+        stored = 3 * unit_roundoff(np.float32) + 2 * max(EXP32_RELATIVE, EXP_RELATIVE[np.dtype(np.float32)])
     else:
         stored = 0.0
     return stored + (summation_depth(classes, dtype) + ENTRY_ROUNDINGS) * U64
