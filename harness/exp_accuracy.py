@@ -167,16 +167,16 @@ def check_longdouble_reference(samples: int = 2000, seed: int = 7) -> float:
     """Largest disagreement, in float64 ULPs, between np.longdouble exp and mpmath."""
     import mpmath
 
-    mpmath.mp.dps = 50
-    x = float64_inputs(samples, seed)
-    exact = np.exp(x.astype(np.longdouble))
-    worst = 0.0
-    for value, approx in zip(x, exact):
-        reference = mpmath.exp(mpmath.mpf(float(value)))
-        if reference == 0 or not np.isfinite(float(reference)):
-            continue
-        ulp = float(_ulp64(np.array([float(reference)]))[0])
-        worst = max(worst, float(abs(mpmath.mpf(str(approx)) - reference) / ulp))
+    with mpmath.workdps(50):
+        x = float64_inputs(samples, seed)
+        exact = np.exp(x.astype(np.longdouble))
+        worst = 0.0
+        for value, approx in zip(x, exact):
+            reference = mpmath.exp(mpmath.mpf(float(value)))
+            if reference == 0 or not np.isfinite(float(reference)):
+                continue
+            ulp = float(_ulp64(np.array([float(reference)]))[0])
+            worst = max(worst, float(abs(mpmath.mpf(str(approx)) - reference) / ulp))
     return worst
 
 

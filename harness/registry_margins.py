@@ -181,35 +181,44 @@ def _cached(key_parts, compute):
     return _CACHE[key]
 
 
-def exact_margin(cos, target, s, m1, m2, m3):
-    """(mean loss, dcos) as Exact of margin_cross_entropy(reduction="mean", grad_output=1).
+def margin_rows_mp(cos, target, s, m1, m2, m3):
+    """Per-row losses and d loss_i / d cos_i (lists of mpf) of margin_cross_entropy, at the
+    caller's mpmath precision; ``cos`` (rows, classes), ``target`` (rows,).
 
     The definitions of kernels/margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the arc
     branch where c > cos(pi - m2), else c - m2 sin m2 - m3; f' at c clamped to
     [-c_max, c_max], c_max = nextafter(1, 0) in the input dtype.
     """
+    scale, mult, add, sub = (mpmath.mpf(float(v)) for v in (s, m1, m2, m3))
+    c_max = mpmath.mpf(float(np.nextafter(cos.dtype.type(1), cos.dtype.type(0))))
+    switch = math.cos(math.pi - float(m2))
+    losses, gradients = [], []
+    for row, label in zip(_mp_matrix(cos), target):
+        c = min(max(row[label], mpmath.mpf(-1)), mpmath.mpf(1))
+        c_slope = min(max(c, -c_max), c_max)
+        if mult == 1 and (add == 0 or float(c) <= switch):
+            value, slope = c - add * mpmath.sin(add) - sub, mpmath.mpf(1)
+        else:
+            value = mpmath.cos(mult * mpmath.acos(c) + add) - sub
+            slope = mult * mpmath.sin(mult * mpmath.acos(c_slope) + add) / mpmath.sqrt(1 - c_slope ** 2)
+        logits = [scale * v for v in row]
+        logits[label] = scale * value
+        lse, probabilities = _softmax_row(logits)
+        losses.append(lse - logits[label])
+        row_gradient = [scale * a for a in probabilities]
+        row_gradient[label] = scale * slope * (probabilities[label] - 1)
+        gradients.append(row_gradient)
+    return losses, gradients
+
+
+def exact_margin(cos, target, s, m1, m2, m3):
+    """(mean loss, dcos) as Exact of margin_cross_entropy(reduction="mean", grad_output=1)
+    (``margin_rows_mp``)."""
 
     def compute():
-        scale, mult, add, sub = (mpmath.mpf(float(v)) for v in (s, m1, m2, m3))
-        c_max = mpmath.mpf(float(np.nextafter(cos.dtype.type(1), cos.dtype.type(0))))
-        switch = math.cos(math.pi - float(m2))
         rows = cos.shape[0]
-        losses, gradient = [], []
-        for row, label in zip(_mp_matrix(cos), target):
-            c = min(max(row[label], mpmath.mpf(-1)), mpmath.mpf(1))
-            c_slope = min(max(c, -c_max), c_max)
-            if mult == 1 and (add == 0 or float(c) <= switch):
-                value, slope = c - add * mpmath.sin(add) - sub, mpmath.mpf(1)
-            else:
-                value = mpmath.cos(mult * mpmath.acos(c) + add) - sub
-                slope = mult * mpmath.sin(mult * mpmath.acos(c_slope) + add) / mpmath.sqrt(1 - c_slope ** 2)
-            logits = [scale * v for v in row]
-            logits[label] = scale * value
-            lse, probabilities = _softmax_row(logits)
-            losses.append(lse - logits[label])
-            row_gradient = [scale * a / rows for a in probabilities]
-            row_gradient[label] = scale * slope * (probabilities[label] - 1) / rows
-            gradient.extend(row_gradient)
+        losses, gradients = margin_rows_mp(cos, target, s, m1, m2, m3)
+        gradient = [g / rows for row_gradient in gradients for g in row_gradient]
         return _to_exact([mpmath.fsum(losses) / rows], ()), _to_exact(gradient, cos.shape)
 
     return _cached((cos, target, s, m1, m2, m3), compute)

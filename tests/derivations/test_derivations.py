@@ -324,21 +324,21 @@ def test_arcface_derivative_clamp_gives_the_documented_finite_value(records_by_s
     record = records_by_slug["arcface-derivative-at-the-ends"]
     derivative = closed_forms.arcface_target_logit_derivative
     margin = 0.5
-    mpmath.mp.dps = 50
-    for dtype in (np.float64, np.float32):
-        c_max = float(np.nextafter(dtype(1), dtype(0)))
-        at_one = derivative(np.array(1.0), margin, c_max)
-        exact = mpmath.cos(margin) + mpmath.sin(margin) * c_max / mpmath.sqrt(1 - mpmath.mpf(c_max) ** 2)
-        assert np.isfinite(at_one) and abs(at_one - float(exact)) <= 1e-6 * float(exact), derivative.page
-        assert any(mpmath.nstr(exact, 10) in note for note in record.notes), \
-            f"the page should document f'(c_max) = {mpmath.nstr(exact, 10)} for {dtype.__name__}"
-        below = np.nextafter(c_max, 0.0)  # the clamp changes nothing below c_max
-        exact_below = math.cos(margin) + math.sin(margin) * below / math.sqrt((1 - below) * (1 + below))
-        assert_close(derivative(np.array(below), margin, c_max), exact_below, derivative.page, rtol=1e-6)
-    # exactly 1 in the fallback region, 0 at the switch from the arc side
-    assert derivative(np.array(-0.99), margin, 0.5) == 1.0
-    switch = -math.cos(margin)
-    assert abs(derivative(np.array(switch + 1e-9), margin, 1.0 - 2 ** -53)) < 1e-4
+    with mpmath.workdps(50):
+        for dtype in (np.float64, np.float32):
+            c_max = float(np.nextafter(dtype(1), dtype(0)))
+            at_one = derivative(np.array(1.0), margin, c_max)
+            exact = mpmath.cos(margin) + mpmath.sin(margin) * c_max / mpmath.sqrt(1 - mpmath.mpf(c_max) ** 2)
+            assert np.isfinite(at_one) and abs(at_one - float(exact)) <= 1e-6 * float(exact), derivative.page
+            assert any(mpmath.nstr(exact, 10) in note for note in record.notes), \
+                f"the page should document f'(c_max) = {mpmath.nstr(exact, 10)} for {dtype.__name__}"
+            below = np.nextafter(c_max, 0.0)  # the clamp changes nothing below c_max
+            exact_below = math.cos(margin) + math.sin(margin) * below / math.sqrt((1 - below) * (1 + below))
+            assert_close(derivative(np.array(below), margin, c_max), exact_below, derivative.page, rtol=1e-6)
+        # exactly 1 in the fallback region, 0 at the switch from the arc side
+        assert derivative(np.array(-0.99), margin, 0.5) == 1.0
+        switch = -math.cos(margin)
+        assert abs(derivative(np.array(switch + 1e-9), margin, 1.0 - 2 ** -53)) < 1e-4
 
 
 def test_arcface_fallback_jump_matches_the_page():

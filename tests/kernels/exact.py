@@ -18,7 +18,8 @@ from softmaxlab.harness.metrics import Exact, absolute_error, ulp_at
 
 def _pairs(values, shape) -> Exact:
     """mpf values (nested lists, or an object array) -> Exact of ``shape``."""
-    flat = [mpmath.mpf(value) for value in np.asarray(values, dtype=object).ravel()]
+    with mpmath.workdps(harness_exact.MPMATH_DIGITS):  # mpf() rounds to the working precision
+        flat = [mpmath.mpf(value) for value in np.asarray(values, dtype=object).ravel()]
     return harness_exact._mp_to_pairs(flat, shape)
 
 

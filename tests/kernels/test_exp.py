@@ -34,6 +34,13 @@ from softmaxlab.kernels._exp import (
 from . import exact
 
 
+@pytest.fixture(autouse=True)
+def _fifty_digits():
+    """The mpmath references of this module at 50 digits, whatever another test left set."""
+    with mpmath.workdps(50):
+        yield
+
+
 def test_float32_exp_within_bound_on_a_strided_subset_of_every_float32():
     # every 4099th bit pattern of all 2**32 (the full sweep is `softmaxlab exp-accuracy`)
     result = sweep_float32(stride=4099)
@@ -53,7 +60,9 @@ def test_float64_exp_within_bound_on_random_inputs():
 
 
 def test_longdouble_reference_agrees_with_mpmath():
+    mpmath.mp.dps = 15  # (inside this module's 50-digit fixture, which restores it)
     assert check_longdouble_reference(samples=200) < 0.01
+    assert mpmath.mp.dps == 15  # it works at 50 digits and leaves the caller's precision alone
 
 
 @pytest.mark.parametrize("function,dtype", [(exp32, np.float32), (exp32_wide, np.float32), (exp64, np.float64)])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.derivations import closed_forms
+from softmaxlab.harness import registry_margins
 from softmaxlab.kernels import (
     arcface,
     arcface_forward_backward,
@@ -51,6 +52,9 @@ ULP_FLOAT32 = 1.0
 ULP_FLOAT64_EXACT_TARGET = 8.0
 
 
+DIGITS = 50  # of the mpmath references
+
+
 def float64_bound(margins):
     s, m1, m2, _ = margins
     return ULP_FLOAT64_EXACT_TARGET if (m1 == 1.0 and m2 == 0.0) else ULP_FLOAT64_EXACT_TARGET + 2.0 * s
@@ -74,51 +78,28 @@ def _long_row_classes(dtype) -> int:
 
 
 def exact_margin(cos, target, margins, upstream=None, sample=None):
-    """Per-row losses and dcos (nested lists of mpf) of the combined-margin cross-entropy.
+    """Per-row losses and dcos (nested lists of mpf) of the combined-margin cross-entropy,
+    each row's gradient times its ``upstream`` (the harness' ``margin_rows_mp``, 50 digits).
 
-    Follows the definitions of margin_cross_entropy: c clamped to [-1, 1]; for m1 = 1, m2 > 0
-    the arc branch where c > cos(pi - m2) (the float64 constant), else the fallback
-    c - m2 sin m2 - m3; f' at c clamped to [-c_max, c_max], c_max = nextafter(1, 0) in the
-    dtype.  ``sample`` restricts the returned dcos columns (all rows keep their full sums).
+    ``sample`` restricts the returned dcos columns (all rows keep their full sums).
     """
-    s, m1, m2, m3 = (mpmath.mpf(float(value)) for value in margins)
-    c_max = mpmath.mpf(margin_kernels.derivative_limit(cos.dtype))
-    switch = math.cos(math.pi - float(m2))
     rows = cos.reshape(-1, cos.shape[-1])
-    targets = np.asarray(target).reshape(-1)
     upstream = np.ones(rows.shape[0]) if upstream is None else np.asarray(upstream, dtype=np.float64).reshape(-1)
-    losses, gradients = [], []
-    for row, label, weight in zip(rows, targets, upstream):
-        values = [mpmath.mpf(float(v)) for v in row]
-        c = min(max(values[label], mpmath.mpf(-1)), mpmath.mpf(1))
-        c_slope = min(max(c, -c_max), c_max)
-        if m1 == 1 and (m2 == 0 or float(c) <= switch):
-            value, slope = c - m2 * mpmath.sin(m2) - m3, mpmath.mpf(1)
-        else:
-            value = mpmath.cos(m1 * mpmath.acos(c) + m2) - m3
-            slope = m1 * mpmath.sin(m1 * mpmath.acos(c_slope) + m2) / mpmath.sqrt(1 - c_slope ** 2)
-        logits = [s * v for v in values]
-        logits[label] = s * value
-        largest = max(logits)
-        winner = logits.index(largest)
-        # log S = log1p(rest), rest the sum without the maximum's e^0: 50 digits alone would round
-        # S = 1 + 1e-60 to 1
-        rest = mpmath.fsum(mpmath.exp(z - largest) for k, z in enumerate(logits) if k != winner)
-        lse = largest + mpmath.log1p(rest)
-        losses.append(lse - logits[label])
-        g = mpmath.mpf(float(weight))
-        probabilities = [mpmath.exp(z - lse) for z in logits]
-        gradient = [g * s * a for a in probabilities]
-        gradient[label] = g * s * slope * (probabilities[label] - 1)
-        gradients.append(gradient if sample is None else [gradient[k] for k in sample])
+    with mpmath.workdps(DIGITS):  # set here: no test may rely on another's global precision
+        losses, rows_gradient = registry_margins.margin_rows_mp(rows, np.asarray(target).reshape(-1), *margins)
+        gradients = [
+            [mpmath.mpf(float(weight)) * g for g in (row if sample is None else [row[k] for k in sample])]
+            for row, weight in zip(rows_gradient, upstream)
+        ]
     return losses, gradients
 
 
 def _reference_loss(losses, reduction):
     if reduction == "none":
         return losses
-    total = mpmath.fsum(losses)
-    return [total / len(losses) if reduction == "mean" else total]
+    with mpmath.workdps(DIGITS):
+        total = mpmath.fsum(losses)
+        return [total / len(losses) if reduction == "mean" else total]
 
 
 # ---- values and gradients against the exact reference ----------------------------------------
