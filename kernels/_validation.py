@@ -1,6 +1,6 @@
 """Input checks for the public functions, in plain Python (never inside the kernels).
 
-One scan is compiled (``_first_invalid_label``): a label check over a batch in one pass.
+One scan is compiled (``_scan_labels``): a label check over a batch in one pass.
 
 Each helper raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
 (right kind, wrong value or shape) with a message that names the argument, says what
@@ -91,14 +91,7 @@ def check_class_indices(name: str, target, shape: tuple, classes: int) -> np.nda
         raise TypeError(f"{name} must have an integer dtype (class indices), got {target.dtype}")
     if target.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {target.shape}")
-    outside = (target < 0) | (target >= classes)
-    if outside.any():
-        first = int(np.flatnonzero(outside.ravel())[0])
-        row = np.unravel_index(first, target.shape) if target.ndim > 1 else first
-        raise ValueError(
-            f"{name} must hold class indices in [0, {classes}), got {int(target.ravel()[first])} at row {row}"
-        )
-    return np.ascontiguousarray(target, dtype=np.int64)
+    return _scanned_labels(name, target, classes, None)[0]
 
 
 def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_minimum=True,
@@ -108,7 +101,9 @@ def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_m
     ``integer=True`` asks for an integral value (an int, or a float such as 2.0) and
     returns an ``int``.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    # float and int first: the checks against numbers.Real go through the ABC machinery,
+    # whose cold caches cost microseconds right after a large kernel (measured)
+    if type(value) not in (float, int) and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
             value = value.item()
         else:
@@ -122,7 +117,7 @@ def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_m
     except OverflowError:  # an int beyond the float64 range
         raise ValueError(f"{name} must be finite, got an int of {len(str(abs(int(value))))} digits") from None
     number = int(value) if integer else as_float
-    if not np.isfinite(as_float):
+    if not math.isfinite(as_float):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if minimum is not None and (number < minimum or (not include_minimum and number == minimum)):
         relation = ">=" if include_minimum else ">"
@@ -145,6 +140,9 @@ def check_reduction(name: str, reduction) -> str:
 def check_grad_output(name: str, grad_output, reduction: str, shape: tuple) -> np.ndarray:
     """The upstream gradient of a loss as float64: a real scalar for "mean"/"sum", an
     array of the unreduced loss' ``shape`` (or a scalar, broadcast) for "none"."""
+    if type(grad_output) in (float, int):  # the common case, before the ABC checks below
+        value = float(grad_output)
+        return np.full(tuple(shape), value) if reduction == "none" else np.asarray(value)
     if isinstance(grad_output, np.ndarray) and grad_output.ndim > 0:
         if reduction != "none":
             raise ValueError(
@@ -173,6 +171,11 @@ def check_class_indices_or_ignored(name: str, target, shape: tuple, classes: int
     Returns C-contiguous int64; the first label that is neither in ``[0, classes)`` nor
     ``ignore_index`` is reported with its value and its row.
     """
+    return check_class_indices_counted(name, target, shape, classes, ignore_index)[0]
+
+
+def check_class_indices_counted(name: str, target, shape: tuple, classes: int, ignore_index: int):
+    """:func:`check_class_indices_or_ignored` and the number of labels not ignored, from one scan."""
     if not isinstance(target, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray of integer class indices (or of float class probabilities), "
@@ -184,6 +187,13 @@ def check_class_indices_or_ignored(name: str, target, shape: tuple, classes: int
     if target.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (the logits' shape without the class axis), "
                          f"got {target.shape}")
+    return _scanned_labels(name, target, classes, ignore_index)
+
+
+def _scanned_labels(name: str, target: np.ndarray, classes: int, ignore_index):
+    """(C-contiguous int64 labels, number not ignored) of an integer array, every label in
+    [0, classes) or equal to ``ignore_index`` (None: no label is ignored); the first other
+    label is reported with its value and its row."""
     if target.dtype.kind == "u" and target.size and int(target.max()) > np.iinfo(np.int64).max:
         labels = np.minimum(target, np.uint64(np.iinfo(np.int64).max)).astype(np.int64)
     else:
@@ -191,24 +201,27 @@ def check_class_indices_or_ignored(name: str, target, shape: tuple, classes: int
     labels = np.ascontiguousarray(labels)
     # one compiled pass instead of five NumPy temporaries (~20 us after a large kernel, whose
     # data have evicted NumPy's from the caches: measured)
-    first = _first_invalid_label(labels.reshape(-1), classes, ignore_index)
+    ignoring = ignore_index is not None
+    first, kept = _scan_labels(labels.reshape(-1), classes, ignore_index if ignoring else 0, ignoring)
     if first >= 0:
         row = tuple(int(k) for k in np.unravel_index(first, target.shape)) if target.ndim > 1 else first
-        raise ValueError(
-            f"{name} must hold class indices in [0, {classes}) or ignore_index ({ignore_index}), "
-            f"got {int(target.ravel()[first])} at row {row}"
-        )
-    return labels
+        allowed = f"[0, {classes}) or ignore_index ({ignore_index})" if ignoring else f"[0, {classes})"
+        raise ValueError(f"{name} must hold class indices in {allowed}, got {int(target.ravel()[first])} at row {row}")
+    return labels, kept
 
 
 @njit(cache=False)
-def _first_invalid_label(labels, classes, ignore_index):
-    """Index of the first label neither in [0, classes) nor ``ignore_index`` (-1 if none)."""
+def _scan_labels(labels, classes, ignore_index, ignoring):
+    """(index of the first label neither in [0, classes) nor, with ``ignoring``, equal to
+    ``ignore_index`` (-1 if none), number of labels not ignored)."""
+    kept = 0
     for j in range(labels.shape[0]):
         label = labels[j]
-        if (label < 0 or label >= classes) and label != ignore_index:
-            return j
-    return -1
+        if not (ignoring and label == ignore_index):
+            if label < 0 or label >= classes:
+                return j, kept
+            kept += 1
+    return -1, kept
 
 
 def check_class_weight(name: str, weight, classes: int) -> np.ndarray:

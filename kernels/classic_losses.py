@@ -36,9 +36,9 @@ from .cross_entropy import (
     _logit_rows,
     fill,
     make_loss_kernel,
-    reduce_row_losses,
     row_scales,
     run_loss_kernel,
+    upstream_at,
 )
 from .sigmoid import QUADRATIC_COST, elementwise_loss
 
@@ -54,7 +54,7 @@ __all__ = [
 
 # ---- multi-class hinge ---------------------------------------------------------------------
 #
-# args = (target int64 (rows,), row_scale f64 (rows,), margin f64)
+# args = (target int64 (rows,), row_scale f64 (rows,) or (1,) (``upstream_at``), margin f64)
 # state per block: sum_{j != y} h_j, number of j != y with h_j > 0   (h_j = z_j - z_y + m)
 # stats per row: the same, summed over the blocks
 
@@ -117,7 +117,7 @@ def _write_hinge(logits, args, grad, i, k, start, stop, partial, stats):
     target, row_scale, margin = args
     label = target[i]
     label_value = np.float64(logits[i, label])
-    scale = row_scale[i]
+    scale = upstream_at(row_scale, i)
     values = logits[i, start:stop]
     destination = grad[i, start:stop]
     if label_value != label_value or stats[i, 0] != stats[i, 0]:
@@ -145,9 +145,7 @@ def _multiclass_hinge(logits, target, margin, reduction, grad_output, write):
     reduction = check_reduction("reduction", reduction)
     denominator = rows.shape[0]
     scale = row_scales(grad_output, reduction, denominator, batch_shape)
-    row_loss, grad = run_loss_kernel(_hinge_kernel, rows, (labels, scale, margin), write)
-    loss = reduce_row_losses(row_loss, reduction, denominator, batch_shape, logits.dtype)
-    return loss, (grad.reshape(logits.shape) if write else None)
+    return run_loss_kernel(_hinge_kernel, rows, (labels, scale, margin), write, reduction, denominator, logits.shape)
 
 
 def multiclass_hinge(logits, target, *, margin=1.0, reduction="mean"):
@@ -217,9 +215,7 @@ def _smooth_hinge(logits, target, margin, reduction, grad_output, write):
     # the class-index cross-entropy kernel in its smooth-hinge mode: no weights, no smoothing,
     # no row ignored (-1 is never a valid label)
     args = (labels, np.ones(1), scale, np.int64(-1), 0.0, False, float(rows.shape[1]), margin, True)
-    row_loss, grad = run_loss_kernel(_index_kernel, rows, args, write)
-    loss = reduce_row_losses(row_loss, reduction, denominator, batch_shape, logits.dtype)
-    return loss, (grad.reshape(logits.shape) if write else None)
+    return run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
 
 
 def smooth_hinge(logits, target, *, margin=0.0, reduction="mean"):

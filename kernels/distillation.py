@@ -61,11 +61,11 @@ from .cross_entropy import (
     has_nan,
     make_loss_kernel,
     merge_pair,
-    reduce_row_losses,
     reduce_scaled,
     row_scales,
     run_loss_kernel,
     target_minus_one,
+    upstream_at,
 )
 
 __all__ = ["distillation_loss", "distillation_loss_forward_backward"]
@@ -125,7 +125,7 @@ def _teacher_sums(teacher, student, scale, largest):
     return total + (ties - 1.0), cross
 
 
-# args = (teacher (rows, classes), target int64 (rows,) or (1,), row_scale f64 (rows,),
+# args = (teacher (rows, classes), target int64 (rows,) or (1,), row_scale f64 (rows,) or (1,),
 #         scale = 1/T, soft_coefficient = alpha T^2 (T^2 without target),
 #         hard_coefficient = 1 - alpha (0 without target), hard bool)
 # state per block: m_z, t_z (of z/T), m_v, t_v (of v/T), u_b, m_1, t_1 (of z), unused
@@ -214,7 +214,7 @@ def _write(student, args, grad, i, k, start, stop, partial, stats):
         return
     values = student[i, start:stop]
     teacher_values = teacher[i, start:stop]
-    upstream = row_scale[i]
+    upstream = upstream_at(row_scale, i)
     student_largest, student_total = stats[i, 0], stats[i, 1]
     teacher_largest, teacher_total = stats[i, 2], stats[i, 3]
     soft = upstream * soft_coefficient * scale  # g alpha T^2 / T
@@ -275,9 +275,7 @@ def _distillation(student, teacher, target, temperature, alpha, reduction, grad_
     denominator = rows.shape[0]
     scale = row_scales(grad_output, reduction, denominator, batch_shape)
     args = (teacher_rows, labels, scale, 1.0 / temperature, soft_coefficient, hard_coefficient, hard)
-    row_loss, grad = run_loss_kernel(_distillation_kernel, rows, args, write)
-    loss = reduce_row_losses(row_loss, reduction, denominator, batch_shape, student.dtype)
-    return loss, (grad.reshape(student.shape) if write else None)
+    return run_loss_kernel(_distillation_kernel, rows, args, write, reduction, denominator, student.shape)
 
 
 def distillation_loss(student, teacher, target=None, *, temperature=4.0, alpha=0.9, reduction="mean"):

@@ -9,6 +9,7 @@ forms (``softmaxlab.derivations.closed_forms``) plus central differences for gra
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from softmaxlab.harness.metrics import error_stats
 from softmaxlab.harness.registry_losses import exact_cross_entropy
 from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward
 from softmaxlab.kernels._config import block_length
-from softmaxlab.kernels._rows import max_sum_exp_stored, scaled_exp_sum, store_exp_sum
+from softmaxlab.kernels._rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
+from softmaxlab.kernels._validation import check_class_indices_counted
 from softmaxlab.kernels.cross_entropy import reduce_scaled
 
 from ._shared import DTYPES, TOLERANCE
@@ -391,6 +393,51 @@ def test_large_logits(dtype):
     exact_loss, exact_grad = exact_cross_entropy(logits, target, reduction="none", engine="mpmath-50")
     assert error_stats(loss, exact_loss, dtype)["max_ulp"] <= LOSS_ULP[dtype]
     assert error_stats(grad, exact_grad, dtype)["max_ulp"] <= GRAD_ULP[dtype]
+
+
+def test_reductions_add_the_row_losses_within_a_log_depth_bound():
+    # "sum" and "mean" add the float64 row losses in the kernel (``_rows.chunked_sum``:
+    # chunks of SUM_CHUNK in 4 x 8 lanes, at most 8 + 5 additions per term, then the chunk
+    # sums pairwise, ceil(log2(chunks)) more); all terms are positive, so the error is at most
+    # depth * u of the sum.  A lost or doubled chunk would be off by a whole chunk.
+    rows = 16 * SUM_CHUNK + 3  # 17 chunks, the last one short
+    logits = _random((rows, 7), np.float64)
+    labels = _labels(rows, 7)
+    losses = cross_entropy(logits, labels, reduction="none")
+    exact_total = math.fsum(losses.tolist())
+    depth = 8 + 5 + math.ceil(math.log2(17))
+    assert abs(float(cross_entropy(logits, labels, reduction="sum")) - exact_total) <= depth * 2.0**-53 * exact_total
+    mean = float(cross_entropy(logits, labels, reduction="mean"))
+    assert abs(mean - exact_total / rows) <= (depth + 1) * 2.0**-53 * exact_total / rows
+    # a non-finite row loss reaches the sum
+    logits[5, labels[5]] = -np.inf
+    assert cross_entropy(logits, labels, reduction="sum") == np.inf
+    logits[6, 0] = np.nan
+    assert np.isnan(cross_entropy(logits, labels, reduction="mean"))
+
+
+@pytest.mark.parametrize("length", [0, 1, SUM_CHUNK - 1, SUM_CHUNK, SUM_CHUNK + 1, 5 * SUM_CHUNK + 7])
+def test_chunked_sum_matches_an_exact_sum_and_leaves_its_input(length):
+    values = np.random.default_rng(length).random(length)
+    before = values.copy()
+    total = chunked_sum(values)
+    np.testing.assert_array_equal(values, before)
+    assert abs(total - math.fsum(values.tolist())) <= 16 * 2.0**-53 * math.fsum(values.tolist())
+
+
+def test_label_scan_counts_the_rows_not_ignored():
+    labels = np.array([[0, -100, 3], [-100, 2, 1]], dtype=np.int32)
+    checked, kept = check_class_indices_counted("target", labels, (2, 3), 4, -100)
+    assert kept == 4 and checked.dtype == np.int64
+    np.testing.assert_array_equal(checked, labels)
+    assert check_class_indices_counted("target", np.abs(labels) % 4, (2, 3), 4, -100)[1] == 6
+    assert check_class_indices_counted("target", np.abs(labels) % 4, (2, 3), 4, 0)[1] == 3  # its three 0s ignored
+    with pytest.raises(ValueError, match=r"got -100 at row \(0, 1\)"):
+        check_class_indices_counted("target", labels, (2, 3), 4, 0)
+    # the mean divides by the rows kept
+    logits = _random((2, 3, 4), np.float64)
+    mean = cross_entropy(logits, labels, reduction="mean")
+    np.testing.assert_allclose(mean, cross_entropy(logits, labels, reduction="sum") / 4, rtol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
