@@ -109,7 +109,7 @@ def check_real_scalar(name: str, value, *, minimum=None, maximum=None, include_m
         else:
             kind = "an integer" if integer else "a real number"
             raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
-    if integer and not isinstance(value, numbers.Integral):
+    if integer and type(value) is not int and not isinstance(value, numbers.Integral):
         if not float(value).is_integer():
             raise ValueError(f"{name} must be an integer, got {value!r}")
     try:

@@ -184,7 +184,8 @@ def run_loss_kernel(kernel, rows, args, write, reduction, denominator, shape):
     dtype; ``shape`` is the logits' shape (the batch's is ``shape[:-1]``).
     """
     block = block_length(rows.dtype.itemsize)
-    split = rows.shape[0] < 2 * numba.get_num_threads() and rows.shape[1] > block
+    # the thread count (about 5 us after a large kernel) only when it decides
+    split = rows.shape[1] > block and rows.shape[0] < 2 * numba.get_num_threads()
     if write:
         grad = np.empty_like(rows)
     else:
@@ -486,7 +487,8 @@ def _index_row(logits, args, grad, row_loss, i, write):
     (measured side by side, 1 and 2 threads).
     """
     target, weight, row_scale, ignore_index, smoothing, weighted, weight_total, margin, smooth_hinge = args
-    if target[i] == ignore_index:
+    label = target[i]
+    if label == ignore_index:
         return False
     values = logits[i]
     classes = values.shape[0]
@@ -494,13 +496,25 @@ def _index_row(logits, args, grad, row_loss, i, write):
     largest, total = max_sum_exp_stored(values, destination)
     if not math.isfinite(largest):
         return False
+    if smoothing == 0.0 and not weighted and not smooth_hinge:
+        # the default options, spelled out: the general expressions below with tw = onehot(y),
+        # TW = 1 and no uniform part, which they give exactly (2.5-3% faster at 4096 x 1000
+        # float32, measured; a shift of 0 known here saves the gradient loop its branch)
+        row_loss[i] = (largest - np.float64(values[label])) + math.log1p(total)
+        if write:
+            scale = upstream_at(row_scale, i)
+            # dL/dz_j = g a_j (j != y), g (a_y - 1);  a_y - 1 + 0.0: the general expression's +0
+            # for a row whose T is 0
+            scale_shift_in_place(destination, scale / (1.0 + total), 0.0, 0.0)
+            grad[i, label] = scale * (target_minus_one(destination, values[label], largest, total) + 0.0)
+        return True
     gaps = _gap_sums(values, weight[0:classes], largest, weighted)[0] if smoothing != 0.0 else 0.0
     loss, target_total, factor = _index_finite_loss(logits, args, i, largest, total, gaps)
     row_loss[i] = loss
     if write:
         scale = upstream_at(row_scale, i) * factor
         _index_finite_gradient_inline(logits, args, destination, 0, total, target_total, scale, 1.0)
-        grad[i, target[i]] = _index_target_gradient(logits, args, destination, i, largest, total, target_total, scale)
+        grad[i, label] = _index_target_gradient(logits, args, destination, i, largest, total, target_total, scale)
     return True
 
 
@@ -699,13 +713,13 @@ def _logit_rows(logits):
 
 def reduce_row_losses(row_loss, total, reduction, denominator, batch_shape, dtype):
     """The loss from float64 per-row losses and their sum ``total``: "none" (rounded to
-    ``dtype``), "sum", or "mean" over ``denominator`` (0 when the denominator is 0: the mean
-    over nothing)."""
+    ``dtype``, a numpy dtype), "sum", or "mean" over ``denominator`` (0 when the denominator
+    is 0: the mean over nothing)."""
     if reduction == "none":
         return row_loss.astype(dtype).reshape(batch_shape)
     if reduction == "sum":
-        return np.dtype(dtype).type(total)
-    return np.dtype(dtype).type(total / denominator if denominator != 0 else 0.0)
+        return dtype.type(total)
+    return dtype.type(total / denominator if denominator != 0 else 0.0)
 
 
 def row_scales(grad_output, reduction, denominator, batch_shape):

@@ -252,7 +252,7 @@ def _margin_rows(logits, targets, target_high, target_low, target_slopes, upstre
     """
     rows_count, classes = logits.shape
     block = block_length(logits.itemsize)
-    split = rows_count < 2 * numba.get_num_threads() and classes > block
+    split = classes > block and rows_count < 2 * numba.get_num_threads()
     losses = np.empty(rows_count)
     target_gradients = np.empty(rows_count)
     if with_gradient:

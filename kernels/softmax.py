@@ -225,7 +225,8 @@ _log_softmax_backward_kernel = make_row_kernel(
 def _run(kernel, a, b, out):
     """Call a row kernel, sharing rows between threads when rows are fewer than threads."""
     block = block_length(a.dtype.itemsize)
-    split = a.shape[0] < 2 * numba.get_num_threads() and a.shape[1] > block
+    # the thread count (about 5 us after a large kernel) only when it decides
+    split = a.shape[1] > block and a.shape[0] < 2 * numba.get_num_threads()
     kernel(a, b, out, block, split)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from softmaxlab.kernels._config import block_length
 from softmaxlab.kernels._rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
 from softmaxlab.kernels._validation import check_class_indices_counted
 from softmaxlab.kernels.cross_entropy import reduce_scaled
+
+_module = sys.modules["softmaxlab.kernels.cross_entropy"]  # the name alone is the function
 
 from ._shared import DTYPES, TOLERANCE
 from ._shared import LOSS_SHAPES as SHAPES
@@ -393,6 +396,51 @@ def test_large_logits(dtype):
     exact_loss, exact_grad = exact_cross_entropy(logits, target, reduction="none", engine="mpmath-50")
     assert error_stats(loss, exact_loss, dtype)["max_ulp"] <= LOSS_ULP[dtype]
     assert error_stats(grad, exact_grad, dtype)["max_ulp"] <= GRAD_ULP[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
+    # make_loss_kernel's contract: a row of one block computed in one piece (_index_row, with
+    # its shortcut for the default options) gives the block functions' results bit for bit,
+    # signed zeros included.  Rows: ordinary, a dominant target (tiny T), a target whose
+    # rivals are all -inf (T = 0, a_y - 1 = -0), a -inf target, a +inf (never fused), ignored.
+    classes = 9
+    logits = _random((8, classes), dtype)
+    logits[1, 3] = 60.0
+    logits[2, :] = -np.inf
+    logits[2, 4] = 1.5
+    logits[3, 0] = -np.inf
+    logits[4, 5] = np.inf
+    labels = np.array([1, 3, 4, 0, 2, -100, 7, 8])
+    rows = logits.shape[0]
+    blocks_only = _module.make_loss_kernel(_module._reduce_index, _module._merge_index, _module._write_index, 5)
+    block = block_length(np.dtype(dtype).itemsize)
+    weight = np.linspace(0.5, 2.0, classes)
+    cases = [  # (weight, smoothing, weighted, margin, smooth_hinge, row_scale)
+        (np.ones(1), 0.0, False, 0.0, False, np.array([0.125])),
+        (np.ones(1), 0.0, False, 0.0, False, np.linspace(-1.0, 2.0, rows)),
+        (np.ones(1), 0.1, False, 0.0, False, np.array([1.0])),
+        (weight, 0.0, True, 0.0, False, np.array([1.0])),
+        (weight, 0.3, True, 0.0, False, np.array([0.5])),
+        (np.ones(1), 0.0, False, 0.5, True, np.array([1.0])),
+    ]
+    for class_weight, smoothing, weighted, margin, smooth_hinge, row_scale in cases:
+        weight_total = float(np.sum(class_weight)) if weighted else float(classes)
+        args = (labels, class_weight, row_scale, np.int64(-100), smoothing, weighted, weight_total, margin,
+                smooth_hinge)
+        for write in (True, False):
+            outputs = []
+            for kernel in (_module._index_kernel, blocks_only):
+                grad = np.empty_like(logits) if write else np.empty((4, classes), dtype=dtype)
+                row_loss = np.empty(rows)
+                total = kernel(logits, args, grad, row_loss, block, False, write)
+                outputs.append((row_loss, total, grad if write else None))
+            (fused_loss, fused_total, fused_grad), (block_loss, block_total, block_grad) = outputs
+            np.testing.assert_array_equal(fused_loss.view(np.uint64), block_loss.view(np.uint64))
+            assert np.float64(fused_total).view(np.uint64) == np.float64(block_total).view(np.uint64)
+            if write:
+                bits = np.uint32 if dtype == np.float32 else np.uint64
+                np.testing.assert_array_equal(fused_grad.view(bits), block_grad.view(bits))
 
 
 def test_reductions_add_the_row_losses_within_a_log_depth_bound():
