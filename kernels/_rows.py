@@ -365,12 +365,7 @@ def chunked_sum(values):
     """Sum of a 1-D float64 array (not modified): chunks of ``SUM_CHUNK`` in 4 x 8 lanes, then
     the chunk sums pairwise, so a term passes through O(log n) additions (NumPy's pairwise
     ``np.sum`` has the same order of error)."""
-    chunks = (values.shape[0] + SUM_CHUNK - 1) // SUM_CHUNK
-    if chunks <= 1:
-        total = 0.0
-        for j in range(values.shape[0]):
-            total += values[j]
-        return total
+    chunks = max(1, (values.shape[0] + SUM_CHUNK - 1) // SUM_CHUNK)
     terms = np.empty(chunks)
     for k in range(chunks):
         chunk = values[k * SUM_CHUNK : (k + 1) * SUM_CHUNK]

@@ -140,23 +140,24 @@ def check_reduction(name: str, reduction) -> str:
 def check_grad_output(name: str, grad_output, reduction: str, shape: tuple) -> np.ndarray:
     """The upstream gradient of a loss as float64: a real scalar for "mean"/"sum", an
     array of the unreduced loss' ``shape`` (or a scalar, broadcast) for "none"."""
-    if type(grad_output) in (float, int):  # the common case, before the ABC checks below
-        value = float(grad_output)
-        return np.full(tuple(shape), value) if reduction == "none" else np.asarray(value)
-    if isinstance(grad_output, np.ndarray) and grad_output.ndim > 0:
-        if reduction != "none":
-            raise ValueError(
-                f"{name} must be a scalar for reduction={reduction!r}, got an array of shape {grad_output.shape}"
+    # float and int go straight to the end, before the checks against numbers.Real (ABC machinery)
+    if type(grad_output) not in (float, int):
+        if isinstance(grad_output, np.ndarray) and grad_output.ndim > 0:
+            if reduction != "none":
+                raise ValueError(
+                    f"{name} must be a scalar for reduction={reduction!r}, got an array of shape {grad_output.shape}"
+                )
+            if grad_output.dtype.kind not in "iuf" or grad_output.dtype == np.float16:
+                raise TypeError(f"{name} must have a float32 or float64 dtype, got {grad_output.dtype}")
+            if grad_output.shape != tuple(shape):
+                raise ValueError(f"{name} must have the loss' shape {tuple(shape)}, got {grad_output.shape}")
+            return grad_output.astype(np.float64)
+        if isinstance(grad_output, (bool, np.bool_)) or not isinstance(grad_output, (numbers.Real, np.ndarray)):
+            raise TypeError(f"{name} must be a real number or a numpy.ndarray, got {type(grad_output).__name__}")
+        if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "iuf":
+            raise TypeError(
+                f"{name} must be a real number or a numpy.ndarray, got a 0-d array of dtype {grad_output.dtype}"
             )
-        if grad_output.dtype.kind not in "iuf" or grad_output.dtype == np.float16:
-            raise TypeError(f"{name} must have a float32 or float64 dtype, got {grad_output.dtype}")
-        if grad_output.shape != tuple(shape):
-            raise ValueError(f"{name} must have the loss' shape {tuple(shape)}, got {grad_output.shape}")
-        return grad_output.astype(np.float64)
-    if isinstance(grad_output, (bool, np.bool_)) or not isinstance(grad_output, (numbers.Real, np.ndarray)):
-        raise TypeError(f"{name} must be a real number or a numpy.ndarray, got {type(grad_output).__name__}")
-    if isinstance(grad_output, np.ndarray) and grad_output.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a real number or a numpy.ndarray, got a 0-d array of dtype {grad_output.dtype}")
     value = float(grad_output)
     return np.full(tuple(shape), value) if reduction == "none" else np.asarray(value)
 
@@ -165,17 +166,13 @@ def check_grad_output(name: str, grad_output, reduction: str, shape: tuple) -> n
 # (appended for cross_entropy, distillation_loss, the sigmoid and the classic losses)
 
 
-def check_class_indices_or_ignored(name: str, target, shape: tuple, classes: int, ignore_index: int) -> np.ndarray:
-    """As :func:`check_class_indices`, but labels equal to ``ignore_index`` are allowed too.
-
-    Returns C-contiguous int64; the first label that is neither in ``[0, classes)`` nor
-    ``ignore_index`` is reported with its value and its row.
-    """
-    return check_class_indices_counted(name, target, shape, classes, ignore_index)[0]
-
-
 def check_class_indices_counted(name: str, target, shape: tuple, classes: int, ignore_index: int):
-    """:func:`check_class_indices_or_ignored` and the number of labels not ignored, from one scan."""
+    """As :func:`check_class_indices`, but labels equal to ``ignore_index`` are allowed too;
+    also counts the labels not ignored (one compiled scan).
+
+    Returns (C-contiguous int64 labels, count); the first label that is neither in
+    ``[0, classes)`` nor ``ignore_index`` is reported with its value and its row.
+    """
     if not isinstance(target, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray of integer class indices (or of float class probabilities), "

@@ -32,6 +32,7 @@ from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._rows import SUM_CHUNK, pairwise_sum
 from ._validation import check_class_indices, check_real_scalar, check_reduction
 from .cross_entropy import (
+    _NO_WEIGHT,
     _index_kernel,
     _logit_rows,
     fill,
@@ -214,7 +215,7 @@ def _smooth_hinge(logits, target, margin, reduction, grad_output, write):
     scale = row_scales(grad_output, reduction, denominator, batch_shape)
     # the class-index cross-entropy kernel in its smooth-hinge mode: no weights, no smoothing,
     # no row ignored (-1 is never a valid label)
-    args = (labels, np.ones(1), scale, np.int64(-1), 0.0, False, float(rows.shape[1]), margin, True)
+    args = (labels, _NO_WEIGHT, scale, np.int64(-1), 0.0, False, float(rows.shape[1]), margin, True)
     return run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
 
 
