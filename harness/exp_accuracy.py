@@ -8,8 +8,9 @@
   reference carries 29 more bits than float32, so the measured error in float32 ULPs is
   exact to within 2**-28 ULP.  The inputs outside that range are checked to give
   exactly 0 and inf, and NaN to give NaN.  The kernels' form
-  ``exp32_difference_floored(x, 0)`` is checked to equal ``exp32(x)`` bit for bit for
-  every float32 x <= 0.
+  ``exp32_difference_floored(x, 0)``, and the explicit vector loop of the float32 rows
+  (``store_exp32_floored``, ``_vector.row_exp32_store``), are checked to equal
+  ``exp32(x)`` bit for bit for every float32 x <= 0.
 * float64 (``exp64``): 10**8 uniform random inputs over the whole finite, non-zero
   range, 10**7 more in [-1, 1], and the ends of the range, against exp computed in
   x87 extended precision (``np.longdouble``, 64-bit significand; 11 more bits than
@@ -32,6 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from softmaxlab.kernels._exp import exp32, exp32_difference_floored, exp32_wide, exp64, exp64_difference_floored
+from softmaxlab.kernels._rows import store_exp32_floored
 
 FLOAT32_EXP_BOUND_ULP = 1.0  # exp32, float32 arithmetic: SLEEF's u10 level (measured 0.87)
 FLOAT32_WIDE_EXP_BOUND_ULP = 0.51  # exp32_wide: float64 evaluation rounded once
@@ -49,13 +51,22 @@ def _ulp32(value):
 FLOAT32_FUNCTIONS = ("exp32", "exp32_wide")
 
 
+@njit(cache=False)
+def _vector_exp32(values):
+    """The float32 rows' vector loop over ``values`` (x - 0, so exp(x) for x <= 0)."""
+    out = np.empty_like(values)
+    store_exp32_floored(values, np.float32(0.0), out)
+    return out
+
+
 @njit(parallel=True, cache=False)
-def _sweep_float32_chunk(bits):
+def _sweep_float32_chunk(bits, vector):
     """Per function (max ULP error, its input), count in range, wrong specials, kernel mismatches.
 
     Over float32 bit patterns: ``exp32`` (float32 arithmetic) and ``exp32_wide`` (float64
     evaluation rounded once) against libm's float64 exp; and, for every x <= 0, whether
-    the kernels' form ``exp32_difference_floored(x, 0)`` equals ``exp32(x)`` bit for bit.
+    the kernels' forms, ``exp32_difference_floored(x, 0)`` and ``vector`` (the vector
+    loop's results), equal ``exp32(x)`` bit for bit.
     """
     count = bits.shape[0]
     errors = np.zeros((2, count))
@@ -69,7 +80,7 @@ def _sweep_float32_chunk(bits):
         wide = exp32_wide(x)
         if x <= 0.0:
             kernel = exp32_difference_floored(x, np.float32(0.0))
-            mismatch[index] = 0 if kernel == ours else 1
+            mismatch[index] = 0 if (kernel == ours and vector[index] == ours) else 1
         if x != x:
             wrong_special[index] = 0 if (ours != ours and wide != wide) else 1
             continue
@@ -101,7 +112,7 @@ def sweep_float32(stride: int = 1, chunk_bits: int = 1 << 24, progress=None):
     starts = range(0, 1 << 32, chunk_bits)
     for start in starts if progress is None else progress(starts):
         bits = np.arange(start, min(start + chunk_bits, 1 << 32), stride, dtype=np.uint64).astype(np.uint32)
-        errors, at, in_range, wrong_special, mismatch = _sweep_float32_chunk(bits)
+        errors, at, in_range, wrong_special, mismatch = _sweep_float32_chunk(bits, _vector_exp32(bits.view(np.float32)))
         checked += int(in_range)
         wrong += int(wrong_special)
         mismatches += int(mismatch)
@@ -230,7 +241,7 @@ def run(args) -> int:
     )
     print(table.to_markdown(index=False))
     print(f"longdouble reference vs mpmath (50 digits): max {reference_check:.4f} float64 ULP on 2000 samples")
-    print(f"kernels' exp32_difference_floored(x, 0) != exp32(x) for {f32['kernel_mismatches']} inputs x <= 0")
+    print(f"kernels' exp32_difference_floored(x, 0) or vector loop != exp32(x) for {f32['kernel_mismatches']} inputs x <= 0")
     print(f"kernels' exp64_difference_floored(x, 0) != exp64(x) for {f64['kernel_mismatches']} sampled x <= 0")
     table.to_csv(args.out, index=False)
     print(f"wrote {args.out}")

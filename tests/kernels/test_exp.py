@@ -151,14 +151,15 @@ def test_exp_loops_vectorize_and_call_no_libm(dtype):
 
 
 def test_kernel_hot_loops_vectorize():
-    # the sum of exponentials (both dtypes, with and without the store) and the max
+    # the sum of exponentials (both dtypes, with and without the store) and the max of
+    # strided rows (contiguous rows: tests/kernels/test_vector.py)
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
         _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row))
         _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
-        _rows.block_max(row)
+        _rows._strided_max(row[::2])
     flavours = (_rows.store_exp_sum, _rows.exp_sum_minus_one)
-    loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows.block_max]
+    loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows._strided_max]
     compiled = 0
     for function in loops:
         for signature in function.signatures:

@@ -1,0 +1,152 @@
+"""Tests for kernels/_vector.py: the explicit vector loops of the row max and of the float32
+rows' exponentials, against NumPy and the scalar forms that strided rows keep (bit for
+bit), and their code (one max per vector; ``vscalefps`` on AVX-512)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from softmaxlab.kernels import _rows
+from softmaxlab.kernels._config import REDUCTION_FASTMATH
+from softmaxlab.kernels._exp import exp32_difference_floored
+from softmaxlab.kernels._vector import VECTOR_BYTES, _has_avx512
+
+
+@njit(cache=False)
+def _block_max(values):
+    return _rows.block_max(values)
+
+
+@njit(cache=False)
+def _block_max_of_row(x, i, start, stop):
+    return _rows.block_max(x[i, start:stop])
+
+
+def _reference(values):
+    return -np.inf if np.all(np.isnan(values)) else float(np.nanmax(values))
+
+
+# every length around the vector, the four-vector group and the masked tail, for both lanes counts
+_LENGTHS = list(range(0, 2 * VECTOR_BYTES // 4 + 2)) + [127, 128, 129, 1000, 4097]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_skips_nan_and_matches_numpy_at_every_length(dtype):
+    rng = np.random.default_rng(7)
+    for length in _LENGTHS:
+        patterns = {"normal": (rng.standard_normal(length) * 10).astype(dtype)}
+        if length:
+            with_nan = patterns["normal"].copy()
+            with_nan[rng.integers(0, length, 3)] = np.nan
+            largest_last = patterns["normal"].copy()
+            largest_last[-1] = 1e30  # the masked tail holds the max
+            largest_first = patterns["normal"].copy()
+            largest_first[0] = 1e30
+            patterns.update(
+                with_nan=with_nan,
+                all_nan=np.full(length, np.nan, dtype),
+                all_minus_inf=np.full(length, -np.inf, dtype),
+                plus_inf=np.where(np.arange(length) == length // 2, np.inf, patterns["normal"]).astype(dtype),
+                largest_last=largest_last,
+                largest_first=largest_first,
+            )
+        for name, values in patterns.items():
+            before = values.copy()
+            assert _block_max(values) == _reference(values), (length, name)
+            # the strided view takes the maxnum loop: the same answer
+            assert _block_max(values[::2]) == _reference(values[::2]), (length, name)
+            np.testing.assert_array_equal(values, before)
+
+
+def test_row_max_of_a_slice_reads_only_the_slice():
+    # the masked tail must not read (or take the max of) the elements after the slice
+    x = np.full((3, 300), 5.0, np.float32)
+    x[1, :77] = np.arange(77, dtype=np.float32) - 100.0
+    for stop in range(1, 77):
+        assert _block_max_of_row(x, 1, 0, stop) == stop - 101.0
+        assert _block_max_of_row(x, 1, stop - 1, stop) == stop - 101.0
+
+
+def test_contiguous_rows_compile_to_one_max_per_vector():
+    row = np.linspace(-3, 0, 300).astype(np.float32)
+    _block_max(row)
+    assembly = _block_max.inspect_asm(_block_max.signatures[0])
+    assert "vmaxps" in assembly or "maxps" in assembly
+    # no NaN test per vector (the maxnum loop's vcmpunordps): NaN fails the comparison instead
+    assert "unord" not in assembly
+    strided = _rows._strided_max
+    _block_max(row[::2])
+    assert any("unord" in strided.inspect_asm(signature) for signature in strided.signatures)
+
+
+@njit(cache=False)
+def _vector_exponentials(values, largest, out):
+    _rows.store_exp32_floored(values, largest, out)
+
+
+@njit(cache=False)
+def _scalar_exponentials(values, largest, out):
+    for j in range(values.shape[0]):
+        out[j] = exp32_difference_floored(values[j], largest)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _stored_in_a_reassociating_caller(rows, largest, out):
+    # the cross-entropy and softmax path: the loop inlined into code compiled with reassoc
+    for i in range(rows.shape[0]):
+        _rows.store_exp_sum(rows[i], 1.0, largest[i], out[i])
+
+
+def _bits(values):
+    return values.view(np.int32)
+
+
+@pytest.mark.parametrize("largest", [0.0, 1.5, -3.25, 88.0, -1e5, 7e-3, 2.0**20, -(2.0**20) + 0.5])
+def test_exp_store_equals_the_scalar_exponential_bit_for_bit(largest):
+    rng = np.random.default_rng(int(abs(largest) * 4) + 1)
+    largest = np.float32(largest)
+    for length in _LENGTHS:
+        # from ties and near-ties to far below the underflow
+        spread = rng.choice(np.array([1e-6, 1.0, 30.0, 200.0], np.float32), length)
+        values = (largest - np.abs(rng.standard_normal(length)).astype(np.float32) * spread).astype(np.float32)
+        if length > 3:
+            values[:3] = [-np.inf, np.nan, largest]
+        before = values.copy()
+        vector, scalar = np.empty_like(values), np.empty_like(values)
+        _vector_exponentials(values, largest, vector)
+        _scalar_exponentials(values, largest, scalar)
+        np.testing.assert_array_equal(_bits(vector), _bits(scalar))
+        np.testing.assert_array_equal(_bits(values), _bits(before))
+        # a strided row keeps the scalar loop
+        strided = np.full(2 * length, np.float32(7.0))
+        _vector_exponentials(values[::-1][::-1], largest, strided[::2])
+        np.testing.assert_array_equal(_bits(strided[::2]), _bits(scalar))
+        np.testing.assert_array_equal(strided[1::2], 7.0)
+
+
+def test_exp_store_keeps_its_rounding_inside_a_reassociating_caller():
+    # Numba gives its fastmath flags to every float instruction without flags, an
+    # intrinsic's included: with reassoc the two_sum folded and e_j moved by several ULP
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((32, 1000)) * 3).astype(np.float32)
+    largest = rows.max(axis=1).astype(np.float64)
+    stored, scalar = np.empty_like(rows), np.empty_like(rows)
+    _stored_in_a_reassociating_caller(rows, largest, stored)
+    for i in range(rows.shape[0]):
+        _scalar_exponentials(rows[i], np.float32(largest[i]), scalar[i])
+    np.testing.assert_array_equal(_bits(stored), _bits(scalar))
+
+
+def test_exp_store_scales_by_scalef_on_avx512_and_calls_no_libm():
+    values = np.linspace(-3, 0, 300).astype(np.float32)
+    _vector_exponentials(values, np.float32(0.0), np.empty_like(values))
+    assembly = _vector_exponentials.inspect_asm(_vector_exponentials.signatures[0])
+    assert "exp@" not in assembly and "callq\texp" not in assembly
+    from numba.core.registry import cpu_target
+
+    if _has_avx512(cpu_target.target_context):
+        assert "vscalefps" in assembly and "zmm" in assembly
+    else:
+        assert "vscalefps" not in assembly
