@@ -150,3 +150,24 @@ def test_exp_store_scales_by_scalef_on_avx512_and_calls_no_libm():
         assert "vscalefps" in assembly and "zmm" in assembly
     else:
         assert "vscalefps" not in assembly
+
+
+def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkeypatch):
+    # the loop for targets without AVX-512 (2**(k + 64) built from integer bits, then 2**-64)
+    from softmaxlab.kernels import _vector
+
+    monkeypatch.setattr(_vector, "_has_avx512", lambda context: False)
+
+    @njit(cache=False)
+    def portable(values, largest, out):
+        _vector.row_exp32_store(values, largest, out)
+
+    rng = np.random.default_rng(11)
+    for largest in (np.float32(0.0), np.float32(-7.5), np.float32(3e4)):
+        values = (largest - np.abs(rng.standard_normal(1037)).astype(np.float32) * 60).astype(np.float32)
+        values[:2] = [-np.inf, np.nan]
+        got, expected = np.empty_like(values), np.empty_like(values)
+        portable(values, largest, got)
+        _scalar_exponentials(values, largest, expected)
+        np.testing.assert_array_equal(_bits(got), _bits(expected))
+    assert "vscalefps" not in portable.inspect_asm(portable.signatures[0])
