@@ -35,6 +35,8 @@ per process, and the test suite reports that time.
 
 from __future__ import annotations
 
+import numba
+
 # Options of every @njit: ``@njit(fastmath=..., **JIT_OPTIONS)``.
 JIT_OPTIONS = {"cache": False, "error_model": "numpy"}
 
@@ -53,3 +55,15 @@ BLOCK_BYTES = 32 * 1024
 def block_length(itemsize: int) -> int:
     """Number of elements of one block for an element size in bytes."""
     return BLOCK_BYTES // itemsize
+
+
+def block_schedule(rows: int, classes: int, itemsize: int) -> tuple[int, bool]:
+    """(block length, split): whether a row kernel shares each row's blocks between threads.
+
+    Rows are split when they are longer than a block and fewer than twice the threads
+    (otherwise whole rows are shared).  Splitting changes the schedule, not the blocks, so
+    results stay bit-identical.  The thread count is asked only when a row is longer than
+    a block: right after a large kernel, ``numba.get_num_threads()`` costs about 5 us.
+    """
+    block = block_length(itemsize)
+    return block, classes > block and rows < 2 * numba.get_num_threads()

@@ -63,7 +63,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_schedule
 from ._exp import exp64_pair, two_sum
 from ._rows import (
     SUM_CHUNK,
@@ -183,9 +183,7 @@ def run_loss_kernel(kernel, rows, args, write, reduction, denominator, shape):
     The loss is reduced as ``reduction`` asks (``reduce_row_losses``) and has the logits'
     dtype; ``shape`` is the logits' shape (the batch's is ``shape[:-1]``).
     """
-    block = block_length(rows.dtype.itemsize)
-    # the thread count (about 5 us after a large kernel) only when it decides
-    split = rows.shape[1] > block and rows.shape[0] < 2 * numba.get_num_threads()
+    block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
     if write:
         grad = np.empty_like(rows)
     else:

@@ -48,12 +48,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_schedule
 from ._exp import exp64_pair, exp_f32_wide, two_sum
 from ._rows import SUM_CHUNK, block_max, cast_like, fma, make_row_kernel, maxnum, pairwise_sum
 from ._validation import (
@@ -251,8 +250,7 @@ def _margin_rows(logits, targets, target_high, target_low, target_slopes, upstre
     ``out``, which may be ``logits`` itself) and dL/dz_y per row (float64).
     """
     rows_count, classes = logits.shape
-    block = block_length(logits.itemsize)
-    split = classes > block and rows_count < 2 * numba.get_num_threads()
+    block, split = block_schedule(rows_count, classes, logits.itemsize)
     losses = np.empty(rows_count)
     target_gradients = np.empty(rows_count)
     if with_gradient:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
 from ._exp import exp64_pair, two_sum
 from ._rows import (
     exp_for,
@@ -224,9 +223,7 @@ _log_softmax_backward_kernel = make_row_kernel(
 
 def _run(kernel, a, b, out):
     """Call a row kernel, sharing rows between threads when rows are fewer than threads."""
-    block = block_length(a.dtype.itemsize)
-    # the thread count (about 5 us after a large kernel) only when it decides
-    split = a.shape[1] > block and a.shape[0] < 2 * numba.get_num_threads()
+    block, split = block_schedule(a.shape[0], a.shape[1], a.dtype.itemsize)
     kernel(a, b, out, block, split)
     return out
 
