@@ -10,7 +10,7 @@ Both for a general number of classes (``n``, ``C``) and any feature dimension.
 References: F. Wang, X. Xiang, J. Cheng, A. L. Yuille, "NormFace: L2 Hypersphere
 Embedding for Face Verification", 2017, Proposition 2 and its proof (appendix);
 H. Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", 2018,
-section 3.4; seed 004.
+section 3.4.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ softmax loss cannot go below a floor that depends only on $\\ell$ and the number
 classes $n$ (NormFace).  So the normalized logits must be scaled; CosFace turns the same
 argument into a minimum scale $s$ for a desired class-centre posterior $P_W$.  Every step
 is checked for a general $n$ (sums with a symbolic number of terms) and a general feature
-dimension; the seed's figures are checked as a numeric example.
+dimension; NormFace's own figures are checked as a numeric example.
 """
 
 n = sp.Symbol("n", integer=True, positive=True)  # classes (n >= 2 where divided by n - 1)
@@ -122,7 +122,7 @@ def _jensen_by_tangent_lines(proof, function, variable, values, count, index, ma
 
 @derivation(FAMILY, "normface-lower-bound",
             "NormFace: with |W_i| = |f| = l and balanced classes, L >= log(1 + (n - 1) exp(-n l^2 / (n - 1)))",
-            reference="Wang et al. 2017 (NormFace), Proposition 2; seed 004", scope=proven_for("n", "D"))
+            reference="Wang et al. 2017 (NormFace), Proposition 2", scope=proven_for("n", "D"))
 def normface_lower_bound(proof):
     loss_symbol = sp.Symbol("L")
     proof.state(sp.GreaterThan(loss_symbol, normface_bound(), evaluate=False),
@@ -207,7 +207,7 @@ def normface_lower_bound(proof):
 
 @derivation(FAMILY, "normface-bound-attained",
             "NormFace's bound is attained on the regular simplex (W_i . W_j = -l^2/(n - 1), needs D >= n - 1)",
-            reference="Wang et al. 2017 (NormFace), proof of Proposition 2; seed 004 (等号成立的条件)",
+            reference="Wang et al. 2017 (NormFace), proof of Proposition 2 (when the bound is attained)",
             scope=proven_for("n"))
 def normface_bound_attained(proof):
     proof.state(eq(label("L_{simplex}"), normface_bound()),
@@ -237,24 +237,24 @@ def normface_bound_attained(proof):
     proof.require_identity("the loss (1/n) sum_i log(1 + ...) equals the bound",
                            linearize_sums(loss), normface_bound(), display=eq(label("L_{simplex}"), loss))
     proof.note("The regular simplex needs $D \\ge n - 1$: with more classes than dimensions the "
-               "bound is not attained (seed 004).  It is still a floor.")
+               "bound is not attained.  It is still a floor.")
     proof.closed_form(closed_forms.get("normface_lower_bound"))
 
 
-@derivation(FAMILY, "normface-seed-figures",
+@derivation(FAMILY, "normface-figures",
             "NormFace's figures: floor 8.27 at n = 10575, l = 1; e/(e + (n - 1)/e) = 0.45 (n = 10), 0.007 (n = 1000)",
-            reference="seed 004 (CASIA-WebFace n = 10575); Wang et al. 2017, section 3.3",
-            scope=f"{CHECKED_FIXED} (numeric example: the seed's figures)")
-def normface_seed_figures(proof):
+            reference="Wang et al. 2017 (NormFace), section 3.3; Yi et al. 2014 (CASIA-WebFace, n = 10575)",
+            scope=f"{CHECKED_FIXED} (numeric example: NormFace's figures)")
+def normface_figures(proof):
     floor = normface_bound(sp.Integer(10575), sp.Integer(1))
     proof.state("\\log\\big(1 + 10574\\, e^{-10575/10574}\\big) \\approx 8.27,\\quad "
                 "\\frac{e}{e + 9/e} \\approx 0.45,\\quad \\frac{e}{e + 999/e} \\approx 0.007",
-                "the seed's figures, rounded as the seed prints them; evaluated here to 30 digits")
+                "the paper's figures, rounded as the paper prints them; evaluated here to 30 digits")
     value = sp.N(floor, 30)
     if round(float(value), 2) != 8.27:
         proof.fail("the floor at n = 10575, l = 1 is not 8.27", sp.sstr(value))
-    proof.approximately("the floor at n = 10575 (CASIA-WebFace), l = 1 rounds to 8.27 (the seed: the loss "
-                        "falls from about 9.27 to 8.50, already near this floor)", floor, 8,
+    proof.approximately("the floor at n = 10575 (CASIA-WebFace), l = 1 rounds to 8.27 (a softmax loss on "
+                        "normalized features that stalls near 8.5 is already near this floor)", floor, 8,
                         "evaluated to 30 digits, rounded to 2 decimals")
     for classes, expected, digits in ((10, 0.45, 2), (1000, 0.007, 3)):
         probability = sp.E / (sp.E + (classes - 1) / sp.E)
@@ -269,7 +269,7 @@ def normface_seed_figures(proof):
 
 @derivation(FAMILY, "cosface-scale-bound",
             "CosFace: a class-centre posterior of at least P_W needs s >= (C - 1)/C log((C - 1) P_W / (1 - P_W))",
-            reference="Wang et al. 2018 (CosFace), section 3.4, eq. (9); seed 004", scope=proven_for("C"))
+            reference="Wang et al. 2018 (CosFace), section 3.4, eq. (9)", scope=proven_for("C"))
 def cosface_scale_bound(proof):
     proof.state(sp.GreaterThan(s, cosface_minimum_scale(), evaluate=False),
                 "$C \\ge 2$ classes, unit weights and features, logits $s\\,W_j\\cdot f$; every class centre "
@@ -312,6 +312,6 @@ def cosface_scale_bound(proof):
 DERIVATIONS = [
     normface_lower_bound,
     normface_bound_attained,
-    normface_seed_figures,
+    normface_figures,
     cosface_scale_bound,
 ]

@@ -160,7 +160,7 @@ def _quadratic_cost_gradient_closed_form():
 
 @derivation(FAMILY, "cross-entropy-gradient-one-hot",
             "cross-entropy gradient, one-hot target: d(-log a_t)/dz_i = a_i - delta_it",
-            reference="seed 002 (section 3.3); seed 003 (softmax求导)")
+            reference="Bridle 1990; Goodfellow, Bengio & Courville 2016, Deep Learning, 6.2.2.3")
 def cross_entropy_gradient_one_hot(proof):
     loss = -(z[t] - logsumexp_of(z))
     proof.state(eq(sp.Derivative(-sp.log(a[t]), z[i]), a[i] - sp.KroneckerDelta(i, t)),
@@ -184,7 +184,7 @@ def cross_entropy_gradient_one_hot(proof):
 
 @derivation(FAMILY, "cross-entropy-gradient-soft-target",
             "cross-entropy gradient for any target summing to 1: dL/dz_i = a_i - y_i",
-            reference="seed 002 (section 3.3, the step a_i sum_j y_j = a_i)")
+            reference="Bridle 1990 (the step a_i sum_j y_j = a_i)")
 def cross_entropy_gradient_soft_target(proof):
     loss = cross_entropy_of(z, y)
     proof.state(eq(sp.Derivative(sp.Symbol("L"), z[i]), a[i] - y[i]),
@@ -208,7 +208,7 @@ def cross_entropy_gradient_soft_target(proof):
 
 @derivation(FAMILY, "cross-entropy-shift-invariance",
             "cross-entropy is unchanged by adding a constant to every logit (targets summing to 1)",
-            reference="seed 003; follows from softmax shift invariance")
+            reference="follows from softmax shift invariance (Goodfellow, Bengio & Courville 2016, 4.1)")
 def cross_entropy_shift_invariance(proof):
     c = sp.Symbol("c", real=True)
     loss = cross_entropy_of(z, y)
@@ -224,7 +224,7 @@ def cross_entropy_shift_invariance(proof):
 
 @derivation(FAMILY, "cross-entropy-kl-decomposition",
             "H(p, q) = H(p) + KL(p || q), and KL(p || q) >= 0 for distributions",
-            reference="seed 001 (相对熵/交叉熵); Cover & Thomas, Elements of Information Theory, 2.3, 2.6")
+            reference="Cover & Thomas, Elements of Information Theory, 2.3, 2.6")
 def cross_entropy_kl_decomposition(proof):
     cross = -class_sum(p[l] * sp.log(q[l]), l)
     entropy = -class_sum(p[l] * sp.log(p[l]), l)
@@ -257,7 +257,7 @@ def cross_entropy_kl_decomposition(proof):
 
 @derivation(FAMILY, "label-smoothing",
             "label smoothing: loss (1-eps) CE + eps mean(-log a), gradient a - ((1 - eps) y + eps/K)",
-            reference="seed 000 (label smoothing loss); Szegedy et al. 2016; "
+            reference="Szegedy et al. 2016 (Rethinking the Inception Architecture), section 7; "
                       "PyTorch cross_entropy(label_smoothing=eps)")
 def label_smoothing(proof):
     smoothed = sp.IndexedBase("y^{ls}")
@@ -288,16 +288,16 @@ def label_smoothing(proof):
                             sp.diff(smoothed_loss, z[i]), softmax_of(z, i) - smoothed_target(i),
                             [z, y, epsilon], {z: (K,), y: (K,)}, outputs=[(i, K)], distributions=(y,),
                             scalars={epsilon: 0.1})
-    proof.note("With a one-hot $y$ this is the seed's loss "
+    proof.note("With a one-hot $y$ this is Szegedy et al.'s loss "
                "$-(1-\\varepsilon)\\log a_t - \\varepsilon \\sum_l \\frac{1}{K}\\log a_l$ and "
                "PyTorch's `cross_entropy(..., label_smoothing=eps)`: the gradient never asks "
-               "for $a_t \\to 1$, which is what curbs over-confidence (seed 000).")
+               "for $a_t \\to 1$, which is what curbs over-confidence (Szegedy et al. 2016; Müller, Kornblith & Hinton 2019).")
     proof.closed_form(closed_forms.get("label_smoothed_cross_entropy_gradient"))
 
 
 @derivation(FAMILY, "hinge-softplus-chain",
             "the hinge chain: softplus(LSE_{k != t} z_k - z_t) = -log a_t (softmax cross-entropy)",
-            reference="seed 001 (从最优化的角度看待Softmax损失函数: ReLU -> softplus, max -> LogSumExp)")
+            reference="softplus as the smooth ReLU and log-sum-exp as the smooth max (Boyd & Vandenberghe 2004, 3.1.5; Dugas et al. 2001)")
 def hinge_softplus_chain(proof):
     others = class_sum(sp.exp(z[k]) * (1 - sp.KroneckerDelta(k, t)), k)
     smoothed_hinge = softplus(sp.log(others) - z[t])
@@ -330,7 +330,7 @@ def hinge_softplus_chain(proof):
 
 @derivation(FAMILY, "quadratic-cost-gradient",
             "quadratic cost on a sigmoid: dC/dz = -a(1 - a)(y - a), beside cross-entropy's a - y",
-            reference="seed 002 (section 3.4, 二次代价函数); Nielsen, Neural Networks and Deep Learning, ch. 3",
+            reference="Nielsen, Neural Networks and Deep Learning, ch. 3",
             scope=PROVEN_SYMBOLIC)
 def quadratic_cost_gradient(proof):
     activation = sigmoid(x)
@@ -350,15 +350,15 @@ def quadratic_cost_gradient(proof):
     proof.step("the quadratic gradient is the cross-entropy gradient times a(1 - a), "
                "which vanishes as a -> 0 or 1: a saturated, wrong neuron learns slowly",
                eq(sp.Symbol("ratio"), ratio))
-    starts = (sp.Rational(82, 100), sp.Rational(98, 100))  # seed 002: outputs before training, target 0
+    starts = (sp.Rational(82, 100), sp.Rational(98, 100))  # Nielsen's chapter 3: outputs before training, target 0
     quadratic_at = [start * (1 - start) * (start - 0) for start in starts]
-    proof.require_true("the seed's two starts (target 0): the worse start, a = 0.98, gets the smaller "
+    proof.require_true("Nielsen's two starts (target 0): the worse start, a = 0.98, gets the smaller "
                        "quadratic gradient", sp.StrictGreaterThan(quadratic_at[0], quadratic_at[1], evaluate=False),
                        how="exact rational arithmetic")
     examples = [f"$a = {float(start):.2f}$, $y = 0$: quadratic gradient {float(value):.4f}, cross-entropy "
                 f"{float(start):.2f}" for start, value in zip(starts, quadratic_at)]
-    proof.note("Seed 002's experiment: " + "; ".join(examples) + ".  The update "
-               "$\\delta = a(1-a)(y-a)$ of the seed is $-\\partial C_{quad}/\\partial x$.")
+    proof.note("Nielsen's experiment (Neural Networks and Deep Learning, ch. 3): " + "; ".join(examples) + ".  The update "
+               "$\\delta = a(1-a)(y-a)$ of a sigmoid output neuron is $-\\partial C_{quad}/\\partial x$.")
     proof.closed_form(closed_forms.get("quadratic_cost_gradient"))
 
 

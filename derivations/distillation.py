@@ -11,7 +11,7 @@ high-temperature limit (logit matching).
 All for a general number of classes ``K``.
 
 Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural
-Network", 2015, section 2.1; seed 004 (soft softmax loss).
+Network", 2015, section 2.1.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ References: F. Wang et al., "NormFace", 2017; H. Wang et al., "CosFace", 2018; F
 al., "Additive Margin Softmax", 2018; J. Deng et al., "ArcFace", 2019 (and InsightFace's
 ``th``/``mm`` fallback); W. Liu et al., "Large-Margin Softmax Loss", 2016 and
 "SphereFace", 2017; Y. Wen et al., "A Discriminative Feature Learning Approach for Deep
-Face Recognition" (center loss), 2016; seed 004.
+Face Recognition" (center loss), 2016.
 """
 
 from __future__ import annotations
@@ -590,7 +590,7 @@ def arcface_fallback_statement(proof):
 @derivation(FAMILY, "sphereface-psi-monotone",
             "psi(theta) = (-1)^k cos(m theta) - 2k is continuous and decreasing on [0, pi] "
             "(general m; m = 1..4 explicit)",
-            reference="Liu et al. 2016 (L-Softmax) eq. (6); Liu et al. 2017 (SphereFace) eq. (7); seed 004",
+            reference="Liu et al. 2016 (L-Softmax) eq. (6); Liu et al. 2017 (SphereFace) eq. (7)",
             scope=proven_for("m"))
 def sphereface_psi_monotone(proof):
     order = sp.Symbol("m", integer=True, positive=True)
@@ -637,7 +637,7 @@ def sphereface_psi_monotone(proof):
 
 @derivation(FAMILY, "chebyshev-cos-m-theta",
             "cos(m theta) = T_m(cos theta): general m by induction on T_{m+1} = 2c T_m - T_{m-1}; m = 1..4 explicit",
-            reference="Liu et al. 2016 (L-Softmax) eq. (7); seed 004 (cos(m theta) 展开)", scope=proven_for("m"))
+            reference="Liu et al. 2016 (L-Softmax) eq. (7) (the expansion of cos(m theta))", scope=proven_for("m"))
 def chebyshev_cos_m_theta(proof):
     order = sp.Symbol("m", integer=True, nonnegative=True)
     proof.state(eq(sp.cos(order * theta), sp.Function("T_m")(sp.cos(theta))),
@@ -710,7 +710,7 @@ def large_margin_target_logit_gradient(proof):
 @derivation(FAMILY, "center-loss-gradient",
             "center loss L = 1/(2N) sum_n |x_n - c_{y_n}|^2: dL/dx_n = (x_n - c_{y_n})/N, "
             "dL/dc_j = (1/N) sum_{n: y_n = j} (c_j - x_n)",
-            reference="Wen et al. 2016, eqs. (2)-(4); seed 004", scope=proven_for("N", "D"))
+            reference="Wen et al. 2016, eqs. (2)-(4)", scope=proven_for("N", "D"))
 def center_loss_gradient(proof):
     batch_x = sp.IndexedBase("x", real=True)
     loss = sp.Sum(feature_sum((batch_x[n, d] - centers[labels[n], d]) ** 2) / 2, (n, 0, N - 1)) / N

@@ -120,7 +120,7 @@ def _sigmoid_closed_form():
 
 
 @derivation(FAMILY, "softmax-jacobian", "Jacobian of softmax: d a_j / d z_i = a_j (delta_ij - a_i)",
-            reference="Bridle 1990; seed 002 (Softmax & 交叉熵代价函数, section 3.2)")
+            reference="Bridle 1990; Goodfellow, Bengio & Courville 2016, Deep Learning, 6.2.2.3")
 def softmax_jacobian(proof):
     a_j, a_i = softmax_of(z, j), softmax_of(z, i)
     claimed = a_j * (sp.KroneckerDelta(i, j) - a_i)
@@ -164,7 +164,7 @@ def softmax_vjp(proof):
 
 @derivation(FAMILY, "softmax-shift-invariance",
             "shift invariance: softmax(z + c) = softmax(z) and LSE(z + c) = LSE(z) + c",
-            reference="seed 003 (softmax上溢和下溢问题); Milakov & Gimelshein 2018")
+            reference="Goodfellow, Bengio & Courville 2016, Deep Learning, 4.1 (overflow and underflow); Milakov & Gimelshein 2018")
 def softmax_shift_invariance(proof):
     def shift(expr):
         return replace_indexed(expr, z, lambda logit: logit + c)
@@ -190,7 +190,7 @@ def softmax_shift_invariance(proof):
 
 
 @derivation(FAMILY, "log-softmax-identity", "log-softmax: log a_j = z_j - LSE(z)",
-            reference="seed 003 (由LogSumExp到Softmax)")
+            reference="Boyd & Vandenberghe 2004, Convex Optimization, 3.1.5 (log-sum-exp)")
 def log_softmax_identity(proof):
     proof.state(eq(sp.log(a[j]), z[j] - logsumexp_of(z)), "general $K$")
     log_a = sp.log(softmax_of(z, j))
@@ -227,7 +227,7 @@ def log_softmax_vjp(proof):
 
 @derivation(FAMILY, "binary-softmax-sigmoid",
             "binary softmax is the sigmoid of the logit difference: a_0 = sigma(z_0 - z_1)",
-            reference="seed 000 (二分类softmax等价于sigmoid)", scope=PROVEN_SYMBOLIC)
+            reference="Bishop 2006, Pattern Recognition and Machine Learning, 4.3.2 and 4.3.4", scope=PROVEN_SYMBOLIC)
 def binary_softmax_sigmoid(proof):
     z0, z1 = sp.symbols("z_0 z_1", real=True)
     a0 = sp.exp(z0) / (sp.exp(z0) + sp.exp(z1))
@@ -241,7 +241,7 @@ def binary_softmax_sigmoid(proof):
 
 
 @derivation(FAMILY, "logsumexp-gradient", "gradient of logsumexp is softmax: d LSE / d z_i = a_i",
-            reference="seed 001 (LogSumExp 的导数就是 softmax 函数)")
+            reference="Boyd & Vandenberghe 2004, Convex Optimization, 3.1.5 (the gradient of log-sum-exp)")
 def logsumexp_gradient(proof):
     proof.state(eq(sp.Derivative(sp.Symbol("LSE"), z[i]), a[i]), "general $K$")
     derivative = sp.diff(logsumexp_of(z), z[i])
@@ -260,7 +260,7 @@ def logsumexp_gradient(proof):
 
 
 @derivation(FAMILY, "logsumexp-bounds", "max(z) <= LSE(z) <= max(z) + log K",
-            reference="seed 003 (LSE(x) ≈ max x); Boyd & Vandenberghe, Convex Optimization, 3.1.5")
+            reference="Boyd & Vandenberghe 2004, Convex Optimization, 3.1.5 (max x <= LSE(x) <= max x + log n)")
 def logsumexp_bounds(proof):
     top = z[argmax]
     lse = logsumexp_of(z)
