@@ -19,11 +19,16 @@ from softmaxlab.harness.metrics import error_stats
 from softmaxlab.harness.registry_losses import exact_cross_entropy
 from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward
 from softmaxlab.kernels._config import block_length
-from softmaxlab.kernels._rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
+from softmaxlab.kernels._cross_entropy import (
+    ClassIndexArgs,
+    _index_kernel,
+    cross_entropy_finish,
+    make_class_index_kernel,
+)
+from softmaxlab.kernels._driver.losses import reduce_scaled
+from softmaxlab.kernels._hinge import _smooth_hinge_kernel, _smooth_hinge_of_cross_entropy
+from softmaxlab.kernels._numerics.rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
 from softmaxlab.kernels._validation import check_class_indices_counted
-from softmaxlab.kernels.cross_entropy import reduce_scaled
-
-_module = sys.modules["softmaxlab.kernels.cross_entropy"]  # the name alone is the function
 
 from ._shared import DTYPES, TOLERANCE
 from ._shared import LOSS_SHAPES as SHAPES
@@ -413,7 +418,10 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
     logits[4, 5] = np.inf
     labels = np.array([1, 3, 4, 0, 2, -100, 7, 8])
     rows = logits.shape[0]
-    blocks_only = _module.make_loss_kernel(_module._reduce_index, _module._merge_index, _module._write_index, 5)
+    kernels = {  # smooth_hinge: (fused, blocks only)
+        False: (_index_kernel, make_class_index_kernel(cross_entropy_finish, plain=True, fused=False)),
+        True: (_smooth_hinge_kernel, make_class_index_kernel(_smooth_hinge_of_cross_entropy, plain=False, fused=False)),
+    }
     block = block_length(np.dtype(dtype).itemsize)
     weight = np.linspace(0.5, 2.0, classes)
     cases = [  # (weight, smoothing, weighted, margin, smooth_hinge, row_scale)
@@ -426,11 +434,11 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
     ]
     for class_weight, smoothing, weighted, margin, smooth_hinge, row_scale in cases:
         weight_total = float(np.sum(class_weight)) if weighted else float(classes)
-        args = (labels, class_weight, row_scale, np.int64(-100), smoothing, weighted, weight_total, margin,
-                smooth_hinge)
+        args = ClassIndexArgs(labels, class_weight, row_scale, np.int64(-100), smoothing, weighted, weight_total,
+                              margin)
         for write in (True, False):
             outputs = []
-            for kernel in (_module._index_kernel, blocks_only):
+            for kernel in kernels[smooth_hinge]:
                 grad = np.empty_like(logits) if write else np.empty((4, classes), dtype=dtype)
                 row_loss = np.empty(rows)
                 total = kernel(logits, args, grad, row_loss, block, False, write)
@@ -444,7 +452,7 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
 
 
 def test_reductions_add_the_row_losses_within_a_log_depth_bound():
-    # "sum" and "mean" add the float64 row losses in the kernel (``_rows.chunked_sum``:
+    # "sum" and "mean" add the float64 row losses in the kernel (``_numerics.rows.chunked_sum``:
     # chunks of SUM_CHUNK in 4 x 8 lanes, at most 8 + 5 additions per term, then the chunk
     # sums pairwise, ceil(log2(chunks)) more); all terms are positive, so the error is at most
     # depth * u of the sum.  A lost or doubled chunk would be off by a whole chunk.

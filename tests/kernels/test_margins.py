@@ -29,7 +29,7 @@ from softmaxlab.kernels import (
     normface,
     normface_forward_backward,
 )
-from softmaxlab.kernels import margins as margin_kernels
+from softmaxlab.kernels import _cosine_margins, _large_margin, _margin_rows
 from softmaxlab.kernels._config import block_length
 
 from . import exact
@@ -227,10 +227,10 @@ def test_arcface_with_fallback_matches_the_proven_closed_form():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_target_logit_and_derivative_match_the_proven_closed_forms(dtype):
     m = 0.5
-    c_max = margin_kernels.derivative_limit(dtype)
+    c_max = _cosine_margins.derivative_limit(dtype)
     switch = math.cos(math.pi - m)
     values = np.array([-1.0, -0.99, switch - 1e-9, switch + 1e-9, -0.3, 0.0, 0.5, 0.9999, float(c_max), 1.0])
-    high, low, slope = margin_kernels.combined_margin_target(values, 1.0, 1.0, m, 0.0, c_max)
+    high, low, slope = _cosine_margins.combined_margin_target(values, 1.0, 1.0, m, 0.0, c_max)
     page = closed_forms.arcface_target_logit_derivative.page
     np.testing.assert_allclose(high + low, closed_forms.arcface_target_logit(values, m), rtol=1e-15, atol=1e-16,
                                err_msg=closed_forms.arcface_target_logit.page)
@@ -241,7 +241,7 @@ def test_target_logit_and_derivative_match_the_proven_closed_forms(dtype):
     # the general combined margin (no fallback), away from c = +-1 where f' is unbounded
     inner = np.linspace(-0.95, 0.95, 9)
     for m1, m2, m3 in [(1.35, 0.0, 0.0), (1.0, 0.3, 0.2), (0.8, 0.2, 0.1)]:
-        high, low, slope = margin_kernels.combined_margin_target(inner, 3.0, m1, m2, m3, c_max)
+        high, low, slope = _cosine_margins.combined_margin_target(inner, 3.0, m1, m2, m3, c_max)
         if m1 == 1.0:  # this one uses the fallback below cos(pi - m2); all of inner is above
             assert (inner > math.cos(math.pi - m2)).all()
         np.testing.assert_allclose(high + low, closed_forms.combined_margin_target_logit(inner, 3.0, m1, m2, m3),
@@ -322,8 +322,8 @@ def test_theta_just_below_and_above_pi_minus_m(dtype):
     assert float(below) < switch < float(above)
     cos = np.array([[above, 0.0], [below, 0.0]], dtype=dtype)
     target = np.array([0, 0])
-    high, low, slope = margin_kernels.combined_margin_target(cos[:, 0], s, 1.0, m, 0.0,
-                                                             margin_kernels.derivative_limit(dtype))
+    high, low, slope = _cosine_margins.combined_margin_target(cos[:, 0], s, 1.0, m, 0.0,
+                                                              _cosine_margins.derivative_limit(dtype))
     arc = math.cos(math.acos(float(above)) + m)
     fallback = float(below) - m * math.sin(m)
     assert (high[0] + low[0]) / s == pytest.approx(arc, abs=1e-12)
@@ -343,7 +343,7 @@ def test_theta_just_below_and_above_pi_minus_m(dtype):
 
 def test_target_logit_is_nondecreasing_in_the_cosine_for_arcface():
     c = np.linspace(-1.0, 1.0, 20001)
-    high, low, slope = margin_kernels.combined_margin_target(c, 1.0, 1.0, 0.5, 0.0, 1 - 2.0 ** -53)
+    high, low, slope = _cosine_margins.combined_margin_target(c, 1.0, 1.0, 0.5, 0.0, 1 - 2.0 ** -53)
     assert np.all(np.diff(high + low) >= -1e-15) and np.all(slope >= 0.0)
 
 
@@ -491,7 +491,7 @@ def test_psi_matches_the_proven_chebyshev_form_and_its_derivative(m):
     thresholds = [math.cos(k * math.pi / m) for k in range(1, m)]
     c = np.concatenate([np.linspace(-1.0, 1.0, 401), thresholds,
                         np.nextafter(thresholds, 2.0), np.nextafter(thresholds, -2.0), [-1.0, 1.0]])
-    psi, slope = margin_kernels.psi_and_slope(c, m)
+    psi, slope = _large_margin.psi_and_slope(c, m)
     np.testing.assert_allclose(psi, closed_forms.sphereface_psi_of_cosine(c, m), rtol=1e-13, atol=1e-13,
                                err_msg=closed_forms.sphereface_psi_of_cosine.page)
     np.testing.assert_allclose(slope, closed_forms.sphereface_psi_derivative(c, m), rtol=1e-13, atol=1e-12,
@@ -501,7 +501,7 @@ def test_psi_matches_the_proven_chebyshev_form_and_its_derivative(m):
     assert np.all(np.isfinite(slope))
     # psi is decreasing in theta, so increasing in c
     ordered = np.linspace(-1.0, 1.0, 2001)
-    assert np.all(np.diff(margin_kernels.psi_and_slope(ordered, m)[0]) >= -1e-12)
+    assert np.all(np.diff(_large_margin.psi_and_slope(ordered, m)[0]) >= -1e-12)
 
 
 def _expected_large_margin(x, W, target, m, lambda_):
@@ -637,9 +637,9 @@ def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype)
 def test_hot_loops_vectorize_without_libm_calls(dtype):
     values = _cosines((300,), dtype)
     destination = np.empty_like(values)
-    margin_kernels._sum_exp_scaled(values, 64.0, 64.0)
-    margin_kernels._write_scaled_softmax(values, destination, 64.0, 64.0, 0.5)
-    for function in (margin_kernels._sum_exp_scaled, margin_kernels._write_scaled_softmax):
+    _margin_rows._sum_exp_scaled(values, 64.0, 64.0)
+    _margin_rows._write_scaled_softmax(values, destination, 64.0, 64.0, 0.5)
+    for function in (_margin_rows._sum_exp_scaled, _margin_rows._write_scaled_softmax):
         signature = next(sig for sig in function.signatures if str(sig[0].dtype) == np.dtype(dtype).name)
         assembly = function.inspect_asm(signature)
         assert re.search(r"%[yz]mm", assembly), function

@@ -247,7 +247,7 @@ def test_sums_on_both_sides_of_the_tie_recount(dtype):
     # float32 blocks sum their stored e_j plainly and recount the ties only for T < 1/16
     # (_rows.RECOUNT_BELOW): rows whose T lies just below, at and above it, with one or
     # two maxima, and the dominant class's log-probability -log1p(T) checked on each
-    from softmaxlab.kernels._rows import RECOUNT_BELOW
+    from softmaxlab.kernels._numerics.rows import RECOUNT_BELOW
 
     classes = 300
     threshold = RECOUNT_BELOW - 1.0

@@ -37,7 +37,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._exp import _FLOOR_OFFSET_32, _LN2_HI_32, _LN2_LO_32, _LOG2E_32, _P1_32, _POW2_OFFSET, _SHIFT_32
+from .exp import _FLOOR_OFFSET_32, _LN2_HI_32, _LN2_LO_32, _LOG2E_32, _P1_32, _POW2_OFFSET, _SHIFT_32
 
 VECTOR_BYTES = 64
 _ACCUMULATORS = 4
