@@ -45,6 +45,10 @@ any number of threads.  The class-index kernel is built by ``make_class_index_ke
 whose ``finish`` hook maps the row's cross-entropy to the loss: the identity here, the
 smooth hinge in ``_hinge.py`` (a function of the cross-entropy).
 
+The module is a little over 600 lines: its two kernels (class indices, class
+probabilities) share the gap sums, the merge of the gaps and the edge logic, which would
+otherwise be split across modules that import each other's internals.
+
 Edges (``docs/design.md``, "Semantics at the edges"): a target logit of -inf gives +inf loss and
 a finite gradient; a row of all -inf gives +inf loss and zero gradient; NaN stays in its
 row; ignored rows have zero loss and zero gradient and do not count anywhere (also not in
@@ -233,7 +237,7 @@ def _index_finite_gradient(logits, args, destination, start, total, target_total
     """A block's gradient but the target's, row max M finite, from its stored e_j and ``block`` = exp(m_b - M).
 
     The target entry is left to the caller (``_index_target_gradient``): written here, the
-    write was lost when this function was inlined into ``_index_row`` (Numba's IR inliner;
+    write was lost when this function was inlined into ``index_row`` (Numba's IR inliner;
     the gradient came out as softmax's, caught by test_every_option_combination_matches_torch).
     """
     uniform = scale * args.smoothing / logits.shape[1]  # g eps / C
@@ -324,9 +328,10 @@ def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
 def make_class_index_kernel(finish, plain, fused=True):
     """The class-index loss kernel (``make_loss_kernel``) whose row loss is ``finish`` of the cross-entropy.
 
-    ``finish(l, margin) -> (loss, factor)`` (``inline="always"``) maps a row's cross-entropy
-    l to its loss and the factor its gradient is multiplied by: ``cross_entropy_finish``
-    here, the smooth hinge in ``_hinge.py``.  ``plain`` (True for cross-entropy) lets the
+    ``finish(l, margin) -> (loss, factor)`` (a JIT function) maps a row's cross-entropy l to
+    its loss and the factor its gradient is multiplied by: ``cross_entropy_finish`` here
+    (inlined, the identity and 1), ``_hinge._smooth_hinge_of_cross_entropy`` for the smooth
+    hinge.  Each call builds its own kernel, compiled on its first use.  ``plain`` (True for cross-entropy) lets the
     fused row take its shortcut for the default options, which leaves ``finish`` out.
     Without ``fused`` every row takes the block functions (the tests compare both).
     ``args`` is a ``ClassIndexArgs``.

@@ -72,8 +72,8 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width, fused_row=no_f
     """A parallel kernel ``kernel(logits, args, grad, row_loss, block, split, write)``.
 
     ``partial`` (rows, blocks, width) holds each block's state and ``stats`` (rows, width)
-    each row's; the three functions index them directly (array views cost a reference
-    count each, which was measured at ~240 ns per row in an earlier version):
+    each row's; the three functions index them directly, by the loss' named column
+    constants (an array view per block would cost a reference count each, ~240 ns a row):
 
     * ``reduce_block(logits, args, grad, i, k, start, stop, partial, write)`` fills
       ``partial[i, k]`` for the block ``logits[i, start:stop]`` and may store per-element
@@ -87,9 +87,9 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width, fused_row=no_f
     a row of one block in one piece and returns False, having written nothing, for a row it
     leaves to the three functions; it must give their results bit for bit.
 
-    ``args`` is a tuple of the loss' other inputs.  With ``split`` the (row, block) tasks
+    ``args`` is a namedtuple of the loss' other inputs.  With ``split`` the (row, block) tasks
     are spread over threads, otherwise whole rows are; the arithmetic is the same either
-    way (it is ``_rows.make_row_kernel`` generalized to ``width`` floats per block).
+    way (it is ``rows.make_row_kernel`` generalized to ``width`` floats per block).
     """
 
     @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
@@ -126,7 +126,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width, fused_row=no_f
                     write_block(logits, args, grad, i, k, k * block, min(classes, (k + 1) * block), partial, stats)
         else:
             for i in prange(rows):
-                _row_task(logits, args, grad, row_loss, np.int64(i), block, partial, stats, write)  # see _rows
+                _row_task(logits, args, grad, row_loss, np.int64(i), block, partial, stats, write)  # see rows.py
         # here, not np.sum afterwards: row_loss is still in cache, and np.sum's Python layers were
         # not (17 us after a large kernel, measured)
         return chunked_sum(row_loss)
@@ -138,7 +138,7 @@ def make_loss_kernel(reduce_block, merge_row, write_block, width, fused_row=no_f
 def merge_pair(x, i, partial, column):
     """The row's (M, T) from the blocks' (m_b, t_b) in ``partial[i, :, column:column + 2]``.
 
-    A single block with a finite max is its own row; otherwise ``_rows.merge_max_sum_exp``.
+    A single block with a finite max is its own row; otherwise ``_numerics.rows.merge_max_sum_exp``.
     """
     if partial.shape[1] == 1 and math.isfinite(partial[i, 0, column]):
         return partial[i, 0, column], partial[i, 0, column + 1]
@@ -205,9 +205,9 @@ def _scaled(value, scale):
 def reduce_scaled(values, scale):
     """(m_b, t_b) of a block of ``scale * values`` (scale > 0): max and sum exp(. - m_b) - 1.
 
-    As ``_rows.reduce_max_sum_exp`` (distillation's temperature-scaled rows): a block of
+    As ``_numerics.rows.reduce_max_sum_exp`` (distillation's temperature-scaled rows): a block of
     only -inf gives (-inf, -1), or NaN as t_b if it holds a NaN; a block holding +inf gives
-    (inf, 0) and the merge (``_rows.merge_max_sum_exp``, which looks at the row's
+    (inf, 0) and the merge (``_numerics.rows.merge_max_sum_exp``, which looks at the row's
     elements) settles the row.  T counts the ties (the max's exp(0) = 1 exactly): summed,
     the 1 would round every small term at ulp(1) and swamp a T of 1e-10.
     """

@@ -152,7 +152,7 @@ def block_max(values):
     """max(values) as a float64, skipping NaN; -inf for an empty or all-NaN block (JIT only).
 
     Contiguous rows (every row of the kernels' C-ordered inputs) take the explicit
-    vector loop of ``_vector.row_max``, one ``maxps`` a vector; others the ``maxnum``
+    vector loop of ``vector.row_max``, one ``maxps`` a vector; others the ``maxnum``
     loop, which LLVM vectorizes with a NaN check per vector (2.3x slower).
     """
     raise NotImplementedError("block_max is only callable from JIT code")
@@ -177,7 +177,7 @@ def _block_max(values):
 def store_exp32_floored(values, largest, destination):
     """destination[j] = exp32_difference_floored(values[j], largest), float32 (JIT only).
 
-    Contiguous rows take the explicit vector loop of ``_vector.row_exp32_store`` (the
+    Contiguous rows take the explicit vector loop of ``vector.row_exp32_store`` (the
     same operations, bit for bit; ``vscalefps`` for the scaling by 2**k on AVX-512),
     others LLVM's vectorization of the scalar loop.  With the float64 sum after them, at
     1000 classes on one thread: 0.31 ns per element, against 0.38 for the scalar loop.
@@ -271,7 +271,7 @@ def _make_exp_sum(store, scaled):
         # two loops: e_j = exp32(x_j - m) in float32 arithmetic (16 lanes), stored; then
         # their float64 sum.  In one loop the float64 sum halves the exp's vector width
         # (LLVM picks 8 lanes for both), which measured 25% slower; written on vectors
-        # (_vector.py) with the conversions to float64 in the exp loop, 12% slower.
+        # (vector.py) with the conversions to float64 in the exp loop, 12% slower.
         shift = np.float32(largest)
         if abs(shift) < EXP32_FLOOR_LIMIT:  # every row in practice
             store_exp32_floored(values, shift, destination)

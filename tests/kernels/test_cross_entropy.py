@@ -328,15 +328,15 @@ def test_gradient_matches_central_differences(target_kind):
     np.testing.assert_allclose(grad, expected, atol=1e-8)
 
 
-# ---- the seeds' examples -------------------------------------------------------------------------
+# ---- worked examples -------------------------------------------------------------------------------
 
 
 def test_seed_overconfidence_and_label_smoothing():
-    # seed 000: scaling [1.5, 1.2, 1.0] by 5 lowers the one-hot loss (the optimum is at infinite
+    # scaling [1.5, 1.2, 1.0] by 5 lowers the one-hot loss (the optimum is at infinite
     # norm); with label smoothing the loss grows again for large norms (a finite optimum)
     logits = np.array([[1.5, 1.2, 1.0]])
     target = np.array([0])
-    assert float(cross_entropy(logits, target)) == pytest.approx(-np.log(0.42601251), abs=1e-7)  # 8 digits in the seed
+    assert float(cross_entropy(logits, target)) == pytest.approx(-np.log(0.42601251), abs=1e-7)  # softmax to 8 digits
     scales = np.array([1.0, 5.0, 10.0, 20.0, 80.0])
     plain = [float(cross_entropy(scale * logits, target)) for scale in scales]
     smoothed = [float(cross_entropy(scale * logits, target, label_smoothing=0.1)) for scale in scales]
@@ -345,7 +345,7 @@ def test_seed_overconfidence_and_label_smoothing():
 
 
 def test_seed_gradient_is_probability_minus_target():
-    # seeds 002/003: dC/dz_i = a_i - y_i ("subtract 1 from the target's probability")
+    # dC/dz_i = a_i - y_i ("subtract 1 from the target's probability"; docs/proofs/cross_entropy.md, section 1)
     logits = np.array([[3.0, 1.0, -3.0]])
     _, grad = cross_entropy_forward_backward(logits, np.array([1]), reduction="sum")
     a = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -370,7 +370,7 @@ def test_all_minus_inf_row_and_nan_row_stay_in_their_row(dtype):
 def test_plus_inf_logits(dtype):
     logits = np.array([[np.inf, 1.0, 2.0], [np.inf, 1.0, 2.0], [np.inf, np.inf, 0.0]], dtype=dtype)
     loss, grad = cross_entropy_forward_backward(logits, np.array([0, 1, 0]), reduction="none")
-    # one +inf: softmax is one-hot there (DESIGN's limit); two: no limit
+    # one +inf: softmax is one-hot there (docs/design.md, "Semantics at the edges"); two: no limit
     assert loss[0] == 0.0 and loss[1] == np.inf and np.isnan(loss[2])
     np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(grad[1], [1.0, -1.0, 0.0])
