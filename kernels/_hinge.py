@@ -86,16 +86,17 @@ def _hinge_sums(values, label_value, margin):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_hinge(logits, args, grad, i, k, start, stop, partial, write):
-    label = args.target[i]
+    target, row_scale, margin = args
+    label = target[i]
     label_value = np.float64(logits[i, label])
     values = logits[i, start:stop]
     if start <= label < stop:
         # the target's own term is left out by summing the slices on either side of it
-        before_total, before_count = _hinge_sums(values[: label - start], label_value, args.margin)
-        after_total, after_count = _hinge_sums(values[label - start + 1 :], label_value, args.margin)
+        before_total, before_count = _hinge_sums(values[: label - start], label_value, margin)
+        after_total, after_count = _hinge_sums(values[label - start + 1 :], label_value, margin)
         partial[i, k, HINGES], partial[i, k, ACTIVE] = before_total + after_total, before_count + after_count
     else:
-        partial[i, k, HINGES], partial[i, k, ACTIVE] = _hinge_sums(values, label_value, args.margin)
+        partial[i, k, HINGES], partial[i, k, ACTIVE] = _hinge_sums(values, label_value, margin)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -114,9 +115,10 @@ def _merge_hinge(logits, args, i, partial, stats):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_hinge(logits, args, grad, i, k, start, stop, partial, stats):
-    label = args.target[i]
+    target, row_scale, margin = args
+    label = target[i]
     label_value = np.float64(logits[i, label])
-    scale = upstream_at(args.row_scale, i)
+    scale = upstream_at(row_scale, i)
     values = logits[i, start:stop]
     destination = grad[i, start:stop]
     if label_value != label_value or stats[i, HINGES] != stats[i, HINGES]:
@@ -124,7 +126,7 @@ def _write_hinge(logits, args, grad, i, k, start, stop, partial, stats):
         return
     # dL/dz_j = g [z_j - z_y + m > 0]  (j != y),   dL/dz_y = -g (number of positive hinges)
     for j in range(values.shape[0]):
-        destination[j] = scale if _hinge(values[j], label_value, args.margin) > 0.0 else 0.0
+        destination[j] = scale if _hinge(values[j], label_value, margin) > 0.0 else 0.0
     if start <= label < stop:
         destination[label - start] = -scale * stats[i, ACTIVE]
 
