@@ -32,8 +32,8 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from softmaxlab.kernels._exp import exp32, exp32_difference_floored, exp32_wide, exp64, exp64_difference_floored
-from softmaxlab.kernels._rows import store_exp32_floored
+from softmaxlab.kernels._numerics.exp import exp32, exp32_difference_floored, exp32_wide, exp64, exp64_difference_floored
+from softmaxlab.kernels._numerics.rows import store_exp32_floored
 
 FLOAT32_EXP_BOUND_ULP = 1.0  # exp32, float32 arithmetic: SLEEF's u10 level (measured 0.87)
 FLOAT32_WIDE_EXP_BOUND_ULP = 0.51  # exp32_wide: float64 evaluation rounded once

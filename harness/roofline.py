@@ -33,8 +33,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from softmaxlab.kernels._exp import exp32_difference_floored, exp64_difference_floored
-from softmaxlab.kernels._rows import cast_like
+from softmaxlab.kernels._numerics.exp import exp32_difference_floored, exp64_difference_floored
+from softmaxlab.kernels._numerics.rows import cast_like
 
 # Only sums are re-associated (to let LLVM vectorize them); nothing else is relaxed.
 _SUM_FASTMATH = {"reassoc", "nsz", "contract"}

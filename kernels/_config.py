@@ -4,7 +4,7 @@ fastmath flags live here and nowhere else.  Two sets, because LLVM keeps fast-ma
 flags per instruction and honours them after inlining:
 
 * ``STRICT_FASTMATH`` (``contract`` only) for every function whose arithmetic is
-  order-sensitive: the elementary functions of ``_exp.py`` (their range reduction
+  order-sensitive: the elementary functions of ``_numerics/exp.py`` (their range reduction
   ``(x * log2e + 1.5 * 2**52) - 1.5 * 2**52`` and the split ``x - k ln2_hi - k ln2_lo``
   are exact only if nothing is re-associated) and the elementwise writes
   (``(x - M) - log S`` must not become ``x - (M + log S)``, which loses the exactness

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -19,11 +18,16 @@ from softmaxlab.harness.metrics import error_stats
 from softmaxlab.harness.registry_losses import exact_cross_entropy
 from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward
 from softmaxlab.kernels._config import block_length
-from softmaxlab.kernels._rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
+from softmaxlab.kernels._cross_entropy import (
+    ClassIndexArgs,
+    _index_kernel,
+    cross_entropy_finish,
+    make_class_index_kernel,
+)
+from softmaxlab.kernels._driver.losses import reduce_scaled
+from softmaxlab.kernels._hinge import _smooth_hinge_kernel, _smooth_hinge_of_cross_entropy
+from softmaxlab.kernels._numerics.rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
 from softmaxlab.kernels._validation import check_class_indices_counted
-from softmaxlab.kernels.cross_entropy import reduce_scaled
-
-_module = sys.modules["softmaxlab.kernels.cross_entropy"]  # the name alone is the function
 
 from ._shared import DTYPES, TOLERANCE
 from ._shared import LOSS_SHAPES as SHAPES
@@ -324,15 +328,15 @@ def test_gradient_matches_central_differences(target_kind):
     np.testing.assert_allclose(grad, expected, atol=1e-8)
 
 
-# ---- the seeds' examples -------------------------------------------------------------------------
+# ---- worked examples -------------------------------------------------------------------------------
 
 
 def test_seed_overconfidence_and_label_smoothing():
-    # seed 000: scaling [1.5, 1.2, 1.0] by 5 lowers the one-hot loss (the optimum is at infinite
+    # scaling [1.5, 1.2, 1.0] by 5 lowers the one-hot loss (the optimum is at infinite
     # norm); with label smoothing the loss grows again for large norms (a finite optimum)
     logits = np.array([[1.5, 1.2, 1.0]])
     target = np.array([0])
-    assert float(cross_entropy(logits, target)) == pytest.approx(-np.log(0.42601251), abs=1e-7)  # 8 digits in the seed
+    assert float(cross_entropy(logits, target)) == pytest.approx(-np.log(0.42601251), abs=1e-7)  # softmax to 8 digits
     scales = np.array([1.0, 5.0, 10.0, 20.0, 80.0])
     plain = [float(cross_entropy(scale * logits, target)) for scale in scales]
     smoothed = [float(cross_entropy(scale * logits, target, label_smoothing=0.1)) for scale in scales]
@@ -341,7 +345,7 @@ def test_seed_overconfidence_and_label_smoothing():
 
 
 def test_seed_gradient_is_probability_minus_target():
-    # seeds 002/003: dC/dz_i = a_i - y_i ("subtract 1 from the target's probability")
+    # dC/dz_i = a_i - y_i ("subtract 1 from the target's probability"; docs/proofs/cross_entropy.md, section 1)
     logits = np.array([[3.0, 1.0, -3.0]])
     _, grad = cross_entropy_forward_backward(logits, np.array([1]), reduction="sum")
     a = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -366,7 +370,7 @@ def test_all_minus_inf_row_and_nan_row_stay_in_their_row(dtype):
 def test_plus_inf_logits(dtype):
     logits = np.array([[np.inf, 1.0, 2.0], [np.inf, 1.0, 2.0], [np.inf, np.inf, 0.0]], dtype=dtype)
     loss, grad = cross_entropy_forward_backward(logits, np.array([0, 1, 0]), reduction="none")
-    # one +inf: softmax is one-hot there (DESIGN's limit); two: no limit
+    # one +inf: softmax is one-hot there (docs/design.md, "Semantics at the edges"); two: no limit
     assert loss[0] == 0.0 and loss[1] == np.inf and np.isnan(loss[2])
     np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(grad[1], [1.0, -1.0, 0.0])
@@ -413,7 +417,10 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
     logits[4, 5] = np.inf
     labels = np.array([1, 3, 4, 0, 2, -100, 7, 8])
     rows = logits.shape[0]
-    blocks_only = _module.make_loss_kernel(_module._reduce_index, _module._merge_index, _module._write_index, 5)
+    kernels = {  # smooth_hinge: (fused, blocks only)
+        False: (_index_kernel, make_class_index_kernel(cross_entropy_finish, plain=True, fused=False)),
+        True: (_smooth_hinge_kernel, make_class_index_kernel(_smooth_hinge_of_cross_entropy, plain=False, fused=False)),
+    }
     block = block_length(np.dtype(dtype).itemsize)
     weight = np.linspace(0.5, 2.0, classes)
     cases = [  # (weight, smoothing, weighted, margin, smooth_hinge, row_scale)
@@ -426,11 +433,11 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
     ]
     for class_weight, smoothing, weighted, margin, smooth_hinge, row_scale in cases:
         weight_total = float(np.sum(class_weight)) if weighted else float(classes)
-        args = (labels, class_weight, row_scale, np.int64(-100), smoothing, weighted, weight_total, margin,
-                smooth_hinge)
+        args = ClassIndexArgs(labels, class_weight, row_scale, np.int64(-100), smoothing, weighted, weight_total,
+                              margin)
         for write in (True, False):
             outputs = []
-            for kernel in (_module._index_kernel, blocks_only):
+            for kernel in kernels[smooth_hinge]:
                 grad = np.empty_like(logits) if write else np.empty((4, classes), dtype=dtype)
                 row_loss = np.empty(rows)
                 total = kernel(logits, args, grad, row_loss, block, False, write)
@@ -444,7 +451,7 @@ def test_fused_rows_match_the_block_path_bit_for_bit(dtype):
 
 
 def test_reductions_add_the_row_losses_within_a_log_depth_bound():
-    # "sum" and "mean" add the float64 row losses in the kernel (``_rows.chunked_sum``:
+    # "sum" and "mean" add the float64 row losses in the kernel (``_numerics.rows.chunked_sum``:
     # chunks of SUM_CHUNK in 4 x 8 lanes, at most 8 + 5 additions per term, then the chunk
     # sums pairwise, ceil(log2(chunks)) more); all terms are positive, so the error is at most
     # depth * u of the sum.  A lost or doubled chunk would be off by a whole chunk.

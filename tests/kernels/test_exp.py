@@ -17,9 +17,9 @@ from softmaxlab.harness.exp_accuracy import (
     sweep_float32,
     sweep_float64,
 )
-from softmaxlab.kernels import _rows
+from softmaxlab.kernels._numerics import rows as _rows
 from softmaxlab.kernels._config import REDUCTION_FASTMATH
-from softmaxlab.kernels._exp import (
+from softmaxlab.kernels._numerics.exp import (
     exp32,
     exp32_difference,
     exp32_difference_floored,

@@ -111,12 +111,12 @@ def test_rows_of_a_million_classes_sum_to_one_without_drift():
     assert abs(float(logsumexp(x)[0]) - reference) <= 2 * np.spacing(np.float32(reference))
 
 
-# ---- the seeds' worked examples ---------------------------------------------------------
+# ---- worked examples -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_seed_overflow_and_underflow_examples(dtype):
-    # seed 003: the naive formula overflows at 1000 and divides 0 by 0 at -1000
+    # the naive formula overflows at 1000 and divides 0 by 0 at -1000
     big = softmax(np.array([1000.0, 500.0, 500.0], dtype=dtype))
     assert big[0] == 1.0 and np.all(np.isfinite(big))
     small = softmax(np.array([-1000.0, -1000.0, -1000.0], dtype=dtype))
@@ -126,7 +126,7 @@ def test_seed_overflow_and_underflow_examples(dtype):
 
 
 def test_seed_norm_scaling_example():
-    # seed 000: scaling the logits by 5 makes the output more extreme
+    # scaling the logits by 5 makes the output more extreme
     np.testing.assert_allclose(softmax(np.array([1.5, 1.2, 1.0])), [0.42601251, 0.31559783, 0.25838965], atol=1e-8)
     np.testing.assert_allclose(softmax(np.array([7.5, 6.0, 5.0])), [0.76615721, 0.17095278, 0.06289001], atol=1e-8)
 
@@ -247,7 +247,7 @@ def test_sums_on_both_sides_of_the_tie_recount(dtype):
     # float32 blocks sum their stored e_j plainly and recount the ties only for T < 1/16
     # (_rows.RECOUNT_BELOW): rows whose T lies just below, at and above it, with one or
     # two maxima, and the dominant class's log-probability -log1p(T) checked on each
-    from softmaxlab.kernels._rows import RECOUNT_BELOW
+    from softmaxlab.kernels._numerics.rows import RECOUNT_BELOW
 
     classes = 300
     threshold = RECOUNT_BELOW - 1.0

@@ -1,4 +1,4 @@
-"""Tests for kernels/_vector.py: the explicit vector loops of the row max and of the float32
+"""Tests for kernels/_numerics/vector.py: the explicit vector loops of the row max and of the float32
 rows' exponentials, against NumPy and the scalar forms that strided rows keep (bit for
 bit), and their code (one max per vector; ``vscalefps`` on AVX-512)."""
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from numba import njit
 
-from softmaxlab.kernels import _rows
+from softmaxlab.kernels._numerics import rows as _rows
 from softmaxlab.kernels._config import REDUCTION_FASTMATH
-from softmaxlab.kernels._exp import exp32_difference_floored
-from softmaxlab.kernels._vector import VECTOR_BYTES, _has_avx512
+from softmaxlab.kernels._numerics.exp import exp32_difference_floored
+from softmaxlab.kernels._numerics.vector import VECTOR_BYTES, _has_avx512
 
 
 @njit(cache=False)
@@ -154,7 +154,7 @@ def test_exp_store_scales_by_scalef_on_avx512_and_calls_no_libm():
 
 def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkeypatch):
     # the loop for targets without AVX-512 (2**(k + 64) built from integer bits, then 2**-64)
-    from softmaxlab.kernels import _vector
+    from softmaxlab.kernels._numerics import vector as _vector
 
     monkeypatch.setattr(_vector, "_has_avx512", lambda context: False)
 

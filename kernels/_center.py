@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
-from ._validation import check_class_indices, check_float_array, check_grad_output, check_real_scalar, check_reduction
+from ._driver.reduction import reduce_losses, row_scales
+from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
 
 __all__ = ["center_loss", "center_loss_forward_backward", "center_update"]
 
@@ -120,20 +121,13 @@ def _center_loss(x, target, centers, reduction, grad_output, with_gradient):
     count = x.shape[0]
     losses = np.empty(count)
     if with_gradient:
-        upstream = check_grad_output("grad_output", grad_output, reduction, (count,))
-        if reduction != "none":
-            upstream = np.full(count, float(upstream) / count if reduction == "mean" else float(upstream))
-        upstream = np.ascontiguousarray(upstream)
+        upstream = row_scales(grad_output, reduction, count, (count,), per_row=True)
         dx = np.empty_like(x)
     else:
         upstream = np.zeros(count)
         dx = np.empty((0, 0), dtype=x.dtype)
     _center_rows_kernel(x, centers, targets, upstream, losses, dx)
-    if reduction == "none":
-        loss = losses.astype(x.dtype)
-    else:
-        total = float(np.sum(losses))
-        loss = np.asarray(total / count if reduction == "mean" else total, dtype=x.dtype)
+    loss = reduce_losses(losses, reduction, (count,), x.dtype, count)
     if not with_gradient:
         return loss
     # dL/dc_j = sum_{i: y_i = j} g_i (c_j - x_i)

@@ -2,11 +2,11 @@
 
 Each public function validates its input in plain Python, lays the array out as
 (rows, classes) with the class axis last, and calls one parallel Numba kernel built by
-``_rows.make_row_kernel`` from a block reduction, a row merge and a block write.
+``_driver/rows.py``'s ``make_row_kernel`` from a block reduction, a row merge and a block write.
 The exponentials of ``x - max`` take the rounding error of the difference into their
-argument (``two_sum``), float32 rows in float32 arithmetic (``_exp.exp32``, 16 lanes a
+argument (``two_sum``), float32 rows in float32 arithmetic (``_numerics/exp.py``, ``exp32``, 16 lanes a
 vector), float64 rows in float64; sums are accumulated in float64 over blocks of fixed
-size, merged in a fixed order (see ``_rows``).  softmax's and log_softmax's reduce stores
+size, merged in a fixed order (see ``_numerics/rows.py``).  softmax's and log_softmax's reduce stores
 the exponentials in the output row, which the write scales (softmax) or overwrites
 (log_softmax) (``reduce_max_sum_exp_via``).
 
@@ -23,11 +23,12 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
-from ._exp import exp64_pair, two_sum
-from ._rows import (
+from ._driver.rows import make_row_kernel
+from ._numerics.eft import fma, two_sum
+from ._numerics.exp import exp64_pair
+from ._numerics.rows import (
     exp_for,
-    fma,
-    make_row_kernel,
+    fill,
     merge_max_sum_exp,
     max_sum_exp_stored,
     merge_sum_and_max,
@@ -43,12 +44,6 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
 
 
 # ---- block writes (the math of each kernel stands above its loop) ----------------------
-
-
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _fill(destination, value):
-    for j in range(destination.shape[0]):
-        destination[j] = value
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
@@ -93,7 +88,7 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
     if math.isfinite(largest):
         if not math.isfinite(block_largest):
             # a block of -inf: 0 (NaN if it holds a NaN, or if S is NaN)
-            _fill(destination, (1.0 + block_total) / (1.0 + total))
+            fill(destination, (1.0 + block_total) / (1.0 + total))
             return
         # a_j = e_j exp(m_b - M) / S,  M = max_b m_b,  S = 1 + T = sum_b S_b exp(m_b - M)
         # (docs/proofs/softmax.md#softmax-shift-invariance)
@@ -108,7 +103,7 @@ def _write_softmax(x, unused, out, i, start, stop, block_largest, block_total, l
             destination[j] = 1.0 if values[j] == np.inf else 0.0
     else:
         # all -inf (T = -1, S = 0): zeros; a NaN, or several +inf (no limit): NaN
-        _fill(destination, 0.0 if total == -1.0 else np.nan)
+        fill(destination, 0.0 if total == -1.0 else np.nan)
 
 
 def _write_shifted_log(values, destination, largest, log_total):
@@ -157,7 +152,7 @@ def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_tota
         for j in range(values.shape[0]):
             destination[j] = 0.0 if values[j] == np.inf else -np.inf
     else:
-        _fill(destination, -np.inf if total == -1.0 else np.nan)
+        fill(destination, -np.inf if total == -1.0 else np.nan)
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
@@ -319,7 +314,7 @@ def logsumexp(x, axis=-1):
         >>> float(logsumexp(np.array([-1000.0, -1000.0, -1000.0])))
         -998.9013877113...
 
-    Reference: the seeds' LogSumExp derivation; Milakov & Gimelshein 2018.
+    Reference: ``docs/proofs/softmax.md`` (the bounds of logsumexp); Milakov & Gimelshein 2018.
     """
     x = check_float_array("x", x)
     axis = check_axis("axis", axis, x.ndim)

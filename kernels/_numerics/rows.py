@@ -1,27 +1,21 @@
-"""Row-reduction machinery shared by the kernels: block reductions, exact merges and the
-parallel driver that cuts long rows across threads.
+"""Block primitives of the row kernels: maxima, sums of exponentials, exact merges.
 
 Every kernel of the softmax family has the same shape on a (rows, classes) array:
 
-1. reduce: each block of a row is reduced to a pair of floats (for softmax, the
-   block's max m_b and s_b = sum_j exp(x_j - m_b));
-2. merge: the pairs of a row are combined into the row's pair, in a fixed order
-   (for softmax the online normalizer of Milakov & Gimelshein 2018:
-   M = max_b m_b,  S = sum_b s_b * exp(m_b - M));
-3. write: each block of the output is written from the row's pair.
+1. reduce: each block of a row is reduced to a few floats (for softmax, the block's max
+   m_b and t_b = sum_j exp(x_j - m_b) - 1);
+2. merge: the blocks' values are combined into the row's, in a fixed order (for softmax
+   the online normalizer of Milakov & Gimelshein 2018: M = max_b m_b,
+   S = sum_b s_b exp(m_b - M));
+3. write: each block of the output is written from the row's values.
+
+This module holds the pieces of steps 1 and 2 and the in-place scaling of step 3
+(``scale_shift_in_place``); the drivers that run them in parallel are in ``_driver/``.
 
 Each block function works on the views ``x[i, start:stop]`` and loops from 0: with a
 loop index that LLVM can prove non-negative, Numba's wrap-around of negative indices
 disappears and the loop vectorizes (looping ``range(start, stop)`` on the whole row
 was measured 4x slower).
-
-Blocks have ``block`` elements (``_config.BLOCK_BYTES``), whatever the thread count.
-Short rows are one block.  ``make_row_kernel`` builds one parallel kernel from the
-three functions.  It runs the blocks either row by row (one thread per row: the row
-stays in cache between the reduce and the write) or, when there are fewer rows than
-threads, as a flat list of (row, block) tasks so that one long row is shared between
-threads.  Both schedules do the same arithmetic in the same order, so the result is
-bit-identical for any number of threads and either schedule.
 """
 
 from __future__ import annotations
@@ -30,15 +24,22 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
-from ._vector import contiguous_float_row, row_exp32_store, row_max
-from ._exp import EXP32_FLOOR_LIMIT, EXP64_FLOOR_LIMIT, exp64_difference_floored, exp32_difference, exp32_difference_floored, exp64, exp64_pair, exp_f32_wide, fma, two_sum
-
-# Reduced pairs per block, and the row pair produced by the merge.
-PAIR = 2
+from .._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
+from .eft import fma, two_sum
+from .exp import (
+    EXP32_FLOOR_LIMIT,
+    EXP64_FLOOR_LIMIT,
+    exp32_difference,
+    exp32_difference_floored,
+    exp64,
+    exp64_difference_floored,
+    exp64_pair,
+    exp_f32_wide,
+)
+from .vector import contiguous_float_row, row_exp32_store, row_max
 
 # Sums run in float64 (float32 inputs are widened), over chunks of SUM_CHUNK elements
 # that LLVM spreads over 4 x 8 lanes: each term passes through at most 8 additions in
@@ -151,7 +152,7 @@ def block_max(values):
     """max(values) as a float64, skipping NaN; -inf for an empty or all-NaN block (JIT only).
 
     Contiguous rows (every row of the kernels' C-ordered inputs) take the explicit
-    vector loop of ``_vector.row_max``, one ``maxps`` a vector; others the ``maxnum``
+    vector loop of ``vector.row_max``, one ``maxps`` a vector; others the ``maxnum``
     loop, which LLVM vectorizes with a NaN check per vector (2.3x slower).
     """
     raise NotImplementedError("block_max is only callable from JIT code")
@@ -176,7 +177,7 @@ def _block_max(values):
 def store_exp32_floored(values, largest, destination):
     """destination[j] = exp32_difference_floored(values[j], largest), float32 (JIT only).
 
-    Contiguous rows take the explicit vector loop of ``_vector.row_exp32_store`` (the
+    Contiguous rows take the explicit vector loop of ``vector.row_exp32_store`` (the
     same operations, bit for bit; ``vscalefps`` for the scaling by 2**k on AVX-512),
     others LLVM's vectorization of the scalar loop.  With the float64 sum after them, at
     1000 classes on one thread: 0.31 ns per element, against 0.38 for the scalar loop.
@@ -270,7 +271,7 @@ def _make_exp_sum(store, scaled):
         # two loops: e_j = exp32(x_j - m) in float32 arithmetic (16 lanes), stored; then
         # their float64 sum.  In one loop the float64 sum halves the exp's vector width
         # (LLVM picks 8 lanes for both), which measured 25% slower; written on vectors
-        # (_vector.py) with the conversions to float64 in the exp loop, 12% slower.
+        # (vector.py) with the conversions to float64 in the exp loop, 12% slower.
         shift = np.float32(largest)
         if abs(shift) < EXP32_FLOOR_LIMIT:  # every row in practice
             store_exp32_floored(values, shift, destination)
@@ -541,82 +542,20 @@ def _scale_shift_in_place(destination, high, low, shift):
     return scale_shift64
 
 
-# ---- the driver --------------------------------------------------------------------------
+# ---- small block loops -------------------------------------------------------------------
 
 
-@njit(inline="always", **JIT_OPTIONS)
-def no_fused_row(a, b, out, i):
-    """``make_row_kernel``'s default ``fused_row``: no row is handled in one piece."""
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def fill(destination, value):
+    """destination[j] = value for every j."""
+    for j in range(destination.shape[0]):
+        destination[j] = value
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def has_nan(values):
+    """Whether ``values`` holds a NaN."""
+    for j in range(values.shape[0]):
+        if values[j] != values[j]:
+            return True
     return False
-
-
-def make_row_kernel(reduce_block, merge_row, write_block, fused_row=no_fused_row):
-    """A parallel kernel ``kernel(a, b, out, block, split)`` over (rows, classes) arrays.
-
-    ``reduce_block(a, b, out, i, start, stop) -> (p0, p1)`` (it may write ``out``),
-    ``merge_row(a, i, partial[i]) -> (s0, s1)``,
-    ``write_block(a, b, out, i, start, stop, p0, p1, s0, s1)`` with the block's own pair
-    (p0, p1) and the row's (s0, s1).  ``b`` is a second input of ``a``'s shape (pass
-    ``a`` when there is none).  With ``split`` the (row, block) tasks are spread over
-    threads; otherwise whole rows are.
-
-    ``fused_row(a, b, out, i) -> bool`` (optional, ``inline="always"``) computes a whole
-    row of one block in one piece, without the block pair and the merge, and returns
-    False, having written nothing, for a row it leaves to the three functions (a row
-    whose max is infinite, say).  It must give their results bit for bit.  softmax's and
-    log_softmax's are 2-7% faster than the three at 4096 x 1000 (measured side by side).
-    """
-
-    @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def kernel(a, b, out, block, split):
-        rows, classes = a.shape
-        blocks = max(1, (classes + block - 1) // block)
-        partial = np.empty((rows, blocks, PAIR))
-        if split:
-            for task in prange(rows * blocks):
-                _reduce_task(a, b, out, task // blocks, task % blocks, block, partial)
-            stats = np.empty((rows, PAIR))
-            for i in prange(rows):
-                stats[i, 0], stats[i, 1] = merge_row(a, np.int64(i), partial[i])
-            for task in prange(rows * blocks):
-                i = task // blocks
-                _write_task(a, b, out, i, task % blocks, block, partial, stats[i, 0], stats[i, 1])
-        else:
-            for i in prange(rows):
-                # np.int64: prange's index is unsigned, the split path's signed; one type
-                # for both compiles each block function once per dtype (about 30% less compile time)
-                _row_task(a, b, out, np.int64(i), block, partial)
-
-    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def _reduce_task(a, b, out, i, k, block, partial):
-        start = k * block
-        stop = min(a.shape[1], start + block)
-        partial[i, k, 0], partial[i, k, 1] = reduce_block(a, b, out, i, start, stop)
-
-    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def _write_task(a, b, out, i, k, block, partial, s0, s1):
-        start = k * block
-        stop = min(a.shape[1], start + block)
-        write_block(a, b, out, i, start, stop, partial[i, k, 0], partial[i, k, 1], s0, s1)
-
-    @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
-    def _row_task(a, b, out, i, block, partial):
-        blocks = partial.shape[1]
-        if blocks == 1:
-            # the common case, without the block loops (5% faster at 1000 classes)
-            if fused_row(a, b, out, i):
-                return
-            start = np.int64(0)  # not the literal 0: the same signature as the block loops
-            p0, p1 = reduce_block(a, b, out, i, start, a.shape[1])
-            partial[i, 0, 0] = p0
-            partial[i, 0, 1] = p1
-            s0, s1 = merge_row(a, i, partial[i])
-            write_block(a, b, out, i, start, a.shape[1], p0, p1, s0, s1)
-            return
-        for k in range(blocks):
-            _reduce_task(a, b, out, i, k, block, partial)
-        s0, s1 = merge_row(a, i, partial[i])
-        for k in range(blocks):
-            _write_task(a, b, out, i, k, block, partial, s0, s1)
-
-    return kernel

@@ -1,5 +1,8 @@
-"""Tests for kernels/margins.py: values and gradients against exact (mpmath) references and
-the proof book's closed forms, the ArcFace ends, L-Softmax / SphereFace, threads, bad input.
+"""Tests for kernels/_cosine_margins.py and its row kernel (kernels/_margin_rows.py): values and
+gradients against exact (mpmath) references and the proof book's closed forms, the ArcFace
+ends, threads, vectorization, and bad input for the whole margin family (normalized_linear
+and L-Softmax / SphereFace have their own values tests: test_normalized_linear.py,
+test_large_margin.py).
 
 Parity with pytorch-metric-learning and InsightFace is in ``test_margin_parity.py``.
 """
@@ -29,7 +32,7 @@ from softmaxlab.kernels import (
     normface,
     normface_forward_backward,
 )
-from softmaxlab.kernels import margins as margin_kernels
+from softmaxlab.kernels import _cosine_margins, _margin_rows
 from softmaxlab.kernels._config import block_length
 
 from . import exact
@@ -178,7 +181,7 @@ def test_presets_are_the_combined_margin():
 
 
 def test_seed_worked_example_additive_margin_is_softplus_of_the_gap():
-    # seed 001: with an additive margin the loss is softplus(LSE_{j != y}(s z_j) - s(z_y - m))
+    # with an additive margin (Wang et al. 2018, CosFace) the loss is softplus(LSE_{j != y}(s z_j) - s(z_y - m))
     cos = np.array([[0.7, 0.2, -0.1, 0.4]])
     s, m = 30.0, 0.35
     gap = np.log(np.sum(np.exp(s * cos[0, 1:]))) - s * (cos[0, 0] - m)
@@ -227,10 +230,10 @@ def test_arcface_with_fallback_matches_the_proven_closed_form():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_target_logit_and_derivative_match_the_proven_closed_forms(dtype):
     m = 0.5
-    c_max = margin_kernels.derivative_limit(dtype)
+    c_max = _cosine_margins.derivative_limit(dtype)
     switch = math.cos(math.pi - m)
     values = np.array([-1.0, -0.99, switch - 1e-9, switch + 1e-9, -0.3, 0.0, 0.5, 0.9999, float(c_max), 1.0])
-    high, low, slope = margin_kernels.combined_margin_target(values, 1.0, 1.0, m, 0.0, c_max)
+    high, low, slope = _cosine_margins.combined_margin_target(values, 1.0, 1.0, m, 0.0, c_max)
     page = closed_forms.arcface_target_logit_derivative.page
     np.testing.assert_allclose(high + low, closed_forms.arcface_target_logit(values, m), rtol=1e-15, atol=1e-16,
                                err_msg=closed_forms.arcface_target_logit.page)
@@ -241,7 +244,7 @@ def test_target_logit_and_derivative_match_the_proven_closed_forms(dtype):
     # the general combined margin (no fallback), away from c = +-1 where f' is unbounded
     inner = np.linspace(-0.95, 0.95, 9)
     for m1, m2, m3 in [(1.35, 0.0, 0.0), (1.0, 0.3, 0.2), (0.8, 0.2, 0.1)]:
-        high, low, slope = margin_kernels.combined_margin_target(inner, 3.0, m1, m2, m3, c_max)
+        high, low, slope = _cosine_margins.combined_margin_target(inner, 3.0, m1, m2, m3, c_max)
         if m1 == 1.0:  # this one uses the fallback below cos(pi - m2); all of inner is above
             assert (inner > math.cos(math.pi - m2)).all()
         np.testing.assert_allclose(high + low, closed_forms.combined_margin_target_logit(inner, 3.0, m1, m2, m3),
@@ -322,8 +325,8 @@ def test_theta_just_below_and_above_pi_minus_m(dtype):
     assert float(below) < switch < float(above)
     cos = np.array([[above, 0.0], [below, 0.0]], dtype=dtype)
     target = np.array([0, 0])
-    high, low, slope = margin_kernels.combined_margin_target(cos[:, 0], s, 1.0, m, 0.0,
-                                                             margin_kernels.derivative_limit(dtype))
+    high, low, slope = _cosine_margins.combined_margin_target(cos[:, 0], s, 1.0, m, 0.0,
+                                                              _cosine_margins.derivative_limit(dtype))
     arc = math.cos(math.acos(float(above)) + m)
     fallback = float(below) - m * math.sin(m)
     assert (high[0] + low[0]) / s == pytest.approx(arc, abs=1e-12)
@@ -343,7 +346,7 @@ def test_theta_just_below_and_above_pi_minus_m(dtype):
 
 def test_target_logit_is_nondecreasing_in_the_cosine_for_arcface():
     c = np.linspace(-1.0, 1.0, 20001)
-    high, low, slope = margin_kernels.combined_margin_target(c, 1.0, 1.0, 0.5, 0.0, 1 - 2.0 ** -53)
+    high, low, slope = _cosine_margins.combined_margin_target(c, 1.0, 1.0, 0.5, 0.0, 1 - 2.0 ** -53)
     assert np.all(np.diff(high + low) >= -1e-15) and np.all(slope >= 0.0)
 
 
@@ -414,199 +417,6 @@ def test_inputs_are_not_modified():
         np.testing.assert_array_equal(array, copy)
 
 
-# ---- normalized_linear ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_normalized_linear_matches_the_proven_closed_forms(dtype):
-    rng = np.random.default_rng(12)
-    x = rng.standard_normal((4, 5)).astype(dtype)
-    W = rng.standard_normal((7, 5)).astype(dtype)
-    g = rng.standard_normal((4, 7)).astype(dtype)
-    cos = normalized_linear(x, W)
-    dx, dW = normalized_linear_backward(x, W, g)
-    assert cos.dtype == dx.dtype == dW.dtype == dtype
-    x64, W64, g64 = (a.astype(np.float64) for a in (x, W, g))
-    rtol = 1e-6 if dtype == np.float32 else 1e-13
-    page = closed_forms.normalized_linear_grad_x.page
-    np.testing.assert_allclose(cos, closed_forms.normalized_linear(x64, W64), rtol=rtol, atol=rtol, err_msg=page)
-    np.testing.assert_allclose(dx, closed_forms.normalized_linear_grad_x(x64, W64, g64), rtol=rtol * 10,
-                               atol=rtol, err_msg=page)
-    np.testing.assert_allclose(dW, closed_forms.normalized_linear_grad_W(x64, W64, g64).sum(axis=0),
-                               rtol=rtol * 10, atol=rtol, err_msg=page)
-
-
-def test_normalized_linear_gradient_matches_central_differences():
-    rng = np.random.default_rng(13)
-    x, W, g = rng.standard_normal((3, 4)), rng.standard_normal((6, 4)), rng.standard_normal((3, 6))
-    dx, dW = normalized_linear_backward(x, W, g)
-    step = 1e-6
-    for _ in range(3):
-        vx, vW = rng.standard_normal(x.shape), rng.standard_normal(W.shape)
-        plus = np.sum(g * normalized_linear(x + step * vx, W + step * vW))
-        minus = np.sum(g * normalized_linear(x - step * vx, W - step * vW))
-        assert np.sum(dx * vx) + np.sum(dW * vW) == pytest.approx((plus - minus) / (2 * step), rel=1e-7, abs=1e-9)
-    # the gradient in x is orthogonal to x (cos is scale-invariant in x)
-    np.testing.assert_allclose(np.sum(dx * x, axis=1), 0.0, atol=1e-14)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_normalized_linear_scaling_clamp_and_leading_axes(dtype):
-    scale = 1e30 if dtype == np.float32 else 1e200
-    x = np.array([[3.0, 4.0], [3.0 / scale, 4.0 / scale], [3.0 * scale / 10, 4.0 * scale / 10]], dtype=dtype)
-    W = np.array([[1.0, 0.0], [3.0, 4.0], [-6.0, -8.0]], dtype=dtype)
-    cos = normalized_linear(x, W)
-    for row in range(3):  # no overflow or underflow of the squares: each row is (0.6, 1, -1)
-        np.testing.assert_allclose(cos[row], [0.6, 1.0, -1.0], rtol=2 * np.finfo(dtype).eps)
-    assert np.abs(cos).max() <= 1.0
-    rng = np.random.default_rng(14)
-    aligned = rng.standard_normal((50, 33)).astype(dtype)
-    assert np.abs(normalized_linear(aligned, aligned)).max() <= 1.0  # diagonal rounds past 1 without the clamp
-    batched = rng.standard_normal((2, 3, 4)).astype(dtype)
-    weights = rng.standard_normal((5, 4)).astype(dtype)
-    np.testing.assert_array_equal(normalized_linear(batched, weights),
-                                  normalized_linear(batched.reshape(6, 4), weights).reshape(2, 3, 5))
-    dx, dW = normalized_linear_backward(batched, weights, np.ones((2, 3, 5), dtype=dtype))
-    assert dx.shape == (2, 3, 4) and dW.shape == (5, 4)
-
-
-def test_zero_rows_raise_a_clear_error():
-    x = np.array([[1.0, 2.0], [0.0, 0.0]])
-    W = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"x row 1 has norm 0"):
-        normalized_linear(x, W[:2])
-    with pytest.raises(ValueError, match=r"W row 2 has norm 0"):
-        normalized_linear(x[:1], W)
-    with pytest.raises(ValueError, match=r"x row 1 has norm 0"):
-        normalized_linear_backward(x, W[:2], np.ones((2, 2)))
-    with pytest.raises(ValueError, match=r"W row 2 has norm 0"):
-        large_margin_cross_entropy(x[:1], W, np.array([0]), m=2)
-
-
-# ---- L-Softmax and SphereFace ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_psi_matches_the_proven_chebyshev_form_and_its_derivative(m):
-    thresholds = [math.cos(k * math.pi / m) for k in range(1, m)]
-    c = np.concatenate([np.linspace(-1.0, 1.0, 401), thresholds,
-                        np.nextafter(thresholds, 2.0), np.nextafter(thresholds, -2.0), [-1.0, 1.0]])
-    psi, slope = margin_kernels.psi_and_slope(c, m)
-    np.testing.assert_allclose(psi, closed_forms.sphereface_psi_of_cosine(c, m), rtol=1e-13, atol=1e-13,
-                               err_msg=closed_forms.sphereface_psi_of_cosine.page)
-    np.testing.assert_allclose(slope, closed_forms.sphereface_psi_derivative(c, m), rtol=1e-13, atol=1e-12,
-                               err_msg=closed_forms.sphereface_psi_derivative.page)
-    # against the definition in theta (docs/proofs/margins.md#sphereface-psi-monotone)
-    np.testing.assert_allclose(psi, closed_forms.sphereface_psi(np.arccos(c), m), atol=1e-12)
-    assert np.all(np.isfinite(slope))
-    # psi is decreasing in theta, so increasing in c
-    ordered = np.linspace(-1.0, 1.0, 2001)
-    assert np.all(np.diff(margin_kernels.psi_and_slope(ordered, m)[0]) >= -1e-12)
-
-
-def _expected_large_margin(x, W, target, m, lambda_):
-    """Loss and gradients composed from the closed forms (docs/proofs/margins.md#large-margin-target-logit-gradient)."""
-    loss, dx, dW = 0.0, np.zeros_like(x), np.zeros_like(W)
-    for i, label in enumerate(target):
-        logits = W @ x[i]
-        logits[label] = closed_forms.large_margin_target_logit(x[i], W[label], m, lambda_)
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
-        loss += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[label]
-        weights = probabilities.copy()
-        weights[label] = 0.0
-        dx[i] = weights @ W + (probabilities[label] - 1) * closed_forms.large_margin_target_logit_grad_x(
-            x[i], W[label], m, lambda_)
-        dW += np.outer(weights, x[i])
-        dW[label] += (probabilities[label] - 1) * closed_forms.large_margin_target_logit_grad_w(
-            x[i], W[label], m, lambda_)
-    return loss, dx, dW
-
-
-@pytest.mark.parametrize("lambda_", [0.0, 0.7])
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_large_margin_matches_the_proven_closed_forms(m, lambda_):
-    rng = np.random.default_rng(20 + m)
-    x, W = rng.standard_normal((5, 4)), rng.standard_normal((6, 4)) * 0.7
-    target = np.array([0, 1, 5, 3, 1])
-    loss, dx, dW = large_margin_cross_entropy_forward_backward(x, W, target, m=m, lambda_=lambda_, reduction="sum")
-    expected = _expected_large_margin(x, W, target, m, lambda_)
-    page = closed_forms.large_margin_target_logit_grad_x.page
-    np.testing.assert_allclose(loss, expected[0], rtol=1e-12, err_msg=page)
-    np.testing.assert_allclose(dx, expected[1], rtol=1e-11, atol=1e-12, err_msg=page)
-    np.testing.assert_allclose(dW, expected[2], rtol=1e-11, atol=1e-12, err_msg=page)
-    assert float(large_margin_cross_entropy(x, W, target, m=m, lambda_=lambda_, reduction="sum")) == float(loss)
-
-
-@pytest.mark.parametrize("normalize_weights", [False, True])
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-def test_large_margin_gradient_matches_central_differences(m, normalize_weights):
-    rng = np.random.default_rng(30 + m)
-    x, W = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
-    target = np.array([2, 0, 4, 2])
-    upstream = rng.standard_normal(4)
-    _, dx, dW = large_margin_cross_entropy_forward_backward(x, W, target, m=m, lambda_=0.3,
-                                                            normalize_weights=normalize_weights, reduction="none",
-                                                            grad_output=upstream)
-
-    def objective(features, weights):
-        return float(np.dot(upstream, large_margin_cross_entropy(features, weights, target, m=m, lambda_=0.3,
-                                                                 normalize_weights=normalize_weights,
-                                                                 reduction="none")))
-
-    step = 1e-6
-    for _ in range(3):
-        vx, vW = rng.standard_normal(x.shape), rng.standard_normal(W.shape)
-        numeric = (objective(x + step * vx, W + step * vW) - objective(x - step * vx, W - step * vW)) / (2 * step)
-        assert np.sum(dx * vx) + np.sum(dW * vW) == pytest.approx(numeric, rel=1e-6, abs=1e-8)
-
-
-def test_sphereface_is_l_softmax_on_normalized_weights():
-    rng = np.random.default_rng(40)
-    x, W = rng.standard_normal((6, 5)), rng.standard_normal((7, 5))
-    target = rng.integers(0, 7, size=6)
-    unit = W / np.linalg.norm(W, axis=1, keepdims=True)
-    sphere = large_margin_cross_entropy_forward_backward(x, W, target, m=4, normalize_weights=True)
-    plain = large_margin_cross_entropy_forward_backward(x, unit, target, m=4)
-    np.testing.assert_allclose(sphere[0], plain[0], rtol=1e-14)
-    np.testing.assert_allclose(sphere[1], plain[1], rtol=1e-12, atol=1e-15)
-    # through W / |W|: the radial part of the gradient is removed and the rest divided by |W|
-    tangent = plain[2] - np.sum(plain[2] * unit, axis=1, keepdims=True) * unit
-    np.testing.assert_allclose(sphere[2], tangent / np.linalg.norm(W, axis=1, keepdims=True), rtol=1e-11,
-                               atol=1e-15)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_large_margin_at_cos_plus_and_minus_one_is_finite(dtype):
-    W = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=dtype)
-    x = np.array([[2.0, 0.0], [-3.0, 0.0], [0.0, 1.5]], dtype=dtype)  # cos_y = 1, -1 (theta = pi), 1
-    target = np.array([0, 0, 1])
-    for m in (1, 2, 3, 4):
-        for normalize_weights in (False, True):
-            loss, dx, dW = large_margin_cross_entropy_forward_backward(x, W, target, m=m,
-                                                                       normalize_weights=normalize_weights,
-                                                                       reduction="none")
-            assert np.isfinite(loss).all() and np.isfinite(dx).all() and np.isfinite(dW).all()
-            # psi(pi) = 1 - 2m: the target logit of row 1 is |x| (1 - 2m)
-            logits = np.array([3.0 * (1 - 2 * m), 0.0, 3.0])
-            expected = np.log(np.sum(np.exp(logits))) - logits[0]
-            assert float(loss[1]) == pytest.approx(expected, rel=1e-6)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_large_margin_float32_follows_float64(dtype):
-    rng = np.random.default_rng(41)
-    x, W = rng.standard_normal((8, 16)), rng.standard_normal((37, 16))
-    target = rng.integers(0, 37, size=8)
-    reference = large_margin_cross_entropy_forward_backward(x, W, target, m=2, normalize_weights=True)
-    result = large_margin_cross_entropy_forward_backward(x.astype(dtype), W.astype(dtype), target, m=2,
-                                                         normalize_weights=True)
-    rtol = 1e-5 if dtype == np.float32 else 1e-15
-    for got, want in zip(result, reference):
-        assert got.dtype == dtype
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
-
-
 # ---- threads ---------------------------------------------------------------------------------
 
 
@@ -637,9 +447,9 @@ def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype)
 def test_hot_loops_vectorize_without_libm_calls(dtype):
     values = _cosines((300,), dtype)
     destination = np.empty_like(values)
-    margin_kernels._sum_exp_scaled(values, 64.0, 64.0)
-    margin_kernels._write_scaled_softmax(values, destination, 64.0, 64.0, 0.5)
-    for function in (margin_kernels._sum_exp_scaled, margin_kernels._write_scaled_softmax):
+    _margin_rows._sum_exp_scaled(values, 64.0, 64.0)
+    _margin_rows._write_scaled_softmax(values, destination, 64.0, 64.0, 0.5)
+    for function in (_margin_rows._sum_exp_scaled, _margin_rows._write_scaled_softmax):
         signature = next(sig for sig in function.signatures if str(sig[0].dtype) == np.dtype(dtype).name)
         assembly = function.inspect_asm(signature)
         assert re.search(r"%[yz]mm", assembly), function

@@ -21,7 +21,7 @@ Both loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an A
 register; LLVM splits them on narrower targets) and finish with a masked load (and
 store) of the last partial vector (``llvm.masked.load``/``store``, generic IR).  Only
 ``vscalefps`` is x86-specific, emitted where the JIT target has AVX-512F.  The
-kernels call them through ``_rows.block_max`` and ``_rows.store_exp32_floored``, for
+kernels call them through ``rows.block_max`` and ``rows.store_exp32_floored``, for
 C-contiguous rows; other rows keep the scalar loops.  Measured on one thread of a
 Zen 4 (``tests/kernels/test_vector.py`` checks the results and the instructions).
 
@@ -37,7 +37,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._exp import _FLOOR_OFFSET_32, _LN2_HI_32, _LN2_LO_32, _LOG2E_32, _P1_32, _POW2_OFFSET, _SHIFT_32
+from .exp import _FLOOR_OFFSET_32, _LN2_HI_32, _LN2_LO_32, _LOG2E_32, _P1_32, _POW2_OFFSET, _SHIFT_32
 
 VECTOR_BYTES = 64
 _ACCUMULATORS = 4
@@ -211,7 +211,7 @@ def _exp32_floored_vector(builder, values, largest, floor, scale_by_scalef):
     k = fma(d, log2e, 1.5 * 2**23) - 1.5 * 2**23; r = fma(-k, ln2_hi, d) + fma(-k, ln2_lo, low);
     e^r = fma(r, P1(r), 1) by Horner's rule in FMAs; and the scaling by 2**k, k <= 0, in one
     rounding: ``vscalefps`` where the target has AVX-512 (one instruction), else the two
-    products of ``_exp._scale_pow2_nonpositive`` (exact, then rounding).
+    products of ``exp._scale_pow2_nonpositive`` (exact, then rounding).
     """
     vector_type = values.type
     lanes = vector_type.count

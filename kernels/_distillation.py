@@ -7,15 +7,15 @@ For a student row z, a teacher row v, temperature T and weight alpha::
     L = T^2 KL(p || q)                                        (target=None)
     dL/dz = alpha T (q - p) + (1 - alpha)(a - onehot(y))      (T (q - p) without target)
 
-The teacher gets no gradient.  Why T^2 (seed 004): the soft gradient is (q - p) / T per
+The teacher gets no gradient.  Why T^2 (Hinton et al. 2015): the soft gradient is (q - p) / T per
 unit of KL, so multiplying by T^2 keeps the soft and hard terms' gradients of the same
 size whatever the temperature (proof book: ``docs/proofs/distillation.md``).
 
-One parallel kernel (``cross_entropy.make_loss_kernel``) with a state of 7 floats per
+One parallel kernel (the loss driver, ``_driver/losses.py``) with a state of 7 floats per
 block: the (max, sum of exp - 1) pairs of z/T, v/T and z, and
 u_b = sum_c e^(v_c/T - m_b) (v_c - z_c)/T.  Merged per row,
 KL = sum_c p_c (v_c - z_c)/T - [(M_v - M_z) + (log S_v - log S_z)], with every sum of
-exponentials taken without cancellation (``_rows.scaled_exp_sum``) and the
+exponentials taken without cancellation (``_numerics/rows.py``, ``scaled_exp_sum``) and the
 log-sums as log1p.  The write pass reads z and v once more and writes
 ``g (alpha T / S_z) e^(z/T - M_z) - g (alpha T / S_v) e^(v/T - M_v) + g ((1-alpha)/S) e^(z - M)``
 with the target entry's ``a_y - 1`` formed as ``-T/S`` when z_y holds the max.  float32
@@ -28,10 +28,10 @@ difference of (T^2 (max|v - z|/T + log C)): KL(p || q) much smaller than that (a
 close to its teacher) loses digits here as in torch's ``kl_div`` composition.  For float64
 with a temperature that is not a power of two, z/T is rounded once (as torch's ``s / T``),
 which costs up to |z/T| u relative in the probabilities; carrying the rounding error of
-the scaling as a second float (``margins.exp_scaled_difference`` does so for products)
+the scaling as a second float (``_cosine_margins.exp_scaled_difference`` does so for products)
 would remove it.
 
-Edges: an all -inf teacher row has p = 0 (DESIGN's softmax convention): its soft term and
+Edges: an all -inf teacher row has p = 0 (``docs/design.md``, "Semantics at the edges"): its soft term and
 soft gradient are 0.  An all -inf student row has an infinite loss (when the teacher's
 row is not all -inf, or a hard target is given) and zero gradient.  A student logit of -inf
 where the teacher's probability is positive gives KL = +inf.  NaN or +inf in a row gives
@@ -41,12 +41,24 @@ NaN in that row.
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
-from ._rows import SUM_CHUNK, block_max, exp_difference_for, pairwise_sum
+from ._driver.losses import (
+    block_factor,
+    exp_scaled,
+    make_loss_kernel,
+    merge_pair,
+    reduce_scaled,
+    run_loss_kernel,
+    target_minus_one,
+    upstream_at,
+)
+from ._driver.reduction import row_scales
+from ._numerics.rows import SUM_CHUNK, block_max, exp_difference_for, fill, has_nan, pairwise_sum
 from ._validation import (
     check_class_indices,
     check_float_array,
@@ -54,25 +66,12 @@ from ._validation import (
     check_reduction,
     check_same_array_layout,
 )
-from .cross_entropy import (
-    block_factor,
-    exp_scaled,
-    fill,
-    has_nan,
-    make_loss_kernel,
-    merge_pair,
-    reduce_scaled,
-    row_scales,
-    run_loss_kernel,
-    target_minus_one,
-    upstream_at,
-)
 
 __all__ = ["distillation_loss", "distillation_loss_forward_backward"]
 
 PAGE = "docs/proofs/distillation.md"
 
-# row status, kept in stats[7]
+# row status, kept in stats[i, STATUS]
 _NORMAL = 0.0
 _TEACHER_MASKED = 1.0  # every teacher logit -inf: p = 0, no soft term
 _ZERO_GRADIENT = 2.0  # every student logit -inf
@@ -103,7 +102,7 @@ def _cross_term(e, teacher_value, student_value, scale):
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def _teacher_sums(teacher, student, scale, largest):
     """(t_b, u_b) of a teacher block: sum_c e_c - 1 (ties counted) and sum_c e_c (v_c - z_c)/T,
-    e_c = exp(v_c/T - largest), largest = max_c v_c/T; float64, chunked as ``_rows.SUM_CHUNK``."""
+    e_c = exp(v_c/T - largest), largest = max_c v_c/T; float64, chunked as ``_numerics.rows.SUM_CHUNK``."""
     total = 0.0
     ties = 0.0
     cross = 0.0
@@ -125,11 +124,29 @@ def _teacher_sums(teacher, student, scale, largest):
     return total + (ties - 1.0), cross
 
 
-# args = (teacher (rows, classes), target int64 (rows,) or (1,), row_scale f64 (rows,) or (1,),
-#         scale = 1/T, soft_coefficient = alpha T^2 (T^2 without target),
-#         hard_coefficient = 1 - alpha (0 without target), hard bool)
-# state per block: m_z, t_z (of z/T), m_v, t_v (of v/T), u_b, m_1, t_1 (of z), unused
-# stats per row:   M_z, T_z, M_v, T_v, unused, M_1, T_1, status
+# The block functions unpack ``args`` once, at their top: attribute reads spread through the
+# bodies compiled to about 20 more calls in the kernel (its machine code compared with the unpack's).
+DistillationArgs = namedtuple(
+    "DistillationArgs",
+    [
+        "teacher",  # (rows, classes) of the student's dtype
+        "target",  # int64 (rows,), or (1,) without a hard target
+        "row_scale",  # float64 (rows,) or (1,): ``reduction.row_scales``, read by ``upstream_at``
+        "scale",  # float64, 1/T
+        "soft_coefficient",  # float64, alpha T^2 (T^2 without target)
+        "hard_coefficient",  # float64, 1 - alpha (0 without target)
+        "hard",  # bool: whether there is a hard target
+    ],
+)
+
+# Columns of ``partial`` (per block: m_b and t_b of each softmax, u_b) and ``stats`` (per row:
+# M and T of each softmax, the status)
+STUDENT_MAX, STUDENT_SUM = 0, 1  # of z/T
+TEACHER_MAX, TEACHER_SUM = 2, 3  # of v/T
+CROSS = 4  # per block: u_b = sum_c e^(v_c/T - m_b) (v_c - z_c)/T (unused per row)
+HARD_MAX, HARD_SUM = 5, 6  # of z (with a hard target)
+STATUS = 7  # per row: _NORMAL, _TEACHER_MASKED, _ZERO_GRADIENT or _UNDEFINED (unused per block)
+WIDTH = 8
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -137,56 +154,56 @@ def _reduce(student, args, grad, i, k, start, stop, partial, write):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     values = student[i, start:stop]
     teacher_values = teacher[i, start:stop]
-    partial[i, k, 0], partial[i, k, 1] = reduce_scaled(values, scale)
+    partial[i, k, STUDENT_MAX], partial[i, k, STUDENT_SUM] = reduce_scaled(values, scale)
     largest = block_max(teacher_values) * scale
-    partial[i, k, 2] = largest
+    partial[i, k, TEACHER_MAX] = largest
     if largest == -np.inf:
-        partial[i, k, 3], partial[i, k, 4] = (np.nan if has_nan(teacher_values) else -1.0), 0.0
+        partial[i, k, TEACHER_SUM], partial[i, k, CROSS] = (np.nan if has_nan(teacher_values) else -1.0), 0.0
     elif largest == np.inf:
-        partial[i, k, 3], partial[i, k, 4] = 0.0, np.nan
+        partial[i, k, TEACHER_SUM], partial[i, k, CROSS] = 0.0, np.nan
     else:
-        partial[i, k, 3], partial[i, k, 4] = _teacher_sums(teacher_values, values, scale, largest)
+        partial[i, k, TEACHER_SUM], partial[i, k, CROSS] = _teacher_sums(teacher_values, values, scale, largest)
     if hard:
-        partial[i, k, 5], partial[i, k, 6] = reduce_scaled(values, 1.0)
+        partial[i, k, HARD_MAX], partial[i, k, HARD_SUM] = reduce_scaled(values, 1.0)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _merge(student, args, i, partial, stats):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
-    student_largest, student_total = merge_pair(student, i, partial, 0)
-    teacher_largest, teacher_total = merge_pair(teacher, i, partial, 2)
-    stats[i, 0], stats[i, 1], stats[i, 2], stats[i, 3] = student_largest, student_total, teacher_largest, teacher_total
+    student_largest, student_total = merge_pair(student, i, partial, STUDENT_MAX)
+    teacher_largest, teacher_total = merge_pair(teacher, i, partial, TEACHER_MAX)
+    stats[i, STUDENT_MAX], stats[i, STUDENT_SUM], stats[i, TEACHER_MAX], stats[i, TEACHER_SUM] = student_largest, student_total, teacher_largest, teacher_total
     loss = 0.0
     hard_largest, hard_total = 0.0, 0.0
     if hard:
-        hard_largest, hard_total = merge_pair(student, i, partial, 5)
-    stats[i, 5], stats[i, 6] = hard_largest, hard_total
+        hard_largest, hard_total = merge_pair(student, i, partial, HARD_MAX)
+    stats[i, HARD_MAX], stats[i, HARD_SUM] = hard_largest, hard_total
     if (student_total != student_total or teacher_total != teacher_total or student_largest == np.inf
             or teacher_largest == np.inf):
-        stats[i, 7] = _UNDEFINED
+        stats[i, STATUS] = _UNDEFINED
         return np.nan
     if student_largest == -np.inf:
         # q = 0: KL = +inf unless p = 0 too; CE = +inf
-        stats[i, 7] = _ZERO_GRADIENT
+        stats[i, STATUS] = _ZERO_GRADIENT
         soft = np.inf if (teacher_largest != -np.inf and soft_coefficient != 0.0) else 0.0
         return soft + (np.inf if (hard and hard_coefficient != 0.0) else 0.0)
-    stats[i, 7] = _NORMAL
+    stats[i, STATUS] = _NORMAL
     if teacher_largest == -np.inf:
-        stats[i, 7] = _TEACHER_MASKED  # p = 0: no soft term
+        stats[i, STATUS] = _TEACHER_MASKED  # p = 0: no soft term
     else:
         # KL(p || q) = sum_c p_c (v_c - z_c)/T - [(M_v - M_z) + (log S_v - log S_z)]
         blocks = partial.shape[1]
         if blocks == 1:
-            cross = partial[i, 0, 4]
+            cross = partial[i, 0, CROSS]
         else:
             terms = np.empty(blocks)
             for k in range(blocks):
-                cross_b = partial[i, k, 4]
+                cross_b = partial[i, k, CROSS]
                 # 0 stays 0, and +inf stays +inf: exp(m_b - M) > 0 even where it underflows to 0
                 if cross_b == 0.0 or cross_b == np.inf:
                     terms[k] = cross_b
                 else:
-                    terms[k] = cross_b * block_factor(partial[i, k, 2], teacher_largest)
+                    terms[k] = cross_b * block_factor(partial[i, k, TEACHER_MAX], teacher_largest)
             cross = pairwise_sum(terms)
         teacher_log_total = math.log1p(teacher_total)
         student_log_total = math.log1p(student_total)
@@ -205,7 +222,7 @@ def _merge(student, args, i, partial, stats):
 def _write(student, args, grad, i, k, start, stop, partial, stats):
     teacher, target, row_scale, scale, soft_coefficient, hard_coefficient, hard = args
     destination = grad[i, start:stop]
-    status = stats[i, 7]
+    status = stats[i, STATUS]
     if status == _UNDEFINED:
         fill(destination, np.nan)
         return
@@ -215,8 +232,8 @@ def _write(student, args, grad, i, k, start, stop, partial, stats):
     values = student[i, start:stop]
     teacher_values = teacher[i, start:stop]
     upstream = upstream_at(row_scale, i)
-    student_largest, student_total = stats[i, 0], stats[i, 1]
-    teacher_largest, teacher_total = stats[i, 2], stats[i, 3]
+    student_largest, student_total = stats[i, STUDENT_MAX], stats[i, STUDENT_SUM]
+    teacher_largest, teacher_total = stats[i, TEACHER_MAX], stats[i, TEACHER_SUM]
     soft = upstream * soft_coefficient * scale  # g alpha T^2 / T
     student_factor = soft / (1.0 + student_total)
     teacher_factor = soft / (1.0 + teacher_total)
@@ -224,7 +241,7 @@ def _write(student, args, grad, i, k, start, stop, partial, stats):
         # p = 0 and sum_c p_c = 0: the soft term and its gradient vanish (exp(-inf) = 0 below)
         student_factor, teacher_factor, teacher_largest = 0.0, 0.0, 0.0
     if hard:
-        hard_largest, hard_total = stats[i, 5], stats[i, 6]
+        hard_largest, hard_total = stats[i, HARD_MAX], stats[i, HARD_SUM]
         hard_factor = upstream * hard_coefficient / (1.0 + hard_total)
         # dL/dz_j = g [alpha T (q_j - p_j) + (1 - alpha) a_j]   (j != y)
         # q_j = e^(z_j/T - M_z) / S_z, p_j = e^(v_j/T - M_v) / S_v, a_j = e^(z_j - M) / S
@@ -250,7 +267,7 @@ def _write(student, args, grad, i, k, start, stop, partial, stats):
             )
 
 
-_distillation_kernel = make_loss_kernel(_reduce, _merge, _write, 8)
+_distillation_kernel = make_loss_kernel(_reduce, _merge, _write, WIDTH)
 
 
 def _distillation(student, teacher, target, temperature, alpha, reduction, grad_output, write):
@@ -274,7 +291,7 @@ def _distillation(student, teacher, target, temperature, alpha, reduction, grad_
         soft_coefficient, hard_coefficient = alpha * temperature * temperature, 1.0 - alpha
     denominator = rows.shape[0]
     scale = row_scales(grad_output, reduction, denominator, batch_shape)
-    args = (teacher_rows, labels, scale, 1.0 / temperature, soft_coefficient, hard_coefficient, hard)
+    args = DistillationArgs(teacher_rows, labels, scale, 1.0 / temperature, soft_coefficient, hard_coefficient, hard)
     return run_loss_kernel(_distillation_kernel, rows, args, write, reduction, denominator, student.shape)
 
 
@@ -287,7 +304,7 @@ def distillation_loss(student, teacher, target=None, *, temperature=4.0, alpha=0
 
     for student logits ``z`` and teacher logits ``v``; with ``target=None`` the loss is
     ``T^2 KL(...)`` alone (``alpha`` is then not used).  The T^2 keeps the soft term's
-    gradient, which scales as 1/T, comparable to the hard term's (seed 004).
+    gradient, which scales as 1/T, comparable to the hard term's (Hinton et al. 2015).
 
     Args:
         student: float32 or float64 logits ``(..., C)``; not modified.
@@ -312,7 +329,7 @@ def distillation_loss(student, teacher, target=None, *, temperature=4.0, alpha=0
         0.2038
 
     References: G. Hinton, O. Vinyals, J. Dean, "Distilling the knowledge in a neural
-    network", 2015; seed 004; ``docs/proofs/distillation.md``.
+    network", 2015; ``docs/proofs/distillation.md``.
     """
     loss, _ = _distillation(student, teacher, target, temperature, alpha, reduction, 1.0, False)
     return loss

@@ -77,7 +77,8 @@ from llvmlite import ir
 from numba import literal_unroll, njit, types
 from numba.extending import intrinsic
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH
+from .._config import JIT_OPTIONS, STRICT_FASTMATH
+from .eft import fma, two_sum
 
 
 # (integer type, the bits of 1.5 * 2**p as shifted's offset, exponent bias, mantissa bits)
@@ -164,22 +165,6 @@ def _scale_pow2_nonpositive(typingctx, mantissa, shifted):
     if not (mantissa == shifted and mantissa in (types.float64, types.float32)):
         return None
     return mantissa(mantissa, shifted), _pow2_offset_codegen(mantissa.bitwidth, _POW2_OFFSET)
-
-
-@intrinsic
-def fma(typingctx, a, b, c):
-    """a * b + c with a single rounding (llvm.fma; one instruction on FMA hardware)."""
-    if not (isinstance(a, types.Float) and a == b == c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        value_type = args[0].type
-        function = builder.module.declare_intrinsic(
-            "llvm.fma", [value_type], ir.FunctionType(value_type, [value_type] * 3)
-        )
-        return builder.call(function, args)
-
-    return a(a, b, c), codegen
 
 
 _LOG2E = 1.4426950408889634
@@ -446,15 +431,3 @@ def log1p_unit(e):
     # k ln2 + f - (f^2/2 - s (f^2/2 + R)) + c/u, the small terms first
     small = s * (half_square + r) + (k * _LN2_LO + correction / u)
     return k * _LN2_HI - ((half_square - small) - f)
-
-
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def two_sum(a, b):
-    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum, 6 flops).
-
-    Needs round-to-nearest and no re-association: compiled with STRICT_FASTMATH.
-    """
-    s = a + b
-    a_part = s - b
-    b_part = s - a_part
-    return s, (a - a_part) + (b - b_part)

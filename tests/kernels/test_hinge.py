@@ -1,4 +1,5 @@
-"""Tests for kernels/classic_losses.py: multi-class hinge, smooth hinge, quadratic cost (seeds 001, 002)."""
+"""Tests for kernels/_hinge.py: the multi-class hinge and the smooth hinge (``docs/proofs/cross_entropy.md``,
+"the hinge chain")."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_multiclass_hinge, exact_quadratic_cost, exact_smooth_hinge
+from softmaxlab.harness.registry_losses import exact_multiclass_hinge, exact_smooth_hinge
 from softmaxlab.kernels import (
     cross_entropy_forward_backward,
     multiclass_hinge,
     multiclass_hinge_forward_backward,
-    quadratic_cost,
-    quadratic_cost_forward_backward,
     smooth_hinge,
     smooth_hinge_forward_backward,
 )
@@ -66,15 +65,6 @@ def torch_smooth_hinge(logits, target, *, margin=0.0, reduction="mean", grad_out
     return loss, np.nan_to_num(grad).reshape(logits.shape)  # one class: torch's NaN where the gradient is 0
 
 
-def torch_quadratic_cost(logits, target, *, reduction="mean", grad_output=1.0):
-    x = torch.tensor(logits.astype(np.float64), requires_grad=True)
-    loss = 0.5 * F.mse_loss(torch.sigmoid(x), torch.tensor(target.astype(np.float64)), reduction=reduction)
-    upstream = (torch.tensor(np.broadcast_to(np.asarray(grad_output, dtype=np.float64), logits.shape).copy())
-                if reduction == "none" else torch.tensor(float(grad_output), dtype=torch.float64))
-    loss.backward(upstream)
-    return loss.detach().numpy(), x.grad.numpy()
-
-
 CASES = [
     ("hinge", multiclass_hinge, multiclass_hinge_forward_backward, torch_multiclass_hinge, [1.0, 0.3]),
     ("smooth", smooth_hinge, smooth_hinge_forward_backward, torch_smooth_hinge, [0.0, 0.7]),
@@ -98,20 +88,6 @@ def test_hinges_match_torch(name, forward, forward_backward, reference, margins,
         _assert_close(grad, reference_grad, dtype, "grad " + what)
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_quadratic_cost_matches_torch(reduction):
-    for dtype, shape in itertools.product(DTYPES, SHAPES):
-        logits = _random(shape, dtype)
-        target = np.random.default_rng(2).random(shape).astype(dtype)
-        upstream = _upstream(reduction, shape)
-        loss, grad = quadratic_cost_forward_backward(logits, target, reduction=reduction, grad_output=upstream)
-        np.testing.assert_array_equal(quadratic_cost(logits, target, reduction=reduction), loss)
-        reference_loss, reference_grad = torch_quadratic_cost(logits, target, reduction=reduction,
-                                                              grad_output=upstream)
-        _assert_close(loss, reference_loss, dtype, f"loss {dtype.__name__} {shape}")
-        _assert_close(grad, reference_grad, dtype, f"grad {dtype.__name__} {shape}")
-
-
 def _regime_logits(regime, shape, dtype):
     from softmaxlab.harness import regimes
 
@@ -120,13 +96,10 @@ def _regime_logits(regime, shape, dtype):
 
 # ULP bounds against the exact references (measured maxima in brackets): hinge loss float32
 # 0.51 (0.46), float64 2 (0.8), its gradient exact (0); smooth hinge = cross-entropy's bounds
-# at m = 0 (loss 0.34 / 0.64, gradient 1.24 / 2.6 ULP); quadratic cost per entry, hard
-# targets, loss and gradient float32 0.51 (0.5), float64 4 (2.9: the square of a - y =
-# (1 - y) a - y (1 - a)) and 6 (5.8: its product with a (1 - a)).
+# at m = 0 (loss 0.34 / 0.64, gradient 1.24 / 2.6 ULP).
 BOUNDS = {
     "hinge": ({np.float32: 0.51, np.float64: 2.0}, {np.float32: 0.0, np.float64: 0.0}),
     "smooth": ({np.float32: 0.51, np.float64: 2.0}, {np.float32: 1.5, np.float64: 4.0}),
-    "quadratic": ({np.float32: 0.51, np.float64: 4.0}, {np.float32: 0.51, np.float64: 6.0}),
 }
 
 
@@ -136,14 +109,11 @@ def test_within_ulp_bounds_of_exact_references(regime, dtype):
     logits = _regime_logits(regime, (6, 19), dtype)
     target = _labels(6, 19, seed=3)
     target[::2] = np.argmax(logits, axis=1)[::2]
-    binary = (np.random.default_rng(4).random((6, 19)) < 0.5).astype(dtype)
     runs = [
         ("hinge", multiclass_hinge_forward_backward(logits, target, margin=0.5, reduction="none"),
          exact_multiclass_hinge(logits, target, margin=0.5, reduction="none", engine="mpmath-50")),
         ("smooth", smooth_hinge_forward_backward(logits, target, margin=0.25, reduction="none"),
          exact_smooth_hinge(logits, target, margin=0.25, reduction="none", engine="mpmath-50")),
-        ("quadratic", quadratic_cost_forward_backward(logits, binary, reduction="none"),
-         exact_quadratic_cost(logits, binary, reduction="none", engine="mpmath-50")),
     ]
     for name, (loss, grad), (exact_loss, exact_grad) in runs:
         loss_bound, grad_bound = BOUNDS[name]
@@ -156,7 +126,7 @@ def test_within_ulp_bounds_of_exact_references(regime, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_smooth_hinge_without_margin_is_cross_entropy(dtype):
-    # seed 001: softplus(LSE_{i != y} z_i - z_y) = -log softmax(z)_y
+    # docs/proofs/cross_entropy.md, the hinge chain: softplus(LSE_{i != y} z_i - z_y) = -log softmax(z)_y
     logits = _regime_logits("dominant", (7, 29), dtype)
     target = _labels(7, 29, seed=6)
     target[:3] = np.argmax(logits, axis=1)[:3]
@@ -169,7 +139,7 @@ def test_smooth_hinge_without_margin_is_cross_entropy(dtype):
 
 
 def test_smooth_hinge_gradient_is_bounded_as_the_seed_says():
-    # seed 001: the non-target gradients sum to s = sigma(u + m) and the target's is -s
+    # the non-target gradients sum to s = sigma(u + m) and the target's is -s
     logits = _random((5, 50), np.float64, scale=5.0)
     target = _labels(5, 50)
     _, grad = smooth_hinge_forward_backward(logits, target, margin=0.5, reduction="sum")
@@ -180,7 +150,7 @@ def test_smooth_hinge_gradient_is_bounded_as_the_seed_says():
 
 
 def test_multiclass_hinge_gradient_can_reach_classes_minus_one():
-    # seed 001: every non-target class inside the margin gets +1 and the target -(count)
+    # every non-target class inside the margin gets +1 and the target -(count)
     logits = np.array([[0.0, 0.5, 0.7, 0.2, -3.0]])
     loss, grad = multiclass_hinge_forward_backward(logits, np.array([0]), reduction="sum")
     assert float(loss) == pytest.approx((0.5 + 1) + (0.7 + 1) + (0.2 + 1) + 0.0)
@@ -189,30 +159,12 @@ def test_multiclass_hinge_gradient_can_reach_classes_minus_one():
     assert not np.any(multiclass_hinge_forward_backward(at_kink, np.array([0]))[1])
 
 
-def test_quadratic_cost_learning_slowdown_of_seed_002():
-    # seed 002: one sigmoid unit, y = 0; starting at a = 0.98 the gradient is much smaller
-    # than at a = 0.82 although the error is larger; cross-entropy's a - y is not
-    from softmaxlab.derivations import closed_forms
-    from softmaxlab.kernels import binary_cross_entropy_with_logits_forward_backward
-
-    logits = np.log(np.array([0.82, 0.98]) / (1 - np.array([0.82, 0.98])))
-    target = np.zeros(2)
-    _, quadratic = quadratic_cost_forward_backward(logits, target, reduction="none")
-    _, entropy = binary_cross_entropy_with_logits_forward_backward(logits, target, reduction="none")
-    np.testing.assert_allclose(quadratic, np.array([0.82 * 0.18 * 0.82, 0.98 * 0.02 * 0.98]), rtol=1e-12)
-    assert quadratic[1] < quadratic[0] and entropy[1] > entropy[0]
-    np.testing.assert_allclose(entropy, [0.82, 0.98], rtol=1e-12)
-    np.testing.assert_allclose(quadratic, closed_forms.quadratic_cost_gradient(logits, target), rtol=1e-14)
-
-
 def test_gradients_match_central_differences():
     logits = _random((3, 5), np.float64, seed=8)
     target = _labels(3, 5, seed=9)
-    binary = np.random.default_rng(10).random((3, 5))
     step = 1e-6
     checks = [
         (lambda x: smooth_hinge(x, target, margin=0.4), smooth_hinge_forward_backward(logits, target, margin=0.4)[1]),
-        (lambda x: quadratic_cost(x, binary), quadratic_cost_forward_backward(logits, binary)[1]),
         (lambda x: multiclass_hinge(x, target, margin=0.4), multiclass_hinge_forward_backward(logits, target, margin=0.4)[1]),
     ]
     for function, grad in checks:
@@ -238,10 +190,6 @@ def test_edges(dtype):
     assert np.isnan(loss[3]) and np.all(np.isnan(grad[3]))
     loss, grad = multiclass_hinge_forward_backward(logits[:2], target[:2], reduction="none")
     assert loss[0] == inf and loss[1] == 0.0 and not np.any(grad[1])
-    loss, grad = quadratic_cost_forward_backward(np.array([-inf, inf, 1e4], dtype=dtype),
-                                                 np.array([1.0, 0.0, 1.0], dtype=dtype), reduction="none")
-    np.testing.assert_array_equal(loss, [0.5, 0.5, 0.0])
-    np.testing.assert_array_equal(grad, [0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -286,8 +234,3 @@ def test_bad_inputs_raise_clear_errors():
             function(logits, labels, margin=float("nan"))
         with pytest.raises(ValueError, match=r"reduction must be one of"):
             function(logits, labels, reduction="avg")
-    for function in (quadratic_cost, quadratic_cost_forward_backward):
-        with pytest.raises(ValueError, match=r"target must have the shape of logits \(3, 4\), got \(4, 3\)"):
-            function(logits, np.zeros((4, 3)))
-        with pytest.raises(TypeError, match=r"logits must be a numpy.ndarray .* got list"):
-            function([[0.0]], np.zeros((1, 1)))

@@ -1,0 +1,78 @@
+"""Tests for kernels/_normalized_linear.py: the cosines and their gradients against the proof
+book's closed forms and central differences, scaling, clamping and leading axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from softmaxlab.derivations import closed_forms
+from softmaxlab.kernels import large_margin_cross_entropy, normalized_linear, normalized_linear_backward
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalized_linear_matches_the_proven_closed_forms(dtype):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 5)).astype(dtype)
+    W = rng.standard_normal((7, 5)).astype(dtype)
+    g = rng.standard_normal((4, 7)).astype(dtype)
+    cos = normalized_linear(x, W)
+    dx, dW = normalized_linear_backward(x, W, g)
+    assert cos.dtype == dx.dtype == dW.dtype == dtype
+    x64, W64, g64 = (a.astype(np.float64) for a in (x, W, g))
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    page = closed_forms.normalized_linear_grad_x.page
+    np.testing.assert_allclose(cos, closed_forms.normalized_linear(x64, W64), rtol=rtol, atol=rtol, err_msg=page)
+    np.testing.assert_allclose(dx, closed_forms.normalized_linear_grad_x(x64, W64, g64), rtol=rtol * 10,
+                               atol=rtol, err_msg=page)
+    np.testing.assert_allclose(dW, closed_forms.normalized_linear_grad_W(x64, W64, g64).sum(axis=0),
+                               rtol=rtol * 10, atol=rtol, err_msg=page)
+
+
+def test_normalized_linear_gradient_matches_central_differences():
+    rng = np.random.default_rng(13)
+    x, W, g = rng.standard_normal((3, 4)), rng.standard_normal((6, 4)), rng.standard_normal((3, 6))
+    dx, dW = normalized_linear_backward(x, W, g)
+    step = 1e-6
+    for _ in range(3):
+        vx, vW = rng.standard_normal(x.shape), rng.standard_normal(W.shape)
+        plus = np.sum(g * normalized_linear(x + step * vx, W + step * vW))
+        minus = np.sum(g * normalized_linear(x - step * vx, W - step * vW))
+        assert np.sum(dx * vx) + np.sum(dW * vW) == pytest.approx((plus - minus) / (2 * step), rel=1e-7, abs=1e-9)
+    # the gradient in x is orthogonal to x (cos is scale-invariant in x)
+    np.testing.assert_allclose(np.sum(dx * x, axis=1), 0.0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalized_linear_scaling_clamp_and_leading_axes(dtype):
+    scale = 1e30 if dtype == np.float32 else 1e200
+    x = np.array([[3.0, 4.0], [3.0 / scale, 4.0 / scale], [3.0 * scale / 10, 4.0 * scale / 10]], dtype=dtype)
+    W = np.array([[1.0, 0.0], [3.0, 4.0], [-6.0, -8.0]], dtype=dtype)
+    cos = normalized_linear(x, W)
+    for row in range(3):  # no overflow or underflow of the squares: each row is (0.6, 1, -1)
+        np.testing.assert_allclose(cos[row], [0.6, 1.0, -1.0], rtol=2 * np.finfo(dtype).eps)
+    assert np.abs(cos).max() <= 1.0
+    rng = np.random.default_rng(14)
+    aligned = rng.standard_normal((50, 33)).astype(dtype)
+    assert np.abs(normalized_linear(aligned, aligned)).max() <= 1.0  # diagonal rounds past 1 without the clamp
+    batched = rng.standard_normal((2, 3, 4)).astype(dtype)
+    weights = rng.standard_normal((5, 4)).astype(dtype)
+    np.testing.assert_array_equal(normalized_linear(batched, weights),
+                                  normalized_linear(batched.reshape(6, 4), weights).reshape(2, 3, 5))
+    dx, dW = normalized_linear_backward(batched, weights, np.ones((2, 3, 5), dtype=dtype))
+    assert dx.shape == (2, 3, 4) and dW.shape == (5, 4)
+
+
+def test_zero_rows_raise_a_clear_error():
+    x = np.array([[1.0, 2.0], [0.0, 0.0]])
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"x row 1 has norm 0"):
+        normalized_linear(x, W[:2])
+    with pytest.raises(ValueError, match=r"W row 2 has norm 0"):
+        normalized_linear(x[:1], W)
+    with pytest.raises(ValueError, match=r"x row 1 has norm 0"):
+        normalized_linear_backward(x, W[:2], np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"W row 2 has norm 0"):
+        large_margin_cross_entropy(x[:1], W, np.array([0]), m=2)
