@@ -72,7 +72,8 @@ def _ulp_cell(group: pd.DataFrame) -> str:
 
 def accuracy_markdown(rows: pd.DataFrame) -> str:
     """Max ULP over the regimes per (kernel, output, dtype): softmaxlab, torch, JAX side by side."""
-    rows = rows[rows["provider"].isin(ACCURACY_PROVIDERS) & (rows["error"].fillna("") == "")]
+    no_error = rows["error"].isna() | (rows["error"].astype(str) == "")
+    rows = rows[rows["provider"].isin(ACCURACY_PROVIDERS) & no_error]
     lines = ["| kernel | output | dtype | " + " | ".join(ACCURACY_PROVIDERS) + " |",
              "|---|---|---|" + "---:|" * len(ACCURACY_PROVIDERS)]
     groups = rows.groupby(["kernel", "output", "dtype"], sort=False)
