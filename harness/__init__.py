@@ -2,13 +2,16 @@
 
 Modules, in the order data flows through them:
 
-* ``registry``    THE registry: every public kernel -> implementations per provider
+* ``registry/``   THE registry: every public kernel -> implementations per provider
                   (softmaxlab, torch, jax, numpy, numpy_naive, pml), inputs per regime,
-                  exact reference, cost.  Read by everything below.
-* ``regimes``     the input regimes of DESIGN.md (standard normal x3, +-1e4, near-ties,
-                  one dominant logit, -inf masks, 10^6 classes).
-* ``exact``       exact references: mpmath at 50 digits, and pairs of long doubles for
-                  rows of 10^6 classes (checked against mpmath in every run).
+                  exact reference, cost; option variants apart.  Read by everything below.
+* ``providers/``  every framework call (softmaxlab, torch, jax, numpy, pml), lazy
+                  optional imports and one-line skips.
+* ``regimes``     the input regimes (standard normal x3, +-1e4, near-ties, one dominant
+                  logit, -inf masks, 10^6 classes).
+* ``exact/``      the exact references, in one library: mpmath at 50 digits, and pairs
+                  of long doubles for rows of 10^6 classes (checked against mpmath in
+                  every run).
 * ``metrics``     ULPs of the output dtype, relative and row-wise errors, NaN/inf counts.
 * ``accuracy``    ``softmaxlab accuracy``: the sweep, tidy rows, accuracy.csv/.md.
 * ``benchmarks``  the pytest-benchmark module (smoke-run by the test suite);
@@ -17,5 +20,5 @@ Modules, in the order data flows through them:
 * ``report``      ``softmaxlab report``: derive + accuracy + bench -> report/index.md;
   ``tables``, ``plots`` views of the rows; ``environment`` threads, machine, versions,
   commit; ``profiles`` full / quick / smoke; ``first_calls`` compile and JIT time;
-  ``frameworks`` lazy optional imports; ``cli`` the command.
+  ``readme`` README.md's tables from results/; ``cli`` the command.
 """

@@ -1,7 +1,7 @@
 """``softmaxlab accuracy``: every kernel x regime x dtype x provider against the exact reference.
 
 For each registry entry, input regime (``regimes.py``) and dtype (float32, float64) the
-inputs are drawn once, the exact reference is computed once (``exact.py``: mpmath-50, or
+inputs are drawn once, the exact reference is computed once (``exact/``: mpmath-50, or
 the long double engine for rows of 10^6 classes), and every available implementation is
 called on the same inputs.  Each output gives one tidy row: max and median error in ULPs
 of the output dtype and relative error, the count of NaN/inf where the exact value is
@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import environment, exact, first_calls, regimes, tables
-from .frameworks import as_numpy, missing_requirement, report_skip
+from .providers import as_numpy, missing_requirement, report_skip
 from .metrics import STAT_COLUMNS, Exact, error_stats, ulp_at
 from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
 
@@ -118,14 +118,7 @@ def accuracy_rows(
     ``dtypes`` defaults to the profile's.
     """
     dtypes = profile.dtypes if dtypes is None else dtypes
-    if registry is None:
-        from .registry import REGISTRY as registry
-    selected = [entry for name, entry in profile_entries(profile, registry).items()
-                if kernels is None or name in kernels]
-    if kernels is not None:
-        unknown = set(kernels) - set(registry)
-        if unknown:
-            raise ValueError(f"kernels must be registry names {sorted(registry)}, got unknown {sorted(unknown)}")
+    selected = list(profile_entries(profile, registry, kernels).values())
     tasks = [
         (entry, regime, dtype)
         for entry in selected
@@ -225,7 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_arguments(parser)
     parser.add_argument("--results-dir", help="where to write the CSV and Markdown "
                         "(default: results/ for the full profile, results/<profile>/ otherwise)")
-    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries")
+    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries (or variants, "
+                        "e.g. 'cross_entropy_forward_backward[label_smoothing=0.1]')")
     parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers")
     parser.add_argument("--regimes", nargs="+", metavar="REGIME", choices=regimes.REGIMES,
                         help=f"only these input regimes (of {', '.join(regimes.REGIMES)})")

@@ -9,6 +9,10 @@ roofline loops (``roofline.py``) run one after the other, and the block is repea
 pooled over the repeats; every ratio in the tables compares measurements interleaved
 this way in the same run, never numbers from different runs.
 
+This is the one timing engine of the repository: the option and path variants of the
+registry (``registry.VARIANTS``, e.g. ``cross_entropy_forward_backward[label_smoothing=0.1]``,
+``cosface_forward_backward[from_embeddings]``) are timed by naming them in ``--kernels``.
+
 Compile and JIT time never enter a timing: each implementation is called once before
 its first timed round (that call's time is kept as ``first_call_s``; ``compile_s`` is
 ``first_call_s - p50``), and pytest-benchmark adds one warm-up round.  Inputs come from
@@ -37,7 +41,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import environment, first_calls, roofline, tables
-from .frameworks import as_numpy, missing_requirement, report_skip
+from .providers import as_numpy, missing_requirement, report_skip
 from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
 
 LIMIT_PROVIDERS = ("limit:stream", "limit:exp")
@@ -88,19 +92,13 @@ class BenchPlan:
 
     def __init__(self, profile: Profile, registry=None, *, kernels=None, providers=None,
                  threads: int | None = None, seed: int = 0, drop_unavailable: bool = False):
-        if registry is None:
-            from .registry import REGISTRY as registry
-        if kernels is not None and set(kernels) - set(registry):
-            raise ValueError(f"kernels must be registry names {sorted(registry)}, "
-                             f"got unknown {sorted(set(kernels) - set(registry))}")
+        entries = profile_entries(profile, registry, kernels)
         self.profile = profile
-        self.registry = registry
+        self.registry = entries
         self.threads = threads
         self.seed = seed
         self.cases: list[BenchCase] = []
-        for name, entry in profile_entries(profile, registry).items():
-            if kernels is not None and name not in kernels:
-                continue
+        for name, entry in entries.items():
             names = [
                 implementation.provider
                 for implementation in entry.implementations
@@ -352,12 +350,11 @@ def results_folder(args) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_profile_arguments(parser)
-    parser.add_argument("--threads", type=int, help="threads for every framework (default: all CPUs "
-                        "this process may use)")
+    add_profile_arguments(parser, threads=True)
     parser.add_argument("--results-dir", help="where to write the CSV and Markdown "
                         "(default: results/ for the full profile, results/<profile>/ otherwise)")
-    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries")
+    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries (or variants, "
+                        "e.g. 'cross_entropy_forward_backward[label_smoothing=0.1]')")
     parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
 

@@ -1,4 +1,4 @@
-"""The ``softmaxlab`` command: derive | accuracy | bench | report | exp-accuracy.
+"""The ``softmaxlab`` command: derive | accuracy | bench | report | exp-accuracy | readme.
 
 Each subcommand lives in its own module and is imported only when it runs, so that
 ``softmaxlab derive`` needs neither torch nor jax.
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bench": ("softmaxlab.harness.bench", "side-by-side timings against PyTorch and JAX"),
     "report": ("softmaxlab.harness.report", "derive + accuracy + bench -> report/index.md, CSV, plots"),
     "exp-accuracy": ("softmaxlab.harness.exp_accuracy", "error of the kernels' own exp (float32 exhaustive)"),
+    "readme": ("softmaxlab.harness.readme", "rewrite README.md's speed and accuracy tables from results/"),
 }
 
 

@@ -10,7 +10,9 @@ Thread pinning (``pin_threads``), the same count N for every framework:
   install).  ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=true`` (the default, and a real
   flag) is set as well so that Eigen-backed ops may use that pool.  Both only act if
   jax has not been imported yet; ``pin_threads`` says so when it has.
-* ``numba.set_num_threads(N)`` and ``torch.set_num_threads(N)``.
+* ``numba.set_num_threads(N)`` and ``torch.set_num_threads(N)``;
+* NumPy's BLAS (the matrix products of the margin family's NumPy-side work) limited to N
+  threads through threadpoolctl, when it is installed.
 
 N defaults to the CPUs this process may run on (``len(os.sched_getaffinity(0))``).
 """
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 XLA_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=true"
+_BLAS_LIMITS: list = []
 
 VERSIONED_PACKAGES = (
     "softmaxlab", "numpy", "numba", "llvmlite", "torch", "jax", "jaxlib",
@@ -73,6 +76,12 @@ def pin_threads(threads: int | None = None) -> int:
 
         torch.set_num_threads(count)
     except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _BLAS_LIMITS.append(threadpool_limits(limits=count, user_api="blas"))  # kept: the limit lasts
+    except ImportError:  # BLAS keeps its default (the machine's cores)
         pass
     return count
 

@@ -104,11 +104,16 @@ PROFILES = {
 }
 
 
-def profile_entries(profile: Profile, registry: dict) -> dict:
-    """The registry entries ``profile`` runs (all, or with ``fused_only`` the fused ones)."""
-    if not profile.fused_only:
-        return dict(registry)
-    return {name: entry for name, entry in registry.items() if f"{name}_forward_backward" not in registry}
+def profile_entries(profile: Profile, registry: dict | None = None, kernels=None) -> dict:
+    """The entries ``profile`` runs: all of ``registry`` (default: the registry), or with ``fused_only``
+    the fused ones, cut to ``kernels`` (names of entries or of variants; ValueError names unknown ones)."""
+    from .registry import select
+
+    chosen = select(kernels, registry)
+    every = {**select(None, registry), **chosen}
+    if profile.fused_only:
+        every = {name: entry for name, entry in every.items() if f"{name}_forward_backward" not in every}
+    return {name: entry for name, entry in every.items() if name in chosen}
 
 
 def get_profile(name: str) -> Profile:
@@ -119,11 +124,15 @@ def get_profile(name: str) -> Profile:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}") from None
 
 
-def add_profile_arguments(parser) -> None:
-    """``--quick`` and ``--profile`` for a subcommand (``--quick`` is ``--profile quick``)."""
+def add_profile_arguments(parser, threads: bool = False) -> None:
+    """``--quick`` and ``--profile`` for a subcommand (``--quick`` is ``--profile quick``), and with
+    ``threads`` the ``--threads`` of the subcommands that time (bench, report)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_const", const="quick", dest="profile",
                        help="small profile for iteration (report --quick: < 3 min on 2 cores)")
     group.add_argument("--profile", choices=sorted(PROFILES),
                        help="run profile (default: full, the publication one)")
     parser.set_defaults(profile="full")
+    if threads:
+        parser.add_argument("--threads", type=int, help="threads for every framework (default: all CPUs "
+                            "this process may use)")

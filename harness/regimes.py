@@ -1,4 +1,4 @@
-"""Input regimes: the logits every accuracy run and benchmark draws from (DESIGN.md, Accuracy).
+"""Input regimes: the logits every accuracy run and benchmark draws from (docs/design.md, Accuracy).
 
 Each regime is a function ``(shape, dtype, rng) -> logits`` of the given (rows, classes)
 shape and float dtype; the values are drawn in float64 and rounded once to ``dtype``,
@@ -15,7 +15,7 @@ inputs is never counted as an error).
   the softmax is ~1 - K e^-30 there (log-softmax ~ -K e^-30, which a float32
   ``log(sum)`` rounds to 0) and ~e^-30 elsewhere.
 * ``masked``      3 N(0, 1) with a quarter of the entries set to -inf, and every
-  eighth row (row 0 included) entirely -inf (DESIGN's conventions: softmax 0, log_softmax
+  eighth row (row 0 included) entirely -inf (the kernels' conventions, docs/design.md: softmax 0, log_softmax
   and logsumexp -inf, gradients 0).
 * ``classes_1e6`` 3 N(0, 1) in rows of 10^6 classes (the profile gives the row count);
   exact reference by the long-double engine, checked against mpmath (see ``exact``).

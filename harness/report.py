@@ -10,7 +10,9 @@ benchmarks, then write
 * ``<report>/index.md``: proof book status, accuracy table, speed table with ratio
   columns against torch and JAX, the plots, and a footnote with machine, versions,
   threads, commit, timestamp and the exact command;
-* ``<report>/time_vs_classes.png`` and ``<report>/speedup_vs_torch.png``.
+* ``<report>/time_vs_classes.png`` and ``<report>/speedup_vs_torch.png``;
+* for the committed snapshot (``results/``), README.md's speed and accuracy tables
+  (``readme.py``).
 
 Every view is rendered from the CSV rows (and ``report_run.json``: the context, the run's
 duration, thread counts, load average at the end), so ``softmaxlab report --render-only``
@@ -33,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import accuracy, bench, environment, first_calls, plots, tables
+from . import accuracy, bench, environment, first_calls, plots, readme, tables
 from .profiles import add_profile_arguments, get_profile
 
 PROOF_BOOK_COLUMNS = ("family", "title", "status", "general", "seconds")
@@ -141,9 +143,7 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_profile_arguments(parser)
-    parser.add_argument("--threads", type=int, help="threads for every framework (default: all CPUs "
-                        "this process may use)")
+    add_profile_arguments(parser, threads=True)
     parser.add_argument("--results-dir", help="CSV and Markdown tables (default: results/ for the full "
                         "profile, results/<profile>/ otherwise)")
     parser.add_argument("--report-dir", help="index.md and plots (default: report/ for the full profile, "
@@ -159,6 +159,7 @@ RUN_FILE = "report_run.json"
 def run(args) -> int:
     if getattr(args, "render_only", False):
         paths = render(accuracy.results_folder(args), report_folder(args))
+        paths += _readme_tables(accuracy.results_folder(args))
         for path in paths:
             print(f"wrote {path}")
         return 0
@@ -202,13 +203,21 @@ def run(args) -> int:
         "seconds": time.perf_counter() - start,
     }
     tables.write_text(json.dumps(run_info, indent=1, default=str) + "\n", results_dir / RUN_FILE)
-    paths = render(results_dir, report_dir)
+    paths = render(results_dir, report_dir) + _readme_tables(results_dir)
     stages.update(1)
     stages.close()
     for path in paths:
         print(f"wrote {path}")
     print(f"report: {time.perf_counter() - start:.0f} s")
     return 1 if (failures or book_failed) else 0
+
+
+def _readme_tables(results_dir: Path) -> list[Path]:
+    """Rewrite README.md's speed and accuracy tables when ``results_dir`` is the committed snapshot."""
+    if not readme.is_committed_snapshot(results_dir):
+        return []
+    path = environment.repository_root() / "README.md"
+    return [path] if readme.update_readme(results_dir, path) else []
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

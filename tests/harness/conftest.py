@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from softmaxlab.harness.profiles import Profile
+from softmaxlab.harness.profiles import get_profile
 from softmaxlab.harness.registry import REGISTRY, Cost, Implementation, Operation, logit_inputs
 
 
@@ -49,20 +49,11 @@ def copy_entry(*implementations) -> Operation:
     )
 
 
-TINY_BENCH = Profile(
-    name="smoke",
-    accuracy_shape=(4, 17),
-    million_shape=(1, 1000),
-    reference_check_classes=100,
-    dtypes=("float32",),
-    fused_only=False,
-    bench_smoke_shapes=False,
-    bench_max_elements=None,
-    bench_repeats=2,
-    bench_seconds_per_test=0.03,
-    bench_min_rounds=5,
-    bench_max_rounds=20,
-    bench_max_seconds_per_test=1.0,
+# the smoke profile with timings long enough to compare and a tiny accuracy sweep
+TINY_BENCH = dataclasses.replace(
+    get_profile("smoke"), accuracy_shape=(4, 17), million_shape=(1, 1000), reference_check_classes=100,
+    dtypes=("float32",), bench_smoke_shapes=False, bench_repeats=2, bench_seconds_per_test=0.03,
+    bench_min_rounds=5, bench_max_rounds=20, bench_max_seconds_per_test=1.0,
 )
 
 

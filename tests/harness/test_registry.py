@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from softmaxlab import kernels
-from softmaxlab.harness import frameworks, regimes
-from softmaxlab.harness.registry import MODES, PROVIDERS, REGISTRY, Implementation, register
+from softmaxlab.harness import providers, regimes
+from softmaxlab.harness.registry import ENTRY_MODULES, MODES, PROVIDERS, REGISTRY, VARIANTS, Implementation, register
 
 from .conftest import fake_entry
 
@@ -17,8 +19,8 @@ from .conftest import fake_entry
 def test_every_public_kernel_has_a_registry_entry():
     missing = [name for name in kernels.__all__ if name not in REGISTRY]
     assert not missing, (
-        f"public kernels without a registry entry: {missing}; add one register(Operation(...)) call "
-        "per kernel in softmaxlab/harness/registry.py (see its module docstring)"
+        f"public kernels without a registry entry: {missing}; add one Operation "
+        "per kernel to the ENTRIES of its family in softmaxlab/harness/registry/ (see registry/__init__.py)"
     )
 
 
@@ -105,9 +107,32 @@ def test_register_requires_softmaxlab_and_known_providers():
 
 
 def test_missing_framework_is_one_line_not_a_traceback(capsys):
-    reason = frameworks.missing_requirement(("softmaxlab_no_such_framework",))
+    reason = providers.missing_requirement(("softmaxlab_no_such_framework",))
     assert reason.startswith("softmaxlab_no_such_framework not importable (ModuleNotFoundError")
-    frameworks.report_skip("fake-provider", reason)
-    frameworks.report_skip("fake-provider", reason)
+    providers.report_skip("fake-provider", reason)
+    providers.report_skip("fake-provider", reason)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "skipping provider 'fake-provider'" in err and "Traceback" not in err
+
+
+def test_registry_order_is_the_entry_modules_order():
+    assert list(REGISTRY) == [entry.kernel for module in ENTRY_MODULES for entry in module.ENTRIES]
+
+
+ORDER_SCRIPT = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from softmaxlab.harness.registry import REGISTRY, VARIANTS
+print(",".join(REGISTRY)); print(",".join(VARIANTS))
+"""
+
+
+def test_registry_order_does_not_depend_on_which_module_is_imported_first():
+    """In a fresh interpreter, import the entry modules last-first (and the users before the registry)."""
+    first = ["softmaxlab.harness.registry.margins", "softmaxlab.harness.registry.losses",
+             "softmaxlab.harness.exact", "softmaxlab.harness.bench", "softmaxlab.harness.registry.normalizers"]
+    output = subprocess.run([sys.executable, "-c", ORDER_SCRIPT, *first], capture_output=True, text=True, check=True)
+    registry_line, variants_line = output.stdout.strip().splitlines()
+    assert registry_line.split(",") == list(REGISTRY)
+    assert variants_line.split(",") == list(VARIANTS)

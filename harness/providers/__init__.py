@@ -1,14 +1,21 @@
-"""Optional frameworks (torch, jax, pytorch-metric-learning): lazy imports, one-line skips.
+"""The providers: every framework call of the harness, one module per framework.
 
-Nothing here imports a framework at module import time: ``softmaxlab derive`` and the
-kernels' own tests must not need torch or jax.  A provider whose framework is missing
-(or fails to import) is skipped with one printed line per provider and process, never a
-traceback.
+* ``softmaxlab.py``  the public kernels, called on the registry's inputs;
+* ``torch.py``       PyTorch (forward under no_grad or autograd.grad for gradients);
+* ``jax.py``         ``jax.jit`` of ``jax.nn`` compositions, awaited with ``block_until_ready``;
+* ``numpy.py``       the textbook stable formulas, and the naive ones (no max shift);
+* ``pml.py``         pytorch-metric-learning's margin losses.
+
+Each module builds ``prepare(inputs) -> run`` functions (see ``registry/core.py``,
+:class:`Implementation`): ``prepare`` does the untimed work (conversions, forward passes)
+and ``run()`` the timed call.  Nothing here imports a framework at module import time:
+``softmaxlab derive`` and the kernels' own tests must not need torch or jax.  A provider
+whose framework is missing (or fails to import) is skipped with one printed line per
+provider and process (:func:`missing_requirement`, :func:`report_skip`), never a traceback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 
@@ -16,7 +23,6 @@ import numpy as np
 
 _IMPORT_ERRORS: dict[str, str | None] = {}
 _REPORTED_SKIPS: set[str] = set()
-_JIT_CACHE: dict = {}
 
 
 def missing_requirement(modules: tuple[str, ...]) -> str | None:
@@ -48,39 +54,3 @@ def as_numpy(result):
     if hasattr(result, "detach"):  # torch.Tensor
         return result.detach().cpu().numpy()
     return np.asarray(result)
-
-
-# ---- torch ---------------------------------------------------------------------------------
-
-
-def torch_module():
-    import torch
-
-    return torch
-
-
-# ---- jax -----------------------------------------------------------------------------------
-
-
-def jax_module():
-    import jax
-
-    return jax
-
-
-def jax_precision(dtype):
-    """Context in which JAX keeps float64 as float64 (``jax.enable_x64``), only for float64.
-
-    The flag is scoped instead of set globally so that other JAX users in the same
-    process (the test suite) keep JAX's default float32 semantics.
-    """
-    if np.dtype(dtype) == np.float64:
-        return jax_module().enable_x64(True)
-    return contextlib.nullcontext()
-
-
-def jax_jit(name: str, function):
-    """``jax.jit(function)``, created once per name so every call shares its compile cache."""
-    if name not in _JIT_CACHE:
-        _JIT_CACHE[name] = jax_module().jit(function)
-    return _JIT_CACHE[name]

@@ -1,0 +1,60 @@
+"""The exact references, in one library: every value the accuracy runs compare against.
+
+Two engines compute the same mathematics; both take the inputs exactly (a float32 or
+float64 is an exact mpf or long double) and return
+:class:`~softmaxlab.harness.metrics.Exact` pairs ``hi + lo``:
+
+* ``"mpmath-50"`` (``engine.py``): mpmath at 50 significant digits, row by row through
+  one row engine (``engine.MpRow``).  The ground truth; about 10 us per element, so it
+  is used for small inputs.
+* ``"longdouble"`` (``longdouble.py``): pairs of x87 80-bit long doubles built with
+  error-free transformations, vectorized, for rows of 10^6 classes; checked against
+  mpmath-50 by the tests and by every accuracy run (``reference_check.csv``).
+
+``engine="auto"`` picks mpmath-50 up to :data:`MPMATH_MAX_ELEMENTS` input elements and
+the long double engine above.  The references:
+
+* ``normalizers.py``: :func:`softmax`, :func:`log_softmax`, :func:`logsumexp`,
+  :func:`softmax_vjp`, :func:`log_softmax_vjp` (both engines);
+* ``losses.py``: ``exact_cross_entropy`` (both engines, long double for the default
+  options), ``exact_distillation_loss``, ``exact_binary_cross_entropy_with_logits``,
+  ``exact_quadratic_cost``, ``exact_multiclass_hinge``, ``exact_smooth_hinge``;
+* ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
+  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only).
+"""
+
+from .engine import (
+    ENGINES,
+    LONGDOUBLE_ENGINE,
+    LONGDOUBLE_IS_EXTENDED,
+    MPMATH_DIGITS,
+    MPMATH_ENGINE,
+    MPMATH_MAX_ELEMENTS,
+    MpRow,
+    require_mpmath,
+    resolve_engine,
+    to_exact,
+    to_mpf,
+)
+from .losses import (
+    exact_binary_cross_entropy_with_logits,
+    exact_cross_entropy,
+    exact_distillation_loss,
+    exact_multiclass_hinge,
+    exact_quadratic_cost,
+    exact_smooth_hinge,
+)
+from .margins import exact_center, exact_large_margin, exact_margin, exact_normalized_linear, margin_rows_mp
+from .normalizers import log_softmax, log_softmax_vjp, logsumexp, softmax, softmax_vjp
+
+# The name tests/kernels/exact.py reads (the converter's name before the exact package).
+_mp_to_pairs = to_exact
+
+__all__ = [
+    "ENGINES", "LONGDOUBLE_ENGINE", "LONGDOUBLE_IS_EXTENDED", "MPMATH_DIGITS", "MPMATH_ENGINE", "MPMATH_MAX_ELEMENTS",
+    "MpRow", "require_mpmath", "resolve_engine", "to_exact", "to_mpf",
+    "softmax", "log_softmax", "logsumexp", "softmax_vjp", "log_softmax_vjp",
+    "exact_cross_entropy", "exact_distillation_loss", "exact_binary_cross_entropy_with_logits",
+    "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
+    "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
+]

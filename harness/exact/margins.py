@@ -1,0 +1,201 @@
+"""Exact references of the margin family (mpmath at 50 digits only).
+
+``normalized_linear`` (cos = x_hat W_hat^T and its backward), the margin cross-entropies
+on cosines (combined margin, NormFace, CosFace, ArcFace: :func:`exact_margin`),
+L-Softmax / SphereFace (:func:`exact_large_margin`) and the center loss and its update
+(:func:`exact_center`).  The definitions are the kernels' (``kernels/margins.py``,
+``docs/proofs/margins.md``); whole results are cached by their inputs
+(``engine.cached_result``), as one input feeds a forward and a forward-backward entry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+
+from .engine import MpRow, cached_result, to_exact, to_mpf_matrix
+
+
+def _mp_norm(vector):
+    return mpmath.sqrt(mpmath.fdot(vector, vector))
+
+
+def _softmax_row(logits):
+    """(log-sum-exp, probabilities) of a row of finite mpf logits; probabilities as exp(z - lse)."""
+    lse = MpRow(logits).lse
+    return lse, [mpmath.exp(z - lse) for z in logits]
+
+
+
+
+def margin_rows_mp(cos, target, s, m1, m2, m3):
+    """Per-row losses and d loss_i / d cos_i (lists of mpf) of margin_cross_entropy, at the
+    caller's mpmath precision; ``cos`` (rows, classes), ``target`` (rows,).
+
+    The definitions of kernels/margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the arc
+    branch where c > cos(pi - m2), else c - m2 sin m2 - m3; f' at c clamped to
+    [-c_max, c_max], c_max = nextafter(1, 0) in the input dtype.
+    """
+    scale, mult, add, sub = (mpmath.mpf(float(v)) for v in (s, m1, m2, m3))
+    c_max = mpmath.mpf(float(np.nextafter(cos.dtype.type(1), cos.dtype.type(0))))
+    switch = math.cos(math.pi - float(m2))
+    losses, gradients = [], []
+    for row, label in zip(to_mpf_matrix(cos), target):
+        c = min(max(row[label], mpmath.mpf(-1)), mpmath.mpf(1))
+        c_slope = min(max(c, -c_max), c_max)
+        if mult == 1 and (add == 0 or float(c) <= switch):
+            value, slope = c - add * mpmath.sin(add) - sub, mpmath.mpf(1)
+        else:
+            value = mpmath.cos(mult * mpmath.acos(c) + add) - sub
+            slope = mult * mpmath.sin(mult * mpmath.acos(c_slope) + add) / mpmath.sqrt(1 - c_slope ** 2)
+        logits = [scale * v for v in row]
+        logits[label] = scale * value
+        lse, probabilities = _softmax_row(logits)
+        losses.append(lse - logits[label])
+        row_gradient = [scale * a for a in probabilities]
+        row_gradient[label] = scale * slope * (probabilities[label] - 1)
+        gradients.append(row_gradient)
+    return losses, gradients
+
+
+def exact_margin(cos, target, s, m1, m2, m3):
+    """(mean loss, dcos) as Exact of margin_cross_entropy(reduction="mean", grad_output=1)
+    (``margin_rows_mp``)."""
+
+    def compute():
+        rows = cos.shape[0]
+        losses, gradients = margin_rows_mp(cos, target, s, m1, m2, m3)
+        gradient = [g / rows for row_gradient in gradients for g in row_gradient]
+        return to_exact([mpmath.fsum(losses) / rows], ()), to_exact(gradient, cos.shape)
+
+    return cached_result((cos, target, s, m1, m2, m3), compute)
+
+
+def _psi_mp(c, m):
+    """psi from its definition in theta (arccos: an independent path from the kernel's Chebyshev form)
+    and dpsi/dc = (-1)^k m U_{m-1}(c)."""
+    theta = mpmath.acos(c)
+    branch = min(int(mpmath.floor(m * theta / mpmath.pi)), m - 1)
+    sign = -1 if branch % 2 else 1
+    return sign * mpmath.cos(m * theta) - 2 * branch, sign * m * mpmath.chebyu(m - 1, c)
+
+
+def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
+    """(mean loss, dx, dW) as Exact of large_margin_cross_entropy_forward_backward.
+
+    G = dL/dz (the target column apart); dx_i = sum_{j != y} G_ij w_j + G_iy dz_y/dx_i and
+    dw_j = sum_{i: y_i != j} G_ij x_i + sum_{i: y_i = j} G_iy dz_y/dw (w = W or W / |W|),
+    with the target logit's gradient of docs/proofs/margins.md#large-margin-target-logit-gradient;
+    SphereFace's dW through W / |W| by projection.
+    """
+
+    def compute():
+        features, raw = to_mpf_matrix(x), to_mpf_matrix(W)
+        raw_norms = [_mp_norm(w) for w in raw]
+        weights = [[v / n for v in w] for w, n in zip(raw, raw_norms)] if normalize_weights else raw
+        w_norms = [mpmath.mpf(1)] * len(raw) if normalize_weights else raw_norms
+        lam = mpmath.mpf(float(lambda_))
+        rows, classes, dims = len(features), len(weights), len(features[0])
+        columns = [[w[e] for w in weights] for e in range(dims)]
+        losses, gradient, target_terms = [], [], []
+        for row, label in zip(features, target):
+            norm = _mp_norm(row)
+            logits = [mpmath.fdot(row, w) for w in weights]
+            dot = logits[label]
+            c = min(max(dot / (norm * w_norms[label]), mpmath.mpf(-1)), mpmath.mpf(1))
+            psi, slope = _psi_mp(c, m)
+            logits[label] = (lam * dot + norm * w_norms[label] * psi) / (1 + lam)
+            lse, probabilities = _softmax_row(logits)
+            losses.append(lse - logits[label])
+            g = [a / rows for a in probabilities]
+            g_target = (probabilities[label] - 1) / rows
+            g[label] = mpmath.mpf(0)
+            gradient.append(g)
+            alpha = (lam + slope) / (1 + lam)
+            radial = (psi - slope * c) * norm * w_norms[label] / (1 + lam)
+            target_terms.append((g_target, alpha, radial, norm))
+        dx = []
+        for i, (row, label) in enumerate(zip(features, target)):
+            g_target, alpha, radial, norm = target_terms[i]
+            dx.extend(mpmath.fdot(gradient[i], columns[e])
+                      + g_target * (alpha * weights[label][e] + radial / norm ** 2 * row[e]) for e in range(dims))
+        feature_columns = [[row[e] for row in features] for e in range(dims)]
+        dweights = []
+        for j in range(classes):
+            column = [gradient[i][j] for i in range(rows)]
+            dweights.append([mpmath.fdot(column, feature_columns[e]) for e in range(dims)])
+        for i, (row, label) in enumerate(zip(features, target)):
+            g_target, alpha, radial, norm = target_terms[i]
+            dweights[label] = [d + g_target * (alpha * row[e] + radial / w_norms[label] ** 2 * weights[label][e])
+                               for e, d in enumerate(dweights[label])]
+        if normalize_weights:
+            for j, (unit, n) in enumerate(zip(weights, raw_norms)):
+                along = mpmath.fdot(unit, dweights[j])
+                dweights[j] = [(dweights[j][e] - along * unit[e]) / n for e in range(dims)]
+        return (to_exact([mpmath.fsum(losses) / rows], ()), to_exact(dx, x.shape),
+                to_exact([v for w in dweights for v in w], W.shape))
+
+    return cached_result((x, W, target, m, lambda_, normalize_weights), compute)
+
+
+def exact_normalized_linear(x, W, grad_cos=None):
+    """cos as Exact, or (dx, dW) as Exact when ``grad_cos`` is given."""
+
+    def compute():
+        features, weights = to_mpf_matrix(x), to_mpf_matrix(W)
+        x_norms = [_mp_norm(v) for v in features]
+        w_norms = [_mp_norm(v) for v in weights]
+        x_units = [[v / n for v in row] for row, n in zip(features, x_norms)]
+        w_units = [[v / n for v in row] for row, n in zip(weights, w_norms)]
+        if grad_cos is None:
+            return to_exact([mpmath.fdot(u, w) for u in x_units for w in w_units], (x.shape[0], W.shape[0]))
+        upstream = to_mpf_matrix(grad_cos)
+        dims = x.shape[1]
+
+        def tangent(projection, unit, norm):
+            along = mpmath.fdot(unit, projection)
+            return [(p - along * u) / norm for p, u in zip(projection, unit)]
+
+        dx = []
+        for i, unit in enumerate(x_units):
+            projection = [mpmath.fdot(upstream[i], [w[e] for w in w_units]) for e in range(dims)]
+            dx.extend(tangent(projection, unit, x_norms[i]))
+        dW = []
+        for j, unit in enumerate(w_units):
+            column = [row[j] for row in upstream]
+            projection = [mpmath.fdot(column, [u[e] for u in x_units]) for e in range(dims)]
+            dW.extend(tangent(projection, unit, w_norms[j]))
+        return to_exact(dx, x.shape), to_exact(dW, W.shape)
+
+    key = (x, W) if grad_cos is None else (x, W, grad_cos)
+    return cached_result(key, compute)
+
+
+def exact_center(x, target, centers, alpha=None):
+    """(mean loss, dx, dcenters) as Exact, or the updated centers when ``alpha`` is given."""
+
+    def compute():
+        features, middles = to_mpf_matrix(x), to_mpf_matrix(centers)
+        rows, dims = len(features), len(features[0])
+        if alpha is not None:
+            rate = mpmath.mpf(float(alpha))
+            updated = [list(c) for c in middles]
+            for j in set(int(t) for t in target):
+                members = [i for i in range(rows) if target[i] == j]
+                for e in range(dims):
+                    total = mpmath.fsum(middles[j][e] - features[i][e] for i in members)
+                    updated[j][e] = middles[j][e] - rate * total / (1 + len(members))
+            return to_exact([v for c in updated for v in c], centers.shape)
+        losses, dx = [], []
+        dcenters = [[mpmath.mpf(0)] * dims for _ in middles]
+        for i, label in enumerate(target):
+            difference = [a - b for a, b in zip(features[i], middles[label])]
+            losses.append(mpmath.fdot(difference, difference) / 2)
+            dx.extend(d / rows for d in difference)
+            dcenters[label] = [c - d / rows for c, d in zip(dcenters[label], difference)]
+        return (to_exact([mpmath.fsum(losses) / rows], ()), to_exact(dx, x.shape),
+                to_exact([v for c in dcenters for v in c], centers.shape))
+
+    return cached_result((x, target, centers, alpha), compute)

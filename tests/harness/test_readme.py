@@ -1,0 +1,48 @@
+"""README.md's speed and accuracy tables are views of the committed results/ (harness/readme.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from softmaxlab.harness import environment, readme
+
+ROOT = environment.repository_root()
+
+
+def test_readme_tables_equal_what_the_committed_results_render():
+    text = (ROOT / "README.md").read_text()
+    rendered = readme.rewrite(text, readme.render_blocks(ROOT / "results"))
+    assert rendered == text, "README.md's tables drifted from results/: run `softmaxlab readme`"
+
+
+def test_rewrite_replaces_only_between_the_markers():
+    text = ("intro\n<!-- softmaxlab:speed-table -->\nold\n<!-- /softmaxlab:speed-table -->\nafter\n"
+            "<!-- softmaxlab:accuracy-table -->\n<!-- /softmaxlab:accuracy-table -->\n")
+    new = readme.rewrite(text, {"speed-table": "| a |\n", "accuracy-table": "| b |\n"})
+    assert new == ("intro\n<!-- softmaxlab:speed-table -->\n\n| a |\n\n<!-- /softmaxlab:speed-table -->\nafter\n"
+                   "<!-- softmaxlab:accuracy-table -->\n\n| b |\n\n<!-- /softmaxlab:accuracy-table -->\n")
+    assert readme.rewrite(new, {"speed-table": "| a |\n", "accuracy-table": "| b |\n"}) == new
+    with pytest.raises(ValueError, match="no block"):
+        readme.rewrite("no markers", {"speed-table": ""})
+
+
+def test_speed_table_is_torch_over_softmaxlab_per_shape():
+    rows = pd.DataFrame([
+        dict(kernel="softmax", provider=provider, rows=4, classes=8, dtype=dtype, p50_s=p50)
+        for provider, p50 in (("softmaxlab", 1.0), ("torch", 2.5), ("jax", 9.0))
+        for dtype in ("float32", "float64")
+    ])
+    assert readme.speed_markdown(rows) == (
+        "| kernel | 4x8 | 4x8 float64 |\n|---|---:|---:|\n| softmax | 2.50 | 2.50 |\n")
+
+
+def test_accuracy_table_takes_the_largest_error_over_the_regimes():
+    base = dict(kernel="softmax", output="y", dtype="float32", n_nonfinite=0, n_special_mismatch=0, error="")
+    rows = pd.DataFrame([
+        dict(base, provider="softmaxlab", regime="normal_x3", max_ulp=0.5),
+        dict(base, provider="softmaxlab", regime="dominant", max_ulp=1.25),
+        dict(base, provider="torch", regime="normal_x3", max_ulp=18.0, n_nonfinite=2),
+        dict(base, provider="numpy", regime="normal_x3", max_ulp=0.1),
+    ])
+    assert readme.accuracy_markdown(rows).splitlines()[2] == "| softmax | y | float32 | 1.25 | 18 (2 NaN/inf) |  |"
