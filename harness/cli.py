@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bench": ("softmaxlab.harness.bench", "side-by-side timings against PyTorch and JAX"),
     "report": ("softmaxlab.harness.report", "derive + accuracy + bench -> report/index.md, CSV, plots"),
     "exp-accuracy": ("softmaxlab.harness.exp_accuracy", "error of the kernels' own exp (float32 exhaustive)"),
+    "warmup": ("softmaxlab.harness.warmup", "compile every kernel for both dtypes into the on-disk cache"),
 }
 
 
