@@ -1,6 +1,7 @@
 """``softmaxlab warmup``: compile every public kernel for float32 and float64 into the cache.
 
-The kernels are cached on disk (``softmaxlab.kernels._cache``): a process that calls a
+With ``SOFTMAXLAB_CACHE=1`` (the cache is opt-in, see ``softmaxlab.kernels._cache``) the
+kernels are cached on disk: a process that calls a
 kernel compiled before by any process of the same build loads it instead of compiling
 it.  ``softmaxlab warmup`` compiles them all ahead of time, with a progress bar, and
 says where the cache is.  The kernels come from the public API (``kernels.__all__``) and
@@ -209,7 +210,7 @@ def run(args) -> int:
         print(f"wrote {csv_path} and {md_path}")
         return 0
     if not _cache.enabled():
-        print(f"softmaxlab warmup: the kernel cache is off ({_cache.SWITCH_VARIABLE}=0 or not writable); "
+        print(f"softmaxlab warmup: the kernel cache is off (set {_cache.SWITCH_VARIABLE}=1; or not writable); "
               "compiling in this process only, nothing is kept", file=sys.stderr)
     seconds = warm_up(names, dtypes)
     where = _cache.cache_dir() if _cache.enabled() else "(none)"

@@ -27,14 +27,14 @@ inside a loop stop LLVM from vectorizing it: binary cross-entropy's per-element 
 (the sigmoid's 1 / (1 + e)) ran at ~10 ns per element instead of 1.2 (measured).  The
 kernels never rely on the exception; the Python-side validation raises the errors.
 
-Caching: every kernel is cached on disk (``cache=True``) in a directory keyed by the
-package version, a hash of all the kernel sources and the CPU (``_cache``), so a new
-process loads a kernel it has called before instead of compiling it (0.1-0.3 s instead of
-5-15 s).  ``SOFTMAXLAB_CACHE=0`` turns the cache off (every process compiles, as before);
-``SOFTMAXLAB_CACHE_DIR`` moves it (default ``~/.cache/softmaxlab``); ``softmaxlab warmup``
-fills it.  Numba's own cache is not used as it is: it misses every closure in a new
-process and keeps stale entries after an edit of a helper module; ``_cache`` says how
-each of its faults is handled and ``tests/kernels/test_cache.py`` tests each.
+Caching: the kernels are compiled lazily, once per dtype and process, and NOT cached to
+disk unless ``SOFTMAXLAB_CACHE=1``: then every kernel is cached (``cache=True``) in a
+directory keyed by the package version, a hash of all the kernel sources and the CPU
+(``_cache``; ``SOFTMAXLAB_CACHE_DIR``, default ``~/.cache/softmaxlab``), and ``softmaxlab
+warmup`` fills it.  Opt-in because a cache filled by the whole test suite gave
+``distillation_loss`` wrong values (``_cache`` has the details); Numba's own cache, used
+as it is, also misses every closure in a new process and keeps stale entries after an
+edit of a helper module, which ``_cache`` fixes and ``tests/kernels/test_cache.py`` tests.
 """
 
 from __future__ import annotations

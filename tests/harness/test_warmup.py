@@ -33,7 +33,7 @@ def test_warmup_is_a_subcommand():
 
 def _warmup(cache_root, *arguments):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SOFTMAXLAB_", "NUMBA_"))}
-    env.update(SOFTMAXLAB_CACHE_DIR=str(cache_root), NUMBA_DEBUG_CACHE="1")
+    env.update(SOFTMAXLAB_CACHE="1", SOFTMAXLAB_CACHE_DIR=str(cache_root), NUMBA_DEBUG_CACHE="1")
     code = "import sys; from softmaxlab.harness.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "warmup", *arguments], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)

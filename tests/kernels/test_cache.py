@@ -83,7 +83,7 @@ CHILD = textwrap.dedent(
 
 def _environment(cache_root, **extra):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SOFTMAXLAB_", "NUMBA_"))}
-    env.update(NUMBA_DEBUG_CACHE="1", SOFTMAXLAB_CACHE_DIR=str(cache_root))
+    env.update(NUMBA_DEBUG_CACHE="1", SOFTMAXLAB_CACHE="1", SOFTMAXLAB_CACHE_DIR=str(cache_root))
     env.update({key: str(value) for key, value in extra.items()})
     return env
 
@@ -242,10 +242,15 @@ def test_the_key_names_the_version_and_the_cpu():
     assert _cache.cache_dir().name == key
 
 
-@pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("False", False), ("1", True), ("", True)])
+@pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("", False), ("1", True), ("True", True)])
 def test_the_switch(monkeypatch, value, expected):
     monkeypatch.setenv(_cache.SWITCH_VARIABLE, value)
     assert _cache.requested() is expected
+
+
+def test_the_cache_is_off_by_default(monkeypatch):
+    monkeypatch.delenv(_cache.SWITCH_VARIABLE, raising=False)
+    assert not _cache.requested()
 
 
 def test_an_unwritable_cache_directory_turns_the_cache_off_with_a_warning(tmp_path):
