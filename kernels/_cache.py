@@ -175,8 +175,33 @@ def _describe(value, depth=0):
     if isinstance(value, Dispatcher):
         return ("dispatcher",) + _describe_function(value.py_func, depth)
     if callable(value) and hasattr(value, "__code__"):
-        return ("function",) + _describe_function(value, depth)
+        return ("function",) + _describe_function(value, depth) + _describe_registrations(value, depth)
     raise _Undescribable(type(value).__name__)
+
+
+def _describe_registrations(function, depth):
+    """What Numba compiles for a plain function: the implementations ``@overload`` registered for it.
+
+    A closure's cell may hold the stub of an ``@overload`` made inside a factory (the
+    ``terms`` of ``_make_exp_sum``): the stubs of two factory calls have the same code and
+    no cells, and only their implementations (closures over the factory's flags) differ.
+    Described by the stub alone, two different kernels got one cache key and the second
+    loaded the first's code (``distillation_loss`` then ran the unscaled exponential sum).
+    A registration that cannot be described (an ``@intrinsic``) makes the key undescribable,
+    which falls back to Numba's own key: a cache miss, never a wrong hit.
+    """
+    from numba.core.typing import templates
+
+    described = []
+    for registered, function_type in templates.builtin_registry.globals:
+        if registered is not function:
+            continue
+        for template in getattr(function_type, "templates", ()):
+            implementation = getattr(template, "_overload_func", None)
+            if implementation is None:
+                raise _Undescribable(f"registration of {function.__qualname__}")
+            described.append(("overload",) + _describe_function(implementation, depth + 1))
+    return tuple(described)
 
 
 def _describe_function(function, depth):

@@ -263,3 +263,48 @@ def test_an_unwritable_cache_directory_turns_the_cache_off_with_a_warning(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["False", "False"]
     assert "cannot write the kernel cache" in done.stderr
+
+
+def _package_dispatchers():
+    import gc
+
+    import softmaxlab.kernels  # noqa: F401  (every kernel module imported)
+    from numba.core.dispatcher import Dispatcher
+
+    return [obj for obj in gc.get_objects()
+            if isinstance(obj, Dispatcher) and _cache._in_package(obj.py_func.__code__.co_filename)]
+
+
+def test_closures_that_compile_differently_never_share_a_cache_key():
+    """Two dispatchers with one cache entry must be the same computation.
+
+    The entry of a function is found by its module, line, bytecode and the description of
+    its closure's cells.  Where two distinct closures get one description, the cells must
+    hold the very same objects: then both compile to the same code.  Two closures of
+    ``_make_exp_sum`` once differed only in the ``@overload`` registered for a stub in their
+    cells, shared a key, and the second loaded the first's code (wrong values).
+    """
+    groups = {}
+    for dispatcher in _package_dispatchers():
+        function = dispatcher.py_func
+        try:
+            cells = _cache._closure_bytes(function)
+        except _cache._Undescribable:
+            continue  # Numba's own key: never shared across processes
+        key = (function.__module__, function.__qualname__, function.__code__.co_firstlineno,
+               function.__code__.co_code, cells)
+        groups.setdefault(key, []).append(function)
+    assert len(groups) > 100  # every kernel module was seen
+    for (module, name, *_), functions in groups.items():
+        contents = [tuple(cell.cell_contents for cell in (function.__closure__ or ())) for function in functions]
+        for other in contents[1:]:
+            assert len(other) == len(contents[0]) and all(a is b for a, b in zip(other, contents[0])), (
+                f"{module}.{name}: {len(functions)} closures share a cache key but hold different cells")
+
+
+def test_stubs_of_overloads_made_in_one_factory_are_told_apart():
+    from softmaxlab.kernels import _rows
+
+    keys = {_cache._closure_bytes(kernel.py_func)
+            for kernel in (_rows.exp_sum_minus_one, _rows.scaled_exp_sum, _rows.store_exp_sum)}
+    assert len(keys) == 3
