@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "report": ("softmaxlab.harness.report", "derive + accuracy + bench -> report/index.md, CSV, plots"),
     "exp-accuracy": ("softmaxlab.harness.exp_accuracy", "error of the kernels' own exp (float32 exhaustive)"),
     "readme": ("softmaxlab.harness.readme", "rewrite README.md's speed and accuracy tables from results/"),
+    "warmup": ("softmaxlab.harness.warmup", "compile every kernel for both dtypes into the on-disk cache"),
 }
 
 

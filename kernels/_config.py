@@ -27,18 +27,25 @@ inside a loop stop LLVM from vectorizing it: binary cross-entropy's per-element 
 (the sigmoid's 1 / (1 + e)) ran at ~10 ns per element instead of 1.2 (measured).  The
 kernels never rely on the exception; the Python-side validation raises the errors.
 
-Caching: the kernels are compiled lazily, once per dtype, and NOT cached to disk
-(``cache=False``).  Numba's on-disk cache of ``parallel=True`` functions has a history
-of stale-cache and threading-layer mismatches; a cold start compiles each kernel once
-per process, and the test suite reports that time.
+Caching: every kernel is cached on disk (``cache=True``) in a directory keyed by the
+package version, a hash of all the kernel sources and the CPU (``_cache``;
+``SOFTMAXLAB_CACHE_DIR``, default ``~/.cache/softmaxlab``; ``SOFTMAXLAB_CACHE=0`` turns
+it off), so a process loads the kernels an earlier process compiled; ``softmaxlab
+warmup`` fills the cache ahead of time.  Numba's own cache, used as it is, misses every
+closure in a new process, can confuse two closures of one factory and keeps stale
+entries after an edit of a helper module: ``_cache`` fixes each, and
+``tests/kernels/test_cache.py`` tests each.
 """
 
 from __future__ import annotations
 
 import numba
 
-# Options of every @njit: ``@njit(fastmath=..., **JIT_OPTIONS)``.
-JIT_OPTIONS = {"cache": False, "error_model": "numpy"}
+from . import _cache
+
+# Options of every @njit: ``@njit(fastmath=..., **JIT_OPTIONS)``.  ``cache`` is decided
+# here, once, before any kernel is decorated (``_cache.install``).
+JIT_OPTIONS = {"cache": _cache.install(), "error_model": "numpy"}
 
 STRICT_FASTMATH = {"contract"}
 REDUCTION_FASTMATH = {"contract", "reassoc", "nsz"}

@@ -15,6 +15,8 @@ import numbers
 import numpy as np
 from numba import njit
 
+from ._config import JIT_OPTIONS
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -207,7 +209,7 @@ def _scanned_labels(name: str, target: np.ndarray, classes: int, ignore_index):
     return labels, kept
 
 
-@njit(cache=False)
+@njit(**JIT_OPTIONS)
 def _scan_labels(labels, classes, ignore_index, ignoring):
     """(index of the first label neither in [0, classes) nor, with ``ignoring``, equal to
     ``ignore_index`` (-1 if none), number of labels not ignored)."""
