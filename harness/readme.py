@@ -8,8 +8,8 @@ rows (rule 8 of the house style: tables are views of rows):
   set of shapes: the normalizers' and losses' matrix, the classic losses', the margin
   family's);
 * ``<!-- softmaxlab:accuracy-table -->`` ... ``<!-- /softmaxlab:accuracy-table -->``: the
-  largest error in ULPs over the input regimes per kernel, output and dtype, softmaxlab
-  beside torch and JAX, from ``results/accuracy.csv``.
+  largest error in ULPs over the input regimes per kernel and output, softmaxlab beside
+  torch and JAX, float32 and float64, from ``results/accuracy.csv``.
 
 ``softmaxlab report`` rewrites them when it writes the committed snapshot; ``softmaxlab
 readme`` rewrites them from ``results/`` alone (``--check`` only compares), and
@@ -71,27 +71,52 @@ def _ulp_cell(group: pd.DataFrame) -> str:
 
 
 def accuracy_markdown(rows: pd.DataFrame) -> str:
-    """Max ULP over the regimes per (kernel, output, dtype): softmaxlab, torch, JAX side by side."""
+    """Max ULP over the regimes per (kernel, output): softmaxlab, torch, JAX side by side, per dtype.
+
+    A kernel ``f`` whose fused ``f_forward_backward`` is in the rows is left out: the fused
+    entry's ``loss`` row is the same loss, and its gradient rows follow it.
+    """
     no_error = rows["error"].isna() | (rows["error"].astype(str) == "")
     rows = rows[rows["provider"].isin(ACCURACY_PROVIDERS) & no_error]
-    lines = ["| kernel | output | dtype | " + " | ".join(ACCURACY_PROVIDERS) + " |",
-             "|---|---|---|" + "---:|" * len(ACCURACY_PROVIDERS)]
-    groups = rows.groupby(["kernel", "output", "dtype"], sort=False)
-    order = {kernel: rank for rank, kernel in enumerate(dict.fromkeys(rows["kernel"]))}
-    keys = sorted(groups.groups, key=lambda key: (order[key[0]], key[2]))
-    for kernel, output, dtype in keys:
-        group = groups.get_group((kernel, output, dtype))
-        cells = [_ulp_cell(group[group["provider"] == provider]) for provider in ACCURACY_PROVIDERS]
-        lines.append(f"| {kernel} | {output} | {dtype} | " + " | ".join(cells) + " |")
+    kernels = list(dict.fromkeys(rows["kernel"]))
+    kernels = [kernel for kernel in kernels if f"{kernel}_forward_backward" not in kernels]
+    dtypes = [dtype for dtype in ("float32", "float64") if dtype in set(rows["dtype"])]
+    header = ["kernel", "output"] + [f"{provider} {dtype}" for dtype in dtypes for provider in ACCURACY_PROVIDERS]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    groups = rows.groupby(["kernel", "output", "dtype", "provider"], sort=False)
+    for kernel in kernels:
+        for output in dict.fromkeys(rows.loc[rows["kernel"] == kernel, "output"]):
+            cells = []
+            for dtype in dtypes:
+                for provider in ACCURACY_PROVIDERS:
+                    key = (kernel, output, dtype, provider)
+                    cells.append(_ulp_cell(groups.get_group(key)) if key in groups.groups else "")
+            lines.append(f"| {kernel} | {output} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def provenance(rows: pd.DataFrame, source: str) -> str:
+    """One line: which file, commit, date and machine the table's rows come from."""
+    context = rows.iloc[0] if len(rows) else {}
+    parts = [f"From `{source}`"]
+    if "commit" in rows and len(rows):
+        parts.append(f"commit {context['commit']}")
+    if "timestamp" in rows and len(rows):
+        parts.append(str(context["timestamp"])[:10])
+    if "machine" in rows and len(rows):
+        parts.append(str(context["machine"]))
+    return ", ".join(parts) + "."
 
 
 def render_blocks(results_dir: Path) -> dict[str, str]:
     """{block name: markdown} from ``bench.csv`` and ``accuracy.csv`` of ``results_dir``."""
     results_dir = Path(results_dir)
+    bench = pd.read_csv(results_dir / "bench.csv")
+    accuracy = pd.read_csv(results_dir / "accuracy.csv")
+    threads = f" ({int(bench['threads'].iloc[0])} threads for every framework)" if "threads" in bench and len(bench) else ""
     return {
-        "speed-table": speed_markdown(pd.read_csv(results_dir / "bench.csv")),
-        "accuracy-table": accuracy_markdown(pd.read_csv(results_dir / "accuracy.csv")),
+        "speed-table": speed_markdown(bench) + "\n" + provenance(bench, "results/bench.csv")[:-1] + threads + ".\n",
+        "accuracy-table": accuracy_markdown(accuracy) + "\n" + provenance(accuracy, "results/accuracy.csv") + "\n",
     }
 
 

@@ -1,4 +1,4 @@
-"""Input regimes: the logits every accuracy run and benchmark draws from (docs/design.md, Accuracy).
+"""Input regimes: the logits every accuracy run and benchmark draws from (docs/design.md, "Input regimes").
 
 Each regime is a function ``(shape, dtype, rng) -> logits`` of the given (rows, classes)
 shape and float dtype; the values are drawn in float64 and rounded once to ``dtype``,

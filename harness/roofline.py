@@ -15,7 +15,7 @@ with the providers:
 * ``limit:exp``: ``exp_count`` exponentials over a 8-16 KiB buffer per thread that
   stays in L1, stored into another that stays in L1 as the kernels' exp pass stores:
   the compute-bound time of the same number of exponentials.  They are the kernels' exponential of ``x - max``
-  (``softmaxlab.kernels._exp``: ``exp32_difference_floored`` in float32 arithmetic for
+  (``softmaxlab.kernels._numerics.exp``: ``exp32_difference_floored`` in float32 arithmetic for
   float32, ``exp64_difference_floored`` for float64), the fastest exp in this
   environment; the float32 kernels that scale by a temperature or a margin use the
   slower float64-evaluated one, so their fraction of this limit is lower.

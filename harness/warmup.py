@@ -74,7 +74,7 @@ def prepared_call(name: str, dtype: str, shape=SHAPE):
 
     operation = REGISTRY.get(name)
     if operation is None:
-        raise KeyError(f"public kernel {name!r} has no registry entry (harness/registry.py)")
+        raise KeyError(f"public kernel {name!r} has no registry entry (harness/registry/)")
     inputs = operation.make_inputs(REGIME, tuple(shape), dtype, 0)
     return operation.implementation("softmaxlab").prepare(inputs)
 

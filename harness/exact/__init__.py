@@ -47,9 +47,6 @@ from .losses import (
 from .margins import exact_center, exact_large_margin, exact_margin, exact_normalized_linear, margin_rows_mp
 from .normalizers import log_softmax, log_softmax_vjp, logsumexp, softmax, softmax_vjp
 
-# The name tests/kernels/exact.py reads (the converter's name before the exact package).
-_mp_to_pairs = to_exact
-
 __all__ = [
     "ENGINES", "LONGDOUBLE_ENGINE", "LONGDOUBLE_IS_EXTENDED", "MPMATH_DIGITS", "MPMATH_ENGINE", "MPMATH_MAX_ELEMENTS",
     "MpRow", "require_mpmath", "resolve_engine", "to_exact", "to_mpf",

@@ -3,7 +3,7 @@
 ``normalized_linear`` (cos = x_hat W_hat^T and its backward), the margin cross-entropies
 on cosines (combined margin, NormFace, CosFace, ArcFace: :func:`exact_margin`),
 L-Softmax / SphereFace (:func:`exact_large_margin`) and the center loss and its update
-(:func:`exact_center`).  The definitions are the kernels' (``kernels/margins.py``,
+(:func:`exact_center`).  The definitions are the kernels' (``kernels/_cosine_margins.py``,
 ``docs/proofs/margins.md``); whole results are cached by their inputs
 (``engine.cached_result``), as one input feeds a forward and a forward-backward entry.
 """
@@ -34,7 +34,7 @@ def margin_rows_mp(cos, target, s, m1, m2, m3):
     """Per-row losses and d loss_i / d cos_i (lists of mpf) of margin_cross_entropy, at the
     caller's mpmath precision; ``cos`` (rows, classes), ``target`` (rows,).
 
-    The definitions of kernels/margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the arc
+    The definitions of kernels/_cosine_margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the arc
     branch where c > cos(pi - m2), else c - m2 sin m2 - m3; f' at c clamped to
     [-c_max, c_max], c_max = nextafter(1, 0) in the input dtype.
     """

@@ -113,7 +113,7 @@ def smooth_hinge(torch, F, logits, target):
 
 
 def target_function(torch, c, m1, m2, m3):
-    """The target's f(c) with torch ops, the definitions of kernels/margins.py (autograd through them)."""
+    """The target's f(c) with torch ops, the definitions of kernels/_cosine_margins.py (autograd through them)."""
     if m1 == 1.0 and m2 == 0.0:
         return c - m3
     if m1 == 1.0:

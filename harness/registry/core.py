@@ -37,7 +37,7 @@ from ..metrics import Exact
 MODES = ("forward", "backward", "forward_backward")
 PROVIDERS = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml")
 
-# Benchmark shapes: (rows, classes, dtype).  The normalizers' matrix (docs/design.md).
+# Benchmark shapes: (rows, classes, dtype).  The normalizers' matrix (docs/design.md, "Input regimes").
 NORMALIZER_BENCH_SHAPES = (
     (4096, 1000, "float32"),
     (512, 32000, "float32"),

@@ -232,7 +232,7 @@ def test_quadratic_cost_gradient_and_the_seed_example():
     numeric = (cost(logits + 1e-6) - cost(logits - 1e-6)) / 2e-6
     assert_close(closed_forms.quadratic_cost_gradient(logits, target), numeric,
                  closed_forms.quadratic_cost_gradient.page)
-    # seed 002: outputs 0.82 and 0.98 for target 0; the worse start learns more slowly
+    # Nielsen's chapter 3 example: outputs 0.82 and 0.98 for target 0; the worse start learns more slowly
     starts = np.log(np.array([0.82, 0.98]) / (1 - np.array([0.82, 0.98])))
     quadratic = closed_forms.quadratic_cost_gradient(starts, np.zeros(2))
     assert quadratic[1] < quadratic[0]

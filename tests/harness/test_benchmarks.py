@@ -4,7 +4,7 @@ With pyproject's ``--benchmark-disable`` each case of ``softmaxlab/harness/bench
 calls its implementation once on the entry's tiny ``smoke_shapes`` and checks the outputs;
 ``softmaxlab bench`` runs the same module with benchmarks enabled.  The variants
 (``registry.VARIANTS``: cross-entropy with label smoothing, the margin losses from
-embeddings) replace the former ``benchmarks/bench_losses.py`` and ``bench_margins.py``.
+embeddings) run only when named.
 """
 
 from __future__ import annotations

@@ -45,4 +45,18 @@ def test_accuracy_table_takes_the_largest_error_over_the_regimes():
         dict(base, provider="torch", regime="normal_x3", max_ulp=18.0, n_nonfinite=2),
         dict(base, provider="numpy", regime="normal_x3", max_ulp=0.1),
     ])
-    assert readme.accuracy_markdown(rows).splitlines()[2] == "| softmax | y | float32 | 1.25 | 18 (2 NaN/inf) |  |"
+    table = readme.accuracy_markdown(rows).splitlines()
+    assert table[0] == "| kernel | output | softmaxlab float32 | torch float32 | jax float32 |"
+    assert table[2] == "| softmax | y | 1.25 | 18 (2 NaN/inf) |  |"
+
+
+def test_accuracy_table_lets_the_fused_entry_stand_for_its_forward():
+    base = dict(dtype="float64", n_nonfinite=0, n_special_mismatch=0, error="", provider="softmaxlab",
+                regime="normal_x3", max_ulp=0.5)
+    rows = pd.DataFrame([dict(base, kernel="cross_entropy", output="loss"),
+                         dict(base, kernel="cross_entropy_forward_backward", output="loss"),
+                         dict(base, kernel="cross_entropy_forward_backward", output="dlogits", max_ulp=1.5)])
+    table = readme.accuracy_markdown(rows).splitlines()
+    assert [line.split(" | ")[:2] for line in table[2:]] == [["| cross_entropy_forward_backward", "loss"],
+                                                            ["| cross_entropy_forward_backward", "dlogits"]]
+    assert table[3].endswith("| 1.5 |  |  |")

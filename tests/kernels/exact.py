@@ -20,7 +20,7 @@ def _pairs(values, shape) -> Exact:
     """mpf values (nested lists, or an object array) -> Exact of ``shape``."""
     with mpmath.workdps(harness_exact.MPMATH_DIGITS):  # mpf() rounds to the working precision
         flat = [mpmath.mpf(value) for value in np.asarray(values, dtype=object).ravel()]
-    return harness_exact._mp_to_pairs(flat, shape)
+    return harness_exact.to_exact(flat, shape)
 
 
 def _on_rows(reference, x, shape) -> Exact:

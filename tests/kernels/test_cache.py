@@ -272,7 +272,7 @@ def _package_dispatchers():
     from numba.core.dispatcher import Dispatcher
 
     return [obj for obj in gc.get_objects()
-            if isinstance(obj, Dispatcher) and _cache._in_package(obj.py_func.__code__.co_filename)]
+            if issubclass(type(obj), Dispatcher) and _cache._in_package(obj.py_func.__code__.co_filename)]
 
 
 def test_closures_that_compile_differently_never_share_a_cache_key():

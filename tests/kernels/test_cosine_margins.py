@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.derivations import closed_forms
-from softmaxlab.harness import registry_margins
+from softmaxlab.harness import exact as harness_exact
 from softmaxlab.kernels import (
     arcface,
     arcface_forward_backward,
@@ -89,7 +89,7 @@ def exact_margin(cos, target, margins, upstream=None, sample=None):
     rows = cos.reshape(-1, cos.shape[-1])
     upstream = np.ones(rows.shape[0]) if upstream is None else np.asarray(upstream, dtype=np.float64).reshape(-1)
     with mpmath.workdps(DIGITS):  # set here: no test may rely on another's global precision
-        losses, rows_gradient = registry_margins.margin_rows_mp(rows, np.asarray(target).reshape(-1), *margins)
+        losses, rows_gradient = harness_exact.margin_rows_mp(rows, np.asarray(target).reshape(-1), *margins)
         gradients = [
             [mpmath.mpf(float(weight)) * g for g in (row if sample is None else [row[k] for k in sample])]
             for row, weight in zip(rows_gradient, upstream)

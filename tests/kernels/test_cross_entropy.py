@@ -1,8 +1,8 @@
-"""Tests for kernels/cross_entropy.py: every option against torch, exact references, edges, bad input.
+"""Tests for kernels/_cross_entropy.py: every option against torch, exact references, edges, bad input.
 
 References, three ways: torch.nn.functional.cross_entropy in float64 (also for float32
 runs: the reference is then far more accurate than the result), the exact mpmath
-references of ``harness/registry_losses.py`` (ULP bounds), and the proof book's closed
+references of ``harness/exact/losses.py`` (ULP bounds), and the proof book's closed
 forms (``softmaxlab.derivations.closed_forms``) plus central differences for gradients.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_cross_entropy
+from softmaxlab.harness.exact import exact_cross_entropy
 from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward
 from softmaxlab.kernels._config import block_length
 from softmaxlab.kernels._cross_entropy import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_distillation_loss
+from softmaxlab.harness.exact import exact_distillation_loss
 from softmaxlab.kernels import distillation_loss, distillation_loss_forward_backward
 from softmaxlab.kernels._config import block_length
 
@@ -220,7 +220,7 @@ def test_gradient_matches_central_differences():
 
 
 def test_seed_temperature_squared_keeps_the_soft_gradient_from_vanishing():
-    # seed 004: the soft gradient per unit of KL scales as 1/T^2; times T^2 it tends to a
+    # Hinton et al. 2015, section 2.1: the soft gradient per unit of KL scales as 1/T^2; times T^2 it tends to a
     # finite limit, (z - v - mean(z - v)) / C per row, as T grows
     student, teacher = _random((4, 10), np.float64, seed=13), _random((4, 10), np.float64, seed=14)
     norms = []

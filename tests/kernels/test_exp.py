@@ -1,4 +1,4 @@
-"""Tests for kernels/_exp.py: error bounds (a strided subset of the exhaustive sweep),
+"""Tests for kernels/_numerics/exp.py: error bounds (a strided subset of the exhaustive sweep),
 special values, the pair form used by softmax, and vectorization of the loops."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_multiclass_hinge, exact_smooth_hinge
+from softmaxlab.harness.exact import exact_multiclass_hinge, exact_smooth_hinge
 from softmaxlab.kernels import (
     cross_entropy_forward_backward,
     multiclass_hinge,

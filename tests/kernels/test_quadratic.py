@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_quadratic_cost
+from softmaxlab.harness.exact import exact_quadratic_cost
 from softmaxlab.kernels import quadratic_cost, quadratic_cost_forward_backward
 
 from ._shared import DTYPES

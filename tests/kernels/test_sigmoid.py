@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.harness.metrics import error_stats
-from softmaxlab.harness.registry_losses import exact_binary_cross_entropy_with_logits
+from softmaxlab.harness.exact import exact_binary_cross_entropy_with_logits
 from softmaxlab.kernels import binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_forward_backward
 from softmaxlab.kernels._config import block_length
 

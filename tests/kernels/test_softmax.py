@@ -1,4 +1,4 @@
-"""Tests for kernels/softmax.py: values, edge semantics, gradients, threads, bad input."""
+"""Tests for kernels/_softmax.py: values, edge semantics, gradients, threads, bad input."""
 
 from __future__ import annotations
 

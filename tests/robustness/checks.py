@@ -48,12 +48,12 @@ SOFTMAX_ULPS = {np.dtype(np.float32): 4.0, np.dtype(np.float64): 4.46}
 # it sums), float64 1.5 (T's float64 summation error is added where it is used).
 # log_softmax = (x - M) - log1p(T): the same, and for float32 rows, whose write runs in
 # float32, x - M and L = log1p(T) are each rounded to float32 first (same sign: together
-# < 1 ULP of the output, kernels/softmax.py, ``_write_shifted_log``): 1 + 0.5 + 1.74.
+# < 1 ULP of the output, kernels/_softmax.py, ``_write_shifted_log``): 1 + 0.5 + 1.74.
 LOGSUMEXP_ULPS = {np.dtype(np.float32): 2.25, np.dtype(np.float64): 1.5}
 LOG_SOFTMAX_ULPS = {np.dtype(np.float32): 3.25, np.dtype(np.float64): 1.5}
 
 # The kernels' float64-evaluated exponential: float32 rows scaled by a temperature or a margin (and
-# log_softmax_backward) take exp_f32_wide (fit error 1.1e-10 relative, kernels/_exp.py; exp(0) = 1
+# log_softmax_backward) take exp_f32_wide (fit error 1.1e-10 relative, kernels/_numerics/exp.py; exp(0) = 1
 # exactly), float64 rows exp64 (0.7712 ULP at most, README: <= 1.55 U64 relative, plus s_min below
 # the normal range).  Where a float32 result cancels (a difference such as KL, or dy - e^y sum dy)
 # this error shows.

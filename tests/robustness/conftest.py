@@ -16,7 +16,7 @@ Usage: ``SOFTMAXLAB_HYPOTHESIS_PROFILE=thorough pytest tests/robustness``.
 
 The fixture ``one_numba_thread`` (opted into by the property modules with ``pytestmark``)
 runs a test on one Numba thread.  The kernels give bit-identical results for any thread
-count (DESIGN.md; ``test_determinism.py`` checks it), and both schedules of the row
+count (docs/design.md, "The row driver"; ``test_determinism.py`` checks it), and both schedules of the row
 kernels still run (one row longer than a block is split into block tasks, several rows
 go one per task).  What it saves is the cost of a parallel launch on this shared 2-core
 machine: about 120 us per call with two OpenMP threads while other work runs, against

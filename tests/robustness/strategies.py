@@ -17,7 +17,7 @@ stride).  The public functions copy any of them into a C-contiguous (rows, class
 array before calling a kernel (``_validation.as_rows``, ``np.ascontiguousarray``), so
 these layouts, shapes and axes compile each kernel once per dtype, not once per layout.
 
-Value regimes (DESIGN.md, "Accuracy", input regimes): standard normal, wide (x30), large
+Value regimes (docs/design.md, "Input regimes"): standard normal, wide (x30), large
 (+-1e4), offset (1e4 + normal: x - max is where float32 loses digits), one dominant logit,
 near-ties (equal or 1 ulp apart), subnormals, and -inf masked entries; for the margin
 losses, cosines (uniform, exactly +-1 and within ulps of 1, near-ties).  The edge

@@ -1,6 +1,6 @@
 """Bad input for every public function of ``softmaxlab.kernels``, driven by one table.
 
-DESIGN.md, "Semantics at the edges": bad input gets a ``TypeError`` or ``ValueError`` whose
+docs/design.md, "Semantics at the edges": bad input gets a ``TypeError`` or ``ValueError`` whose
 message names the argument, what was expected and what came, and inputs are never
 modified.  ``SPECS`` lists each public function with a valid call and the kinds of its
 arguments; ``CASES`` expands it into one case per wrong argument (wrong dtype, rank or

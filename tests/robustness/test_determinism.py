@@ -1,6 +1,6 @@
 """Thread-count independence and run-to-run reproducibility of every public kernel.
 
-DESIGN.md, "Semantics at the edges": row-parallel kernels give bit-identical results for
+docs/design.md, "Semantics at the edges": row-parallel kernels give bit-identical results for
 any thread count.  Every public function runs with 1 and 2 Numba threads (the ``threads``
 fixture of ``tests/conftest.py``) and twice with 2 threads, in both dtypes, on three
 shapes: short rows (one row per thread), a single long row (more than one 32 KiB block:

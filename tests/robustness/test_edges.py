@@ -1,7 +1,7 @@
 """The edge cases of the README's "Semantics at the edges" tables, one test per line.
 
 The last column of each table names the test here (``test_<name>``);
-``test_every_readme_line_names_a_test_here`` checks that the two agree.  DESIGN.md: never
+``test_every_readme_line_names_a_test_here`` checks that the two agree.  docs/design.md: never
 NaN where the mathematics has a value (logsumexp of an all -inf row is -inf, its softmax
 zeros, its gradients zeros; a loss whose target logit is -inf is +inf); NaN in a row
 gives NaN in that row only.  float32 and float64 throughout.
