@@ -111,8 +111,9 @@ def provenance(rows: pd.DataFrame, source: str) -> str:
 def render_blocks(results_dir: Path) -> dict[str, str]:
     """{block name: markdown} from ``bench.csv`` and ``accuracy.csv`` of ``results_dir``."""
     results_dir = Path(results_dir)
-    bench = pd.read_csv(results_dir / "bench.csv")
-    accuracy = pd.read_csv(results_dir / "accuracy.csv")
+    # a commit such as 09492e8 reads as a number unless it is read as text
+    bench = pd.read_csv(results_dir / "bench.csv", dtype={"commit": str})
+    accuracy = pd.read_csv(results_dir / "accuracy.csv", dtype={"commit": str})
     threads = f" ({int(bench['threads'].iloc[0])} threads for every framework)" if "threads" in bench and len(bench) else ""
     return {
         "speed-table": speed_markdown(bench) + "\n" + provenance(bench, "results/bench.csv")[:-1] + threads + ".\n",
