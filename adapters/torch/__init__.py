@@ -1,0 +1,193 @@
+"""softmaxlab.torch: the kernels of ``softmaxlab.kernels`` as differentiable torch operations.
+
+Same names and arguments as ``softmaxlab.kernels`` (the formulas are in their docstrings),
+torch tensors in and out: CPU, float32 or float64 (float16, bfloat16 and CUDA tensors
+raise a ``TypeError`` naming the argument; cast with ``.double()`` or ``.float()``).
+Integer targets may have any integer dtype.  Gradients flow to the arguments the kernels
+differentiate (``logits``, ``student``, ``cos``, ``x``, ``W``, ``centers``); a target,
+teacher or weight that requires grad is refused with a ``ValueError``.
+
+Each function is a ``torch.library.custom_op`` (``softmaxlab::<name>``) with a fake
+(meta) implementation and an autograd formula, generated from ``softmaxlab.adapters.operations``:
+
+* a loss with ``reduction="mean"`` or ``"sum"`` whose input requires grad runs
+  ``softmaxlab::<name>_fused``: the fused kernel, once, at grad_output = 1; backward
+  multiplies the saved gradients by the upstream gradient (a number);
+* otherwise ``softmaxlab::<name>`` runs the value kernel, and backward calls
+  ``softmaxlab::<name>_vjp``: the fused kernel with the upstream gradient (per row for
+  ``"none"``), or the maps' backward kernels (``softmax_backward``, ...).
+
+Inputs are shared with NumPy without copies (``Tensor.numpy()``) and never written;
+outputs are the kernels' arrays (``torch.from_numpy``).  Double backward
+(``create_graph=True``) raises a ``RuntimeError``: the kernels have no second derivative.
+
+Example:
+    >>> import torch
+    >>> import softmaxlab.torch as smt
+    >>> logits = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    >>> loss = smt.cross_entropy(logits, torch.tensor([0]))
+    >>> loss.backward()
+    >>> logits.grad.sum().abs().item() < 1e-15
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from softmaxlab.adapters.operations import ARRAY, OPERATIONS, OPTIONAL_ARRAY, Operation, check_scalar
+
+__all__ = [operation.name for operation in OPERATIONS]
+
+_NAMESPACE = "softmaxlab"
+_UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _checked_tensor(argument, value):
+    """A CPU tensor of a dtype NumPy and the kernels read (None for an absent optional array)."""
+    kind, name = argument
+    if value is None and kind == OPTIONAL_ARRAY:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type != "cpu":
+        raise TypeError(f"{name} must be a CPU tensor (the kernels run on the CPU), got device {value.device}")
+    if value.dtype in _UNSUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64 (cast with .float() or .double()), "
+                        f"got {value.dtype}")
+    return value
+
+
+def _numpy_arguments(operation: Operation, values) -> dict:
+    """The kernel's keyword arguments: tensors as NumPy views (no copy), scalars as they are."""
+    return {
+        name: value.detach().numpy() if isinstance(value, torch.Tensor) else value
+        for (kind, name), value in zip(operation.arguments, values)
+    }
+
+
+def _tensor(array) -> torch.Tensor:
+    # a "mean" loss comes back as a NumPy scalar; softmax along an inner axis as a
+    # transposed view, made contiguous so that its strides are the fake tensor's
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.c_contiguous else array.copy())
+
+
+def _schema(operation: Operation, extra: str, returns: int) -> str:
+    arguments = ", ".join(f"{kind} {name}" for kind, name in operation.arguments) + extra
+    results = "Tensor" if returns == 1 else "(" + ", ".join(["Tensor"] * returns) + ")"
+    return f"({arguments}) -> {results}"
+
+
+def _define(operation: Operation):
+    """The three custom ops of one operation and its public function."""
+    name = operation.name
+    names = [argument.name for argument in operation.arguments]
+    gradients = len(operation.differentiable)
+    # where each gradient goes among the op's inputs
+    slots = [names.index(differentiable) for differentiable in operation.differentiable]
+
+    def output_like(values):
+        shapes = {key: value.shape for key, value in zip(names, values) if isinstance(value, torch.Tensor)}
+        return values[0].new_empty(operation.output_shape(shapes, dict(zip(names, values))))
+
+    def gradients_like(values):
+        return tuple(torch.empty_like(values[slot]) for slot in slots)
+
+    # softmaxlab::<name>: the value
+    def value(*values):
+        return _tensor(operation.value(**_numpy_arguments(operation, values)))
+
+    value_op = torch.library.custom_op(f"{_NAMESPACE}::{name}", value, mutates_args=(),
+                                       schema=_schema(operation, "", 1))
+    value_op.register_fake(lambda *values: output_like(values))
+
+    # softmaxlab::<name>_vjp: the gradients for an upstream gradient
+    def vjp(*values):
+        *inputs, output, grad_output = values
+        computed = operation.vjp(_numpy_arguments(operation, inputs), output.numpy(), grad_output.numpy())
+        return tuple(_tensor(gradient) for gradient in computed) if gradients > 1 else _tensor(computed[0])
+
+    vjp_op = torch.library.custom_op(f"{_NAMESPACE}::{name}_vjp", vjp, mutates_args=(),
+                                     schema=_schema(operation, ", Tensor output, Tensor grad_output", gradients))
+    vjp_op.register_fake(lambda *values: gradients_like(values[:-2]) if gradients > 1
+                         else gradients_like(values[:-2])[0])
+
+    def setup_context(ctx, inputs, output):
+        tensors = [value for value in inputs if isinstance(value, torch.Tensor)]
+        fused = isinstance(output, tuple)
+        # the fused op's outputs: (loss, gradients at grad_output = 1)
+        ctx.save_for_backward(*tensors, *(output if fused else (output,)))
+        ctx.inputs = [None if isinstance(value, torch.Tensor) else value for value in inputs]
+        ctx.is_tensor = [isinstance(value, torch.Tensor) for value in inputs]
+        ctx.fused = fused
+
+    def backward(ctx, grad_output, *unused_gradient_grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"softmaxlab.torch.{name}: double backward (create_graph=True) is not supported: "
+                               f"the kernels compute first derivatives only")
+        saved = list(ctx.saved_tensors)
+        inputs = [saved.pop(0) if is_tensor else value for value, is_tensor in zip(ctx.inputs, ctx.is_tensor)]
+        output, *at_one = saved
+        if ctx.fused and operation.is_scaled(dict(zip(names, inputs))):
+            # every gradient is linear in the upstream gradient, a number for "mean" and "sum"
+            computed = [gradient * grad_output for gradient in at_one]
+        else:
+            computed = vjp_op(*inputs, output, grad_output)
+            computed = list(computed) if gradients > 1 else [computed]
+        result = [None] * len(inputs)
+        for slot, gradient in zip(slots, computed):
+            result[slot] = gradient
+        return tuple(result)
+
+    value_op.register_autograd(backward, setup_context=setup_context)
+
+    fused_op = None
+    if operation.fused is not None:
+        # softmaxlab::<name>_fused: (loss, gradients at grad_output = 1), one kernel call
+        def fused(*values):
+            return tuple(_tensor(array) for array in operation.fused_at_one(_numpy_arguments(operation, values)))
+
+        fused_op = torch.library.custom_op(f"{_NAMESPACE}::{name}_fused", fused, mutates_args=(),
+                                           schema=_schema(operation, "", 1 + gradients))
+        fused_op.register_fake(lambda *values: (output_like(values), *gradients_like(values)))
+        fused_op.register_autograd(backward, setup_context=setup_context)
+
+    differentiable = set(operation.differentiable)
+
+    @functools.wraps(operation.value, assigned=("__name__", "__qualname__"))
+    def function(*args, **kwargs):
+        arguments = operation.bind(args, kwargs)
+        values = []
+        needs_grad = False
+        for argument in operation.arguments:
+            value = arguments[argument.name]
+            if argument.kind in (ARRAY, OPTIONAL_ARRAY):
+                value = _checked_tensor(argument, value)
+                if value is not None and value.requires_grad:
+                    if argument.name not in differentiable:
+                        raise ValueError(f"{argument.name} requires grad, but softmaxlab.torch.{name} differentiates "
+                                         f"{', '.join(operation.differentiable)} only: pass {argument.name}.detach()")
+                    needs_grad = True
+            else:
+                value = check_scalar(argument, value)
+            values.append(value)
+        if fused_op is not None and needs_grad and torch.is_grad_enabled() and arguments["reduction"] != "none":
+            return fused_op(*values)[0]
+        return value_op(*values)
+
+    function.__module__ = __name__
+    function.__doc__ = (f"Differentiable torch version of :func:`softmaxlab.kernels.{name}` (formula, shapes "
+                        f"and edge cases there); tensors in and out, gradients for "
+                        f"{', '.join(operation.differentiable)}.")
+    function.__signature__ = operation.signature
+    return function, value_op, vjp_op, fused_op
+
+
+_DEFINED = {operation.name: _define(operation) for operation in OPERATIONS}
+# the custom ops, for torch.library.opcheck: name -> (value op, vjp op, fused op or None)
+custom_ops = {name: defined[1:] for name, defined in _DEFINED.items()}
+globals().update({name: defined[0] for name, defined in _DEFINED.items()})

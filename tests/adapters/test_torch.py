@@ -1,0 +1,195 @@
+"""softmaxlab.torch against softmaxlab.kernels (values bit for bit, gradients from the fused
+kernels), torch's own autograd of the reference formulas, opcheck and gradcheck."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+smt = pytest.importorskip("softmaxlab.torch")
+
+from softmaxlab import kernels  # noqa: E402
+
+from .cases import CASE_IDS, ONE_CASE_EACH, case, operation_of  # noqa: E402
+
+F = torch.nn.functional
+
+
+def _tensors(arguments: dict, requires_grad=()) -> dict:
+    """The case's arrays as tensors (copies: the checks below compare against the NumPy inputs)."""
+    return {name: (torch.tensor(value, requires_grad=name in requires_grad) if isinstance(value, np.ndarray)
+                   else value) for name, value in arguments.items()}
+
+
+def _upstream(output: torch.Tensor, seed=1) -> torch.Tensor:
+    """An upstream gradient other than 1: the forward_backward tests cover g != 1."""
+    return torch.tensor(np.random.default_rng(seed).uniform(0.5, 2.0, output.shape), dtype=output.dtype)
+
+
+def _kernel_gradients(operation, arguments, grad_output: np.ndarray) -> tuple:
+    """The gradients as the kernels give them: the fused kernel, or the maps' vjp."""
+    output = operation.value(**arguments)
+    return operation.vjp(arguments, np.asarray(output), grad_output)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_values_and_gradients_equal_the_kernels(case_id):
+    operation, arguments = operation_of(case_id), case(case_id)
+    tensors = _tensors(arguments, operation.differentiable)
+    output = getattr(smt, operation.name)(**tensors)
+    expected = operation.value(**arguments)
+    assert output.dtype == torch.float64 and output.shape == np.shape(expected)
+    np.testing.assert_array_equal(output.detach().numpy(), expected)  # bit for bit
+
+    grad_output = _upstream(output)
+    gradients = torch.autograd.grad(output, [tensors[name] for name in operation.differentiable], grad_output)
+    expected_gradients = _kernel_gradients(operation, arguments, grad_output.numpy())
+    for name, gradient, reference in zip(operation.differentiable, gradients, expected_gradients):
+        # "mean"/"sum": the gradient at grad_output = 1 times g, one rounding from the kernel's
+        np.testing.assert_allclose(gradient.numpy(), reference, rtol=4e-16, atol=4e-16 * np.abs(reference).max(),
+                                   err_msg=name)
+    for name, value in arguments.items():  # never written
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(tensors[name].detach().numpy(), value)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_gradcheck(case_id):
+    operation, arguments = operation_of(case_id), case(case_id)
+    tensors = _tensors(arguments, operation.differentiable)
+    inputs = tuple(tensors[name] for name in operation.differentiable)
+
+    def function(*differentiable):
+        return getattr(smt, operation.name)(**{**tensors, **dict(zip(operation.differentiable, differentiable))})
+
+    assert torch.autograd.gradcheck(function, inputs)
+
+
+@pytest.mark.parametrize("case_id", ONE_CASE_EACH + ["cross_entropy-none"])
+def test_opcheck(case_id):
+    operation, arguments = operation_of(case_id), case(case_id)
+    value_op, vjp_op, fused_op = smt.custom_ops[operation.name]
+    tensors = _tensors(arguments, operation.differentiable)
+    values = [tensors[argument.name] for argument in operation.arguments]
+    torch.library.opcheck(value_op, values)
+    if fused_op is not None:
+        torch.library.opcheck(fused_op, values)
+    output = value_op(*values)
+    plain = [value.detach() if isinstance(value, torch.Tensor) else value for value in values]
+    torch.library.opcheck(vjp_op, plain + [output.detach(), _upstream(output)])
+
+
+def _reference(case_id, tensors):
+    """torch's own formula for the operations torch has."""
+    name = operation_of(case_id).name
+    if name in ("softmax", "log_softmax", "logsumexp"):
+        function = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[name]
+        return function(tensors["x"], tensors["axis"])
+    if name == "normalized_linear":
+        return F.normalize(tensors["x"], dim=-1) @ F.normalize(tensors["W"], dim=-1).T
+    if name == "cross_entropy":
+        return F.cross_entropy(tensors["logits"], tensors["target"], weight=tensors["weight"],
+                               ignore_index=tensors["ignore_index"], reduction=tensors["reduction"],
+                               label_smoothing=tensors["label_smoothing"])
+    if name == "binary_cross_entropy_with_logits":
+        return F.binary_cross_entropy_with_logits(tensors["logits"], tensors["target"], weight=tensors["weight"],
+                                                  pos_weight=tensors["pos_weight"], reduction=tensors["reduction"])
+    if name == "cosface":
+        one_hot = F.one_hot(tensors["target"], tensors["cos"].shape[-1]).to(tensors["cos"].dtype)
+        return F.cross_entropy(tensors["s"] * (tensors["cos"] - tensors["m"] * one_hot), tensors["target"],
+                               reduction=tensors["reduction"])
+    if name == "center_loss":
+        losses = 0.5 * ((tensors["x"] - tensors["centers"][tensors["target"]]) ** 2).sum(-1)
+        return {"mean": losses.mean(), "sum": losses.sum(), "none": losses}[tensors["reduction"]]
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("case_id", ["softmax", "log_softmax", "logsumexp", "normalized_linear",
+                                     "cross_entropy-mean", "cross_entropy-none", "cross_entropy_probabilities-sum",
+                                     "binary_cross_entropy_with_logits-mean", "cosface-none", "center_loss-mean"])
+def test_gradients_equal_torch_autograd_of_the_formula(case_id):
+    operation, arguments = operation_of(case_id), case(case_id)
+    ours, theirs = _tensors(arguments, operation.differentiable), _tensors(arguments, operation.differentiable)
+    output, reference = getattr(smt, operation.name)(**ours), _reference(case_id, theirs)
+    np.testing.assert_allclose(output.detach().numpy(), reference.detach().numpy(), rtol=1e-14, atol=1e-15)
+    grad_output = _upstream(output)
+    for name in operation.differentiable:
+        ours_grad, = torch.autograd.grad(output, ours[name], grad_output, retain_graph=True)
+        theirs_grad, = torch.autograd.grad(reference, theirs[name], grad_output, retain_graph=True)
+        np.testing.assert_allclose(ours_grad.numpy(), theirs_grad.numpy(), rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_float32_bit_for_bit():
+    rng = np.random.default_rng(0)
+    logits, target = rng.standard_normal((6, 7)).astype(np.float32), rng.integers(0, 7, 6)
+    tensor = torch.tensor(logits, requires_grad=True)
+    loss = smt.cross_entropy(tensor, torch.tensor(target), label_smoothing=0.1)
+    loss.backward()
+    expected_loss, expected_grad = kernels.cross_entropy_forward_backward(logits, target, label_smoothing=0.1)
+    assert loss.dtype == torch.float32 and tensor.grad.dtype == torch.float32
+    assert loss.item() == expected_loss
+    np.testing.assert_array_equal(tensor.grad.numpy(), expected_grad)  # g = 1: the kernel's own gradient
+    np.testing.assert_array_equal(smt.softmax(tensor.detach()).numpy(), kernels.softmax(logits))
+
+
+def test_views_and_expanded_upstream_gradients():
+    """A transposed (non-contiguous) input and an expanded (stride 0) upstream gradient."""
+    rng = np.random.default_rng(2)
+    base = torch.tensor(rng.standard_normal((5, 4)), requires_grad=True)
+    target = torch.tensor(rng.integers(0, 5, 4))
+    losses = smt.cross_entropy(base.T, target, reduction="none")
+    losses.backward(torch.tensor(2.0, dtype=torch.float64).expand(4))
+    _, expected = kernels.cross_entropy_forward_backward(base.detach().numpy().T, target.numpy(), reduction="none",
+                                                         grad_output=np.full(4, 2.0))
+    np.testing.assert_array_equal(base.grad.numpy(), expected.T)
+    probabilities = smt.softmax(base.T, axis=-1)
+    probabilities.backward(torch.ones(5, dtype=torch.float64).expand(4, 5))
+    assert torch.allclose(base.grad, torch.zeros_like(base.grad) + base.grad)  # finite, shaped like base
+
+
+def test_zero_copy_views_of_the_inputs():
+    from softmaxlab.torch import _numpy_arguments
+
+    operation = operation_of("softmax")
+    tensor = torch.zeros(3, 4)
+    viewed = _numpy_arguments(operation, (tensor, -1))["x"]
+    assert np.shares_memory(viewed, tensor.numpy())
+
+
+def test_no_grad_runs_the_value_op_and_grad_mode_the_fused_op():
+    logits, target = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert smt.cross_entropy(logits, target).grad_fn is None
+    assert "fused" in smt.cross_entropy(logits, target).grad_fn.name()
+    assert "fused" not in smt.cross_entropy(logits, target, reduction="none").grad_fn.name()
+
+
+def test_double_backward_is_refused():
+    logits = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "none"):
+        loss = smt.cross_entropy(logits, torch.tensor([0, 1]), reduction=reduction).sum()
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(loss, logits, create_graph=True)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, y: smt.cross_entropy(x.to(torch.bfloat16), y), TypeError, "logits must have dtype float32 or float64"),
+    (lambda x, y: smt.softmax(x.half()), TypeError, "x must have dtype float32 or float64"),
+    (lambda x, y: smt.softmax(x.to("meta")), TypeError, "x must be a CPU tensor"),
+    (lambda x, y: smt.cross_entropy(x.numpy(), y), TypeError, "logits must be a torch.Tensor"),
+    (lambda x, y: smt.cross_entropy(x, y, weight=[1.0, 2.0, 3.0]), TypeError, "weight must be a torch.Tensor"),
+    (lambda x, y: smt.cross_entropy(x, y, reduction=None), TypeError, "reduction must be a str"),
+    (lambda x, y: smt.cross_entropy(x, y, reduction="avg"), ValueError, "reduction must be one of"),
+    (lambda x, y: smt.cross_entropy(x, y.int(), ignore_index=1.5), TypeError, "ignore_index must be an int"),
+    (lambda x, y: smt.cross_entropy(x, torch.tensor([0, 3])), ValueError, "target must hold class indices"),
+    (lambda x, y: smt.cross_entropy(x.int(), y), TypeError, "logits must have dtype float32 or float64"),
+    (lambda x, y: smt.arcface(x, y, s="64"), TypeError, "s must be a real number"),
+    (lambda x, y: smt.arcface(x, y, s=-1.0), ValueError, "s must be > 0"),
+    (lambda x, y: smt.distillation_loss(x, x.detach().requires_grad_()), ValueError, "teacher requires grad"),
+    (lambda x, y: smt.cross_entropy(x, y, bogus=1), TypeError, "bogus"),
+])
+def test_bad_input_names_the_argument(call, error, message):
+    logits, target = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+    with pytest.raises(error, match=message):
+        call(logits, target)
