@@ -76,6 +76,16 @@ def _tensor(array) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.c_contiguous else array.copy())
 
 
+def _scaled(gradient: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """gradient * grad_output for a gradient this op owns: itself when grad_output is 1
+    (``loss.backward()``), else scaled in place (no new tensor of the logits' size)."""
+    try:
+        one = bool(grad_output.item() == 1.0)
+    except RuntimeError:  # traced with fake tensors (opcheck, torch.compile): no value to test
+        return gradient * grad_output
+    return gradient if one else gradient.mul_(grad_output)
+
+
 def _schema(operation: Operation, extra: str, returns: int) -> str:
     arguments = ", ".join(f"{kind} {name}" for kind, name in operation.arguments) + extra
     results = "Tensor" if returns == 1 else "(" + ", ".join(["Tensor"] * returns) + ")"
@@ -118,12 +128,14 @@ def _define(operation: Operation):
 
     def setup_context(ctx, inputs, output):
         tensors = [value for value in inputs if isinstance(value, torch.Tensor)]
+        # the fused op's outputs: (loss, gradients at grad_output = 1).  The gradients are
+        # kept detached (no reference to this node: no cycle) and are this op's alone: the
+        # public function returns the loss only.
         fused = isinstance(output, tuple)
-        # the fused op's outputs: (loss, gradients at grad_output = 1)
-        ctx.save_for_backward(*tensors, *(output if fused else (output,)))
+        ctx.save_for_backward(*tensors, output[0] if fused else output)
+        ctx.at_one = [gradient.detach() for gradient in output[1:]] if fused else None
         ctx.inputs = [None if isinstance(value, torch.Tensor) else value for value in inputs]
         ctx.is_tensor = [isinstance(value, torch.Tensor) for value in inputs]
-        ctx.fused = fused
 
     def backward(ctx, grad_output, *unused_gradient_grads):
         if torch.is_grad_enabled():
@@ -131,10 +143,13 @@ def _define(operation: Operation):
                                f"the kernels compute first derivatives only")
         saved = list(ctx.saved_tensors)
         inputs = [saved.pop(0) if is_tensor else value for value, is_tensor in zip(ctx.inputs, ctx.is_tensor)]
-        output, *at_one = saved
-        if ctx.fused and operation.is_scaled(dict(zip(names, inputs))):
-            # every gradient is linear in the upstream gradient, a number for "mean" and "sum"
-            computed = [gradient * grad_output for gradient in at_one]
+        output = saved[0]
+        if ctx.at_one is not None and operation.is_scaled(dict(zip(names, inputs))):
+            # every gradient is linear in the upstream gradient, a number for "mean" and "sum".
+            # Used once: a second backward through the graph (retain_graph=True) recomputes
+            # through the vjp op below.
+            computed = [_scaled(gradient, grad_output) for gradient in ctx.at_one]
+            ctx.at_one = None
         else:
             computed = vjp_op(*inputs, output, grad_output)
             computed = list(computed) if gradients > 1 else [computed]

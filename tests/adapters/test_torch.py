@@ -165,6 +165,17 @@ def test_no_grad_runs_the_value_op_and_grad_mode_the_fused_op():
     assert "fused" not in smt.cross_entropy(logits, target, reduction="none").grad_fn.name()
 
 
+def test_second_backward_through_a_retained_graph():
+    """The fused gradients serve the first backward; a second one recomputes them."""
+    logits = torch.tensor(np.random.default_rng(3).standard_normal((3, 4)), requires_grad=True)
+    loss = smt.cross_entropy(logits, torch.tensor([0, 1, 3]))
+    first, = torch.autograd.grad(loss, logits, retain_graph=True)
+    second, = torch.autograd.grad(loss, logits, torch.tensor(3.0, dtype=torch.float64))
+    _, expected = kernels.cross_entropy_forward_backward(logits.detach().numpy(), np.array([0, 1, 3]))
+    np.testing.assert_array_equal(first.numpy(), expected)
+    np.testing.assert_allclose(second.numpy(), 3.0 * expected, rtol=4e-16)
+
+
 def test_double_backward_is_refused():
     logits = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "none"):
