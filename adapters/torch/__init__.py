@@ -132,6 +132,8 @@ def _define(operation: Operation):
         # kept detached (no reference to this node: no cycle) and are this op's alone: the
         # public function returns the loss only.
         fused = isinstance(output, tuple)
+        # no zeros of the logits' size for the gradients' own (unused) gradients
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*tensors, output[0] if fused else output)
         ctx.at_one = [gradient.detach() for gradient in output[1:]] if fused else None
         ctx.inputs = [None if isinstance(value, torch.Tensor) else value for value in inputs]
@@ -141,6 +143,8 @@ def _define(operation: Operation):
         if torch.is_grad_enabled():
             raise RuntimeError(f"softmaxlab.torch.{name}: double backward (create_graph=True) is not supported: "
                                f"the kernels compute first derivatives only")
+        if grad_output is None:  # the loss itself unused (only the fused op's gradients were)
+            return (None,) * len(ctx.inputs)
         saved = list(ctx.saved_tensors)
         inputs = [saved.pop(0) if is_tensor else value for value, is_tensor in zip(ctx.inputs, ctx.is_tensor)]
         output = saved[0]
