@@ -1,7 +1,11 @@
 """softmaxlab.torch against softmaxlab.kernels (values bit for bit, gradients from the fused
-kernels), torch's own autograd of the reference formulas, opcheck and gradcheck."""
+kernels), torch's own autograd of the reference formulas, opcheck and gradcheck; its eager
+route (autograd.Functions) against its custom ops, bit for bit."""
 
 from __future__ import annotations
+
+import contextlib
+import inspect
 
 import numpy as np
 import pytest
@@ -25,6 +29,25 @@ def _tensors(arguments: dict, requires_grad=()) -> dict:
 def _upstream(output: torch.Tensor, seed=1) -> torch.Tensor:
     """An upstream gradient other than 1: the forward_backward tests cover g != 1."""
     return torch.tensor(np.random.default_rng(seed).uniform(0.5, 2.0, output.shape), dtype=output.dtype)
+
+
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    """A __torch_function__ mode that changes nothing: under it softmaxlab.torch takes its
+    custom ops, as under torch.compile or with tensor subclasses."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+# the two routes of a call: plain eager mode (autograd.Functions) and the custom ops
+ROUTES = {"eager": contextlib.nullcontext, "custom_ops": _PassThrough}
+
+
+def _route(output: torch.Tensor) -> str:
+    """Which route made ``output``, from its autograd node."""
+    node = type(output.grad_fn).__name__
+    assert node.startswith(("softmaxlab_", "GeneratedBackwardFor_softmaxlab_")), node
+    return "eager" if node.startswith("softmaxlab_") else "custom_ops"
 
 
 def _kernel_gradients(operation, arguments, grad_output: np.ndarray) -> tuple:
@@ -52,6 +75,77 @@ def test_values_and_gradients_equal_the_kernels(case_id):
     for name, value in arguments.items():  # never written
         if isinstance(value, np.ndarray):
             np.testing.assert_array_equal(tensors[name].detach().numpy(), value)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_the_eager_route_equals_the_custom_ops_bit_for_bit(case_id):
+    """Values, gradients at g = 1 (the fused gradients as they are) and a second backward
+    through the retained graph at g != 1 (recomputed), identical bits on both routes."""
+    operation, arguments = operation_of(case_id), case(case_id)
+    results = {}
+    for route, context in ROUTES.items():
+        tensors = _tensors(arguments, operation.differentiable)
+        differentiable = [tensors[name] for name in operation.differentiable]
+        with context():
+            output = getattr(smt, operation.name)(**tensors)
+        assert _route(output) == route
+        first = torch.autograd.grad(output, differentiable, torch.ones_like(output), retain_graph=True)
+        second = torch.autograd.grad(output, differentiable, _upstream(output))
+        results[route] = [tensor.detach().numpy() for tensor in (output, *first, *second)]
+        for name, value in arguments.items():  # never written
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(tensors[name].detach().numpy(), value)
+    for eager, custom in zip(results["eager"], results["custom_ops"]):
+        assert eager.dtype == custom.dtype and eager.shape == custom.shape and eager.strides == custom.strides
+        np.testing.assert_array_equal(eager.view(np.uint64), custom.view(np.uint64))
+
+
+def test_traced_calls_take_the_custom_ops():
+    """Fake tensors (opcheck, torch.compile's tracing) and torch.compile itself: the custom
+    ops, which trace (fullgraph: no graph break at the NumPy call)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    rng = np.random.default_rng(4)
+    logits, target = torch.tensor(rng.standard_normal((3, 4)), requires_grad=True), torch.tensor([0, 1, 3])
+    with FakeTensorMode():
+        fake = smt.cross_entropy(torch.empty(3, 4, dtype=torch.float64, requires_grad=True),
+                                 torch.zeros(3, dtype=torch.long))
+    assert isinstance(fake, FakeTensor) and _route(fake) == "custom_ops"
+    compiled = torch.compile(lambda z, y: smt.cross_entropy(z, y, reduction="none"), backend="eager", fullgraph=True)
+    np.testing.assert_array_equal(compiled(logits, target).detach().numpy(),
+                                  smt.cross_entropy(logits, target, reduction="none").detach().numpy())
+
+
+@pytest.mark.parametrize("name, args, kwargs", [
+    ("cross_entropy", ("x",), {}),  # missing
+    ("cross_entropy", ("x", "y", None), {}),  # weight is keyword-only
+    ("cross_entropy", ("x", "y"), {"target": "y"}),  # twice
+    ("cross_entropy", ("x", "y"), {"bogus": 1}),  # unknown
+    ("softmax", ("x", -1, 0), {}),  # too many
+    ("softmax", (), {"axis": -1}),  # missing, the rest by keyword
+])
+def test_binding_errors_are_the_kernel_signatures(name, args, kwargs):
+    """The fast binding falls back to inspect.Signature.bind: its TypeError, word for word."""
+    tensors = {"x": torch.zeros(2, 3, dtype=torch.float64), "y": torch.tensor([0, 1])}
+    args = [tensors[value] if isinstance(value, str) else value for value in args]
+    kwargs = {key: tensors[value] if isinstance(value, str) else value for key, value in kwargs.items()}
+    with pytest.raises(TypeError) as ours:
+        getattr(smt, name)(*args, **kwargs)
+    with pytest.raises(TypeError) as signature:
+        inspect.signature(getattr(kernels, name)).bind(*args, **kwargs)
+    assert str(ours.value) == str(signature.value)
+
+
+def test_keyword_and_positional_calls_agree():
+    rng = np.random.default_rng(5)
+    logits, target = torch.tensor(rng.standard_normal((3, 4))), torch.tensor([0, 1, 3])
+    weight = torch.tensor(rng.uniform(0.5, 1.5, 4))
+    reference = smt.cross_entropy(logits=logits, target=target, weight=weight, reduction="sum", ignore_index=1)
+    for output in (smt.cross_entropy(logits, target, reduction="sum", weight=weight, ignore_index=1),
+                   smt.cross_entropy(logits, target=target, ignore_index=1, weight=weight, reduction="sum")):
+        assert output.item() == reference.item()
+    assert reference.item() == kernels.cross_entropy(logits.numpy(), target.numpy(), weight=weight.numpy(),
+                                                     reduction="sum", ignore_index=1)
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
