@@ -253,6 +253,7 @@ def _define(operation: Operation):
     # ---- the eager route: the same kernels and gradients without the custom-op machinery
     arrays = [index for index, argument in enumerate(operation.arguments) if argument.kind in (ARRAY, OPTIONAL_ARRAY)]
     array_names = [names[index] for index in arrays]
+    required_arrays = all(operation.arguments[index].kind == ARRAY for index in arrays)  # none optional
     reduction_slot = names.index("reduction") if operation.fused is not None else None
 
     def numpy_arguments(values):
@@ -270,16 +271,16 @@ def _define(operation: Operation):
         if _grad_enabled():
             raise RuntimeError(f"softmaxlab.torch.{name}: double backward (create_graph=True) is not supported: "
                                f"the kernels compute first derivatives only")
-        *saved, output = ctx.saved_tensors
-        inputs = list(ctx.values)
-        for index, tensor in zip(ctx.present, saved):
-            inputs[index] = tensor
+        *saved, output = ctx.saved_tensors  # unpacked as the custom ops do: the version checks
         if ctx.at_one is not None:
             # as the custom ops: the gradients at g = 1 scaled, once; a second backward through
             # a retained graph recomputes through the vjp
             computed = [_scaled(gradient, grad_output) for gradient in ctx.at_one]
             ctx.at_one = None
         else:
+            inputs = list(ctx.values)
+            for index, tensor in zip(ctx.present, saved):
+                inputs[index] = tensor
             computed = [_tensor(gradient) for gradient in
                         operation.vjp(numpy_arguments(inputs), output.numpy(), grad_output.numpy())]
         result = [None] * len(names)
@@ -300,7 +301,7 @@ def _define(operation: Operation):
                 output = operation.value(**numpy_arguments(values))
                 ctx.at_one = None
             output = _tensor(output)
-            ctx.present = [index for index in arrays if values[index] is not None]
+            ctx.present = arrays if required_arrays else [index for index in arrays if values[index] is not None]
             ctx.save_for_backward(*(values[index] for index in ctx.present), output)
             ctx.values = values
             return output
