@@ -215,16 +215,22 @@ def test_gradients_equal_torch_autograd_of_the_formula(case_id):
 
 
 def test_float32_bit_for_bit():
+    """float32 in and out, no cast on the way: a loss and its fused gradient at g = 1, and a
+    map's value, bit for bit.  multiclass_hinge and logsumexp: of the float32 kernels the
+    quickest to compile (5 s each against 22 s for cross_entropy's and 13 s for softmax's);
+    the adapter treats every operation alike, tests/kernels covers each float32 kernel."""
     rng = np.random.default_rng(0)
     logits, target = rng.standard_normal((6, 7)).astype(np.float32), rng.integers(0, 7, 6)
     tensor = torch.tensor(logits, requires_grad=True)
-    loss = smt.cross_entropy(tensor, torch.tensor(target), label_smoothing=0.1)
+    loss = smt.multiclass_hinge(tensor, torch.tensor(target), margin=0.5)
     loss.backward()
-    expected_loss, expected_grad = kernels.cross_entropy_forward_backward(logits, target, label_smoothing=0.1)
+    expected_loss, expected_grad = kernels.multiclass_hinge_forward_backward(logits, target, margin=0.5)
     assert loss.dtype == torch.float32 and tensor.grad.dtype == torch.float32
-    assert loss.item() == expected_loss
+    assert loss.item() == expected_loss and np.count_nonzero(expected_grad) > 0
     np.testing.assert_array_equal(tensor.grad.numpy(), expected_grad)  # g = 1: the kernel's own gradient
-    np.testing.assert_array_equal(smt.softmax(tensor.detach()).numpy(), kernels.softmax(logits))
+    lse = smt.logsumexp(tensor.detach())
+    assert lse.dtype == torch.float32
+    np.testing.assert_array_equal(lse.numpy(), kernels.logsumexp(logits))
 
 
 def test_views_and_expanded_upstream_gradients():
