@@ -257,18 +257,23 @@ def test_zero_copy_views_of_the_inputs():
     assert np.shares_memory(viewed, tensor.numpy())
 
 
-def test_no_grad_runs_the_value_op_and_grad_mode_the_fused_op():
+@pytest.mark.parametrize("route", ROUTES)
+def test_no_grad_runs_the_value_op_and_grad_mode_the_fused_op(route):
     logits, target = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 1])
-    with torch.no_grad():
-        assert smt.cross_entropy(logits, target).grad_fn is None
-    assert "fused" in smt.cross_entropy(logits, target).grad_fn.name()
-    assert "fused" not in smt.cross_entropy(logits, target, reduction="none").grad_fn.name()
+    with ROUTES[route]():
+        with torch.no_grad():
+            assert smt.cross_entropy(logits, target).grad_fn is None
+        assert "fused" in smt.cross_entropy(logits, target).grad_fn.name()
+        assert "fused" not in smt.cross_entropy(logits, target, reduction="none").grad_fn.name()
 
 
-def test_second_backward_through_a_retained_graph():
+@pytest.mark.parametrize("route", ROUTES)
+def test_second_backward_through_a_retained_graph(route):
     """The fused gradients serve the first backward; a second one recomputes them."""
     logits = torch.tensor(np.random.default_rng(3).standard_normal((3, 4)), requires_grad=True)
-    loss = smt.cross_entropy(logits, torch.tensor([0, 1, 3]))
+    with ROUTES[route]():
+        loss = smt.cross_entropy(logits, torch.tensor([0, 1, 3]))
+    assert _route(loss) == route
     first, = torch.autograd.grad(loss, logits, retain_graph=True)
     second, = torch.autograd.grad(loss, logits, torch.tensor(3.0, dtype=torch.float64))
     _, expected = kernels.cross_entropy_forward_backward(logits.detach().numpy(), np.array([0, 1, 3]))
@@ -276,10 +281,12 @@ def test_second_backward_through_a_retained_graph():
     np.testing.assert_allclose(second.numpy(), 3.0 * expected, rtol=4e-16)
 
 
-def test_double_backward_is_refused():
+@pytest.mark.parametrize("route", ROUTES)
+def test_double_backward_is_refused(route):
     logits = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "none"):
-        loss = smt.cross_entropy(logits, torch.tensor([0, 1]), reduction=reduction).sum()
+        with ROUTES[route]():
+            loss = smt.cross_entropy(logits, torch.tensor([0, 1]), reduction=reduction).sum()
         with pytest.raises(RuntimeError, match="double backward"):
             torch.autograd.grad(loss, logits, create_graph=True)
 
@@ -300,7 +307,8 @@ def test_double_backward_is_refused():
     (lambda x, y: smt.distillation_loss(x, x.detach().requires_grad_()), ValueError, "teacher requires grad"),
     (lambda x, y: smt.cross_entropy(x, y, bogus=1), TypeError, "bogus"),
 ])
-def test_bad_input_names_the_argument(call, error, message):
+@pytest.mark.parametrize("route", ROUTES)
+def test_bad_input_names_the_argument(call, error, message, route):
     logits, target = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 1])
-    with pytest.raises(error, match=message):
+    with ROUTES[route](), pytest.raises(error, match=message):
         call(logits, target)
