@@ -24,3 +24,14 @@ def assert_close(ours, reference, dtype, what, tolerance=TOLERANCE):
     scale = np.max(np.abs(reference[np.isfinite(reference)]), initial=1.0)
     np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), reference, rtol=tolerance * eps,
                                atol=tolerance * eps * scale, err_msg=what)
+
+
+def central_differences(loss, values, step=1e-6):
+    """d loss / d values by central differences, entry by entry (``loss`` maps an array to a scalar)."""
+    gradient = np.empty_like(values)
+    for index in np.ndindex(values.shape):
+        plus, minus = values.copy(), values.copy()
+        plus[index] += step
+        minus[index] -= step
+        gradient[index] = (loss(plus) - loss(minus)) / (2 * step)
+    return gradient

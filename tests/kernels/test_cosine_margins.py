@@ -180,7 +180,7 @@ def test_presets_are_the_combined_margin():
     assert arcface(cos, target) == margin_cross_entropy(cos, target, s=64.0, m2=0.5)
 
 
-def test_seed_worked_example_additive_margin_is_softplus_of_the_gap():
+def test_worked_example_additive_margin_is_softplus_of_the_gap():
     # with an additive margin (Wang et al. 2018, CosFace) the loss is softplus(LSE_{j != y}(s z_j) - s(z_y - m))
     cos = np.array([[0.7, 0.2, -0.1, 0.4]])
     s, m = 30.0, 0.35

@@ -29,7 +29,7 @@ from softmaxlab.kernels._hinge import _smooth_hinge_kernel, _smooth_hinge_of_cro
 from softmaxlab.kernels._numerics.rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
 from softmaxlab.kernels._validation import check_class_indices_counted
 
-from ._shared import DTYPES, TOLERANCE
+from ._shared import DTYPES, TOLERANCE, central_differences
 from ._shared import LOSS_SHAPES as SHAPES
 from ._shared import assert_close as _assert_close
 from ._shared import random_array as _random
@@ -318,20 +318,14 @@ def test_gradient_matches_central_differences(target_kind):
     target = _labels(3, 5) if target_kind == "index" else _probabilities((3, 5), np.float64)
     kwargs = dict(weight=np.array([1.0, 0.5, 2.0, 1.5, 0.7]), label_smoothing=0.1, reduction="mean")
     _, grad = cross_entropy_forward_backward(logits, target, grad_output=1.7, **kwargs)
-    step = 1e-6
-    expected = np.empty_like(logits)
-    for index in np.ndindex(logits.shape):
-        plus, minus = logits.copy(), logits.copy()
-        plus[index] += step
-        minus[index] -= step
-        expected[index] = 1.7 * (cross_entropy(plus, target, **kwargs) - cross_entropy(minus, target, **kwargs)) / (2 * step)
+    expected = 1.7 * central_differences(lambda values: cross_entropy(values, target, **kwargs), logits)
     np.testing.assert_allclose(grad, expected, atol=1e-8)
 
 
 # ---- worked examples -------------------------------------------------------------------------------
 
 
-def test_seed_overconfidence_and_label_smoothing():
+def test_overconfidence_and_label_smoothing():
     # scaling [1.5, 1.2, 1.0] by 5 lowers the one-hot loss (the optimum is at infinite
     # norm); with label smoothing the loss grows again for large norms (a finite optimum)
     logits = np.array([[1.5, 1.2, 1.0]])
@@ -344,7 +338,7 @@ def test_seed_overconfidence_and_label_smoothing():
     assert smoothed[0] > smoothed[1] > smoothed[2] and smoothed[2] < smoothed[3] < smoothed[4]
 
 
-def test_seed_gradient_is_probability_minus_target():
+def test_gradient_is_probability_minus_target():
     # dC/dz_i = a_i - y_i ("subtract 1 from the target's probability"; docs/proofs/cross_entropy.md, section 1)
     logits = np.array([[3.0, 1.0, -3.0]])
     _, grad = cross_entropy_forward_backward(logits, np.array([1]), reduction="sum")

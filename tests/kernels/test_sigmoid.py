@@ -12,7 +12,7 @@ from softmaxlab.harness.exact import exact_binary_cross_entropy_with_logits
 from softmaxlab.kernels import binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_forward_backward
 from softmaxlab.kernels._config import block_length
 
-from ._shared import DTYPES, TOLERANCE
+from ._shared import DTYPES, TOLERANCE, central_differences
 from ._shared import LOSS_SHAPES as SHAPES
 from ._shared import assert_close as _assert_close
 from ._shared import random_array as _random
@@ -163,15 +163,8 @@ def test_gradient_matches_central_differences():
     target = _targets((3, 5), np.float64, soft=True)
     kwargs = dict(weight=np.linspace(0.5, 1.5, 5), pos_weight=np.linspace(2.0, 0.5, 5))
     _, grad = binary_cross_entropy_with_logits_forward_backward(logits, target, grad_output=0.8, **kwargs)
-    step = 1e-6
-    expected = np.empty_like(logits)
-    for index in np.ndindex(logits.shape):
-        plus, minus = logits.copy(), logits.copy()
-        plus[index] += step
-        minus[index] -= step
-        difference = (binary_cross_entropy_with_logits(plus, target, **kwargs)
-                      - binary_cross_entropy_with_logits(minus, target, **kwargs))
-        expected[index] = 0.8 * difference / (2 * step)
+    expected = 0.8 * central_differences(lambda values: binary_cross_entropy_with_logits(values, target, **kwargs),
+                                         logits)
     np.testing.assert_allclose(grad, expected, atol=1e-9)
 
 

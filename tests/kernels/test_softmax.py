@@ -115,7 +115,7 @@ def test_rows_of_a_million_classes_sum_to_one_without_drift():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_seed_overflow_and_underflow_examples(dtype):
+def test_textbook_overflow_and_underflow_examples(dtype):
     # the naive formula overflows at 1000 and divides 0 by 0 at -1000
     big = softmax(np.array([1000.0, 500.0, 500.0], dtype=dtype))
     assert big[0] == 1.0 and np.all(np.isfinite(big))
@@ -125,7 +125,7 @@ def test_seed_overflow_and_underflow_examples(dtype):
     np.testing.assert_allclose(lse, 1000.0 + np.log(3.0), rtol=np.finfo(dtype).eps)
 
 
-def test_seed_norm_scaling_example():
+def test_norm_scaling_example():
     # scaling the logits by 5 makes the output more extreme
     np.testing.assert_allclose(softmax(np.array([1.5, 1.2, 1.0])), [0.42601251, 0.31559783, 0.25838965], atol=1e-8)
     np.testing.assert_allclose(softmax(np.array([7.5, 6.0, 5.0])), [0.76615721, 0.17095278, 0.06289001], atol=1e-8)
