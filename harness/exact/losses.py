@@ -271,8 +271,12 @@ def exact_quadratic_cost(logits, target, *, reduction="mean", grad_output=1.0, e
     require_mpmath(engine, "quadratic_cost", logits.size)
 
     def term(index, x, y):
-        a = _sigmoid(x)
-        return (a - y) ** 2 / 2, (a - y) * a * _sigmoid(-x)
+        a, complement = _sigmoid(x), _sigmoid(-x)
+        # a - y as a (1 - y) - y (1 - a), with 1 - a = sigmoid(-x) taken directly: for a
+        # logit of 119 and y = 1, a rounds to 1 at 50 digits and a - y to 0, where the
+        # value is -e^-119
+        difference = a * (1 - y) - y * complement
+        return difference ** 2 / 2, difference * a * complement
 
     return _elementwise(logits, target, reduction, grad_output, term)
 

@@ -98,3 +98,14 @@ def test_auto_engine_switches_on_size():
     assert exact.resolve_engine("auto", 1000) == exact.MPMATH_ENGINE
     expected = exact.LONGDOUBLE_ENGINE if exact.LONGDOUBLE_IS_EXTENDED else exact.MPMATH_ENGINE
     assert exact.resolve_engine("auto", 10**6) == expected
+
+
+def test_quadratic_cost_reference_keeps_a_minus_y_when_a_rounds_to_one():
+    # sigmoid(119) = 1 - e^-119 (1 - e^-119 + ...) rounds to 1 at 50 digits; with y = 1 the
+    # gradient (a - y) a (1 - a) is -e^-238 (to 1e-52 relative), not 0; the loss, summed over
+    # the two entries, e^-238
+    logits, target = np.array([[119.0, -119.0]]), np.array([[1.0, 0.0]])
+    loss, gradient = exact.exact_quadratic_cost(logits, target, reduction="sum")
+    expected = math.exp(-238.0)
+    np.testing.assert_allclose(value(gradient), [[-expected, expected]], rtol=1e-14)
+    assert math.isclose(float(value(loss)), expected, rel_tol=1e-14)
