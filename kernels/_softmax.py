@@ -247,9 +247,8 @@ def softmax(x, axis=-1):
         >>> softmax(np.array([1000.0, 1000.0, 1000.0]))
         array([0.33333333, 0.33333333, 0.33333333])
 
-    Accuracy: float32 within 4 ULP (exp32's 0.87 ULP, in e_j and averaged in S, then
-    one rounding), float64 within 3.5 ULP plus the summation error of S; measured maxima
-    in the README's accuracy section.
+    Accuracy: the bound of ``docs/design.md``, "Error model", where each term is
+    derived; measured maxima in the README's accuracy table.
 
     Reference: J. S. Bridle, "Probabilistic interpretation of feedforward classification
     network outputs", 1990; the max shift and the blocked (max, sum) merge follow
@@ -281,10 +280,8 @@ def log_softmax(x, axis=-1):
         >>> log_softmax(np.array([0.0, 0.0]))
         array([-0.69314718, -0.69314718])
 
-    Accuracy: float32 within 3.25 ULP (x - M and log S each rounded to float32, both of
-    one sign: < 1 ULP together; the difference rounded once; exp32's error in S, up to
-    1.74 ULP), float64 within 3.32 ULP plus the summation error of S; measured maxima in
-    the README's accuracy section.
+    Accuracy: the bound of ``docs/design.md``, "Error model", where each term is
+    derived; measured maxima in the README's accuracy table.
 
     Reference: Bridle 1990; Milakov & Gimelshein 2018 (see :func:`softmax`).
     """

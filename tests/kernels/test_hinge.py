@@ -19,7 +19,7 @@ from softmaxlab.kernels import (
 )
 from softmaxlab.kernels._config import block_length
 
-from ._shared import DTYPES, TOLERANCE
+from ._shared import DTYPES, TOLERANCE, central_differences
 from ._shared import LOSS_SHAPES as SHAPES
 from ._shared import assert_close as _assert_close
 from ._shared import random_array as _random
@@ -162,19 +162,12 @@ def test_multiclass_hinge_gradient_can_reach_classes_minus_one():
 def test_gradients_match_central_differences():
     logits = _random((3, 5), np.float64, seed=8)
     target = _labels(3, 5, seed=9)
-    step = 1e-6
     checks = [
         (lambda x: smooth_hinge(x, target, margin=0.4), smooth_hinge_forward_backward(logits, target, margin=0.4)[1]),
         (lambda x: multiclass_hinge(x, target, margin=0.4), multiclass_hinge_forward_backward(logits, target, margin=0.4)[1]),
     ]
     for function, grad in checks:
-        expected = np.empty_like(logits)
-        for index in np.ndindex(logits.shape):
-            plus, minus = logits.copy(), logits.copy()
-            plus[index] += step
-            minus[index] -= step
-            expected[index] = (function(plus) - function(minus)) / (2 * step)
-        np.testing.assert_allclose(grad, expected, atol=1e-8)
+        np.testing.assert_allclose(grad, central_differences(function, logits), atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
