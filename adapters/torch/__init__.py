@@ -103,12 +103,16 @@ def _schema(operation: Operation, extra: str, returns: int) -> str:
 # ---- the eager route ----------------------------------------------------------------------
 
 _is_compiling = torch.compiler.is_compiling
-_has_torch_function = torch._C._has_torch_function
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-_functorch_level = torch._C._functorch.peek_interpreter_stack
-_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-_tracing = torch._C._get_tracing_state
 _grad_enabled = torch.is_grad_enabled
+try:  # private torch functions (pinned torch 2.13); without them every call takes the custom ops
+    _has_torch_function = torch._C._has_torch_function
+    _dispatch_modes = torch._C._len_torch_dispatch_stack
+    _functorch_level = torch._C._functorch.peek_interpreter_stack
+    _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    _tracing = torch._C._get_tracing_state
+    _EAGER_ROUTE = True
+except AttributeError:
+    _EAGER_ROUTE = False
 
 
 def _plain_eager(tensors: tuple) -> bool:
@@ -116,6 +120,8 @@ def _plain_eager(tensors: tuple) -> bool:
     traced by torch.compile, torch.jit or a functorch transform, no __torch_function__
     override or mode (tensor subclasses other than Parameter; FakeTensor), no
     __torch_dispatch__ mode (FakeTensorMode, ...).  About 0.5 us."""
+    if not _EAGER_ROUTE:
+        return False
     if _is_compiling() or _has_torch_function(tensors) or _dispatch_modes() or _tracing() is not None:
         return False
     if _functorch_level() is not None:
