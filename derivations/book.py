@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
@@ -214,6 +215,13 @@ def run(args: argparse.Namespace) -> int:
     Returns 1 when a derivation failed or (with ``--check``) a page differs, else 0.
     """
     started = time.perf_counter()
+    out = Path(args.out)
+    if args.check and not out.is_dir():
+        print(f"softmaxlab derive --check: there is no proof book at {out.resolve()} to compare with: run it "
+              f"from the root of a softmaxlab checkout (the pages are its docs/proofs/), or pass --out DIR",
+              file=sys.stderr)
+        return 2
+
     def report(record: Derivation) -> None:
         print(f"{record.family:<13} | {record.title} | {record.status} | {record.seconds:.2f} s", flush=True)
 
@@ -224,7 +232,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(records)} statements: {general} proven in general, "
           f"{len(records) - general - len(failed)} checked for fixed sizes, {len(failed)} failed")
     status = 1 if failed else 0
-    out = Path(args.out)
     if args.check:
         differing = differing_pages(out, pages)
         for name in differing:

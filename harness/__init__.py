@@ -21,4 +21,19 @@ Modules, in the order data flows through them:
   ``tables``, ``plots`` views of the rows; ``environment`` threads, machine, versions,
   commit; ``profiles`` full / quick / smoke; ``first_calls`` compile and JIT time;
   ``readme`` README.md's tables from results/; ``cli`` the command.
+* ``selection``   what a run measures: kernels, providers (``--provider NAME=module:function``,
+                  ``softmaxlab_torch``), shapes, a user's input file; errors that list the names;
+  ``runs``        where a run writes (``./softmaxlab-results/...``; ``report --publish``);
+  ``api``         :func:`check_accuracy` and :func:`compare_speed`, the same from Python.
 """
+
+__all__ = ["check_accuracy", "compare_speed"]
+
+
+def __getattr__(name):
+    # the API imports the registry (and the kernels): only when asked for
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

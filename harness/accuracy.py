@@ -14,8 +14,10 @@ Where the long double engine was used, the same inputs cut to one row of
 disagreement is recorded (``reference_check.csv``): the reference is checked, not
 trusted.
 
-Writes ``accuracy.csv`` and ``accuracy.md`` (ULP and relative-error tables) under the
-results folder, and prints the ULP table.
+Writes ``accuracy.csv`` and ``accuracy.md`` (ULP and relative-error tables) to the run's
+folder (``runs.py``: ``./softmaxlab-results/<UTC time>-<commit>/`` unless ``--results-dir``),
+and prints the ULP table.  What runs (kernels, providers, your own ``--provider``,
+``--shape``, ``--input``) is checked and built by ``selection.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import environment, exact, first_calls, regimes, tables
+from . import environment, exact, first_calls, regimes, runs, tables
 from .providers import as_numpy, missing_requirement, report_skip
 from .metrics import STAT_COLUMNS, Exact, error_stats, ulp_at
 from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
+from .selection import require_cases
 
 ROW_COLUMNS = (
     "kernel", "op", "mode", "output", "regime", "dtype", "provider", "rows", "classes", "reference",
@@ -126,6 +129,9 @@ def accuracy_rows(
         if regime_names is None or regime in regime_names
         for dtype in dtypes
     ]
+    regimes_of = sorted({regime for entry in selected for regime in entry.regimes})
+    require_cases(len(tasks), "accuracy", f"the selected entries {[entry.kernel for entry in selected]} have the "
+                  f"regimes {regimes_of} and the dtypes {list(dtypes)}; got --regimes {regime_names}")
     rows, checks = [], []
     bar = tqdm(tasks, desc="accuracy", unit="case", disable=not progress, file=sys.stderr, leave=False)
     for entry, regime, dtype in bar:
@@ -201,31 +207,72 @@ def footnote(context: dict) -> str:
 
 
 def results_folder(args) -> Path:
-    if getattr(args, "results_dir", None):
-        return Path(args.results_dir)
-    root = environment.repository_root() / "results"
-    return root if args.profile == "full" else root / args.profile
+    """``--results-dir``, the checkout's ``results/`` for ``report --publish``, else this run's new
+    folder under ``./softmaxlab-results/`` (``runs.py``)."""
+    if getattr(args, "publish", False):
+        return runs.publish_folders(args.profile)[0]
+    return runs.run_folder(args)
 
 
 def raw_folder(args) -> Path:
-    """Raw pytest-benchmark JSON and logs: ``results/raw/`` (git-ignored) unless --results-dir is given."""
-    if getattr(args, "results_dir", None):
-        return Path(args.results_dir) / "raw"
-    return environment.repository_root() / "results" / "raw"
+    """Raw pytest-benchmark JSON and logs: ``results/raw/`` (git-ignored) when publishing, else the run's ``raw/``."""
+    return results_folder(args) / "raw"
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, bench: bool = False) -> None:
+    """The options that choose what a run measures (``selection.py``), shared with ``bench``;
+    the parser's epilog lists the kernels and providers."""
+    parser.add_argument("--results-dir", help="where to write this run's files (default: a new folder "
+                        "./softmaxlab-results/<UTC time>-<commit>/; the committed results/ only by report --publish)")
+    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries (or variants, "
+                        "e.g. 'cross_entropy_forward_backward[label_smoothing=0.1]'); listed below")
+    parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers (listed below; "
+                        "softmaxlab_torch only when named)")
+    parser.add_argument("--provider", action="append", default=[], metavar="NAME=module:function",
+                        help="your own implementation as provider NAME: a function taking and returning what the "
+                        "softmaxlab kernel of that name does (NumPy arrays), or NAME=module for one function per "
+                        "kernel name; repeatable")
+    parser.add_argument("--dtypes", nargs="+", metavar="DTYPE", choices=("float32", "float64"),
+                        help="only these dtypes (default: the profile's)")
+    if bench:
+        parser.add_argument("--shape", nargs="+", metavar="ROWSxCLASSES", help="benchmark these shapes instead "
+                            "of the entries' matrix (e.g. 4096x32000)")
+    else:
+        parser.add_argument("--shape", metavar="ROWSxCLASSES", help="every regime at this shape (e.g. 512x10575)")
+    parser.add_argument("--input", metavar="FILE.npy", help="a 2-D array of your own as the first input "
+                        "(logits or cosines) of the selected entries, regime file:<name>")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    parser.epilog = _names_epilog()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _names_epilog() -> str:
+    import textwrap
+
+    from .selection import builtin_providers, kernel_names
+
+    kernels = textwrap.fill(", ".join(kernel_names()), width=100, initial_indent="  ", subsequent_indent="  ")
+    return (f"kernels:\n{kernels}\n"
+            f"providers: {', '.join(builtin_providers())}; softmaxlab_torch (when named); "
+            f"your own with --provider NAME=module:function")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_arguments(parser)
-    parser.add_argument("--results-dir", help="where to write the CSV and Markdown "
-                        "(default: results/ for the full profile, results/<profile>/ otherwise)")
-    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries (or variants, "
-                        "e.g. 'cross_entropy_forward_backward[label_smoothing=0.1]')")
-    parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers")
+    add_selection_arguments(parser)
     parser.add_argument("--regimes", nargs="+", metavar="REGIME", choices=regimes.REGIMES,
                         help=f"only these input regimes (of {', '.join(regimes.REGIMES)})")
-    parser.add_argument("--dtypes", nargs="+", metavar="DTYPE", choices=("float32", "float64"),
-                        help="only these dtypes (default: the profile's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the input regimes (default 0)")
+
+
+def selection_of(args, profile):
+    """The run's :class:`selection.Selection` from its options (SelectionError when they select nothing)."""
+    from .selection import select
+
+    shape = getattr(args, "shape", None)
+    return select(profile, kernels=getattr(args, "kernels", None), providers=getattr(args, "providers", None),
+                  extra_providers=getattr(args, "provider", None) or (),
+                  shapes=[shape] if isinstance(shape, str) else shape, dtypes=getattr(args, "dtypes", None),
+                  input_file=getattr(args, "input", None))
 
 
 def command_line(args) -> str:
@@ -235,13 +282,12 @@ def command_line(args) -> str:
 
 def run_accuracy(args, progress: bool = True):
     """The sweep for parsed ``args``; writes the files and returns (rows, checks, paths)."""
-    profile = get_profile(args.profile)
+    selection = selection_of(args, get_profile(args.profile))
+    profile = selection.profile
     context = environment.run_context(profile.name)
     context["command"] = command_line(args)
-    rows, checks = accuracy_rows(profile, kernels=getattr(args, "kernels", None),
-                                 providers=getattr(args, "providers", None),
-                                 regime_names=getattr(args, "regimes", None), dtypes=getattr(args, "dtypes", None),
-                                 seed=args.seed, progress=progress)
+    rows, checks = accuracy_rows(profile, registry=selection.entries, providers=selection.providers,
+                                 regime_names=getattr(args, "regimes", None), seed=args.seed, progress=progress)
     rows = rows.assign(**{k: v for k, v in context.items() if k != "command"})
     folder = results_folder(args)
     paths = [

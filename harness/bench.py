@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from . import environment, first_calls, roofline, tables
 from .providers import as_numpy, missing_requirement, report_skip
 from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
+from .selection import require_cases
 
 LIMIT_PROVIDERS = ("limit:stream", "limit:exp")
 BENCH_REGIME = "normal_x3"
@@ -350,26 +351,31 @@ def results_folder(args) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .accuracy import add_selection_arguments
+
     add_profile_arguments(parser, threads=True)
-    parser.add_argument("--results-dir", help="where to write the CSV and Markdown "
-                        "(default: results/ for the full profile, results/<profile>/ otherwise)")
-    parser.add_argument("--kernels", nargs="+", metavar="KERNEL", help="only these registry entries (or variants, "
-                        "e.g. 'cross_entropy_forward_backward[label_smoothing=0.1]')")
-    parser.add_argument("--providers", nargs="+", metavar="PROVIDER", help="only these providers")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    add_selection_arguments(parser, bench=True)
 
 
-def run_bench(args, progress: bool = True, registry=None):
+def run_bench(args, progress: bool = True, registry=None, profile: Profile | None = None):
     """Pin threads, run the plan, write the files; returns (rows, failures, paths, context)."""
     from .accuracy import command_line
 
+    from .accuracy import selection_of
+
     threads = environment.pin_threads(getattr(args, "threads", None))
-    profile = get_profile(args.profile)
+    if registry is None:
+        selection = selection_of(args, get_profile(args.profile))
+        profile, registry, providers, kernels = selection.profile, selection.entries, selection.providers, None
+    else:  # a caller's own entries (and profile), as they are
+        profile = profile or get_profile(args.profile)
+        providers = getattr(args, "providers", None)
+        kernels = getattr(args, "kernels", None)
     context = environment.run_context(profile.name, threads)
     context["command"] = command_line(args)
-    plan = BenchPlan(profile, registry, kernels=getattr(args, "kernels", None),
-                     providers=getattr(args, "providers", None), threads=threads, seed=args.seed,
+    plan = BenchPlan(profile, registry, kernels=kernels, providers=providers, threads=threads, seed=args.seed,
                      drop_unavailable=True)
+    require_cases(len(plan.cases), "benchmark", f"kernels {sorted(plan.registry)}, providers {providers}")
     folder = results_folder(args)
     label = f"{profile.name}-{context['timestamp'].replace(':', '')}"
     from .accuracy import raw_folder

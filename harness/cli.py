@@ -50,7 +50,13 @@ def main(argv=None) -> int:
         print(f"softmaxlab {args.command}: not available ({args.unavailable})", file=sys.stderr)
         return 2
     args.command_line = "softmaxlab " + " ".join(shlex.quote(arg) for arg in argv)
-    return int(importlib.import_module(args.module_name).run(args) or 0)
+    from .selection import SelectionError
+
+    try:
+        return int(importlib.import_module(args.module_name).run(args) or 0)
+    except SelectionError as error:  # options that select nothing valid: the message, no traceback
+        print(f"softmaxlab {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import accuracy, bench, environment, first_calls, plots, readme, tables
+from . import accuracy, bench, environment, first_calls, plots, readme, runs, tables
 from .profiles import add_profile_arguments, get_profile
+from .selection import SelectionError
 
 PROOF_BOOK_COLUMNS = ("family", "title", "status", "general", "seconds")
 
@@ -67,10 +68,12 @@ def proof_book() -> tuple[pd.DataFrame, str, bool]:
 
 
 def report_folder(args) -> Path:
+    """``--report-dir``, the checkout's ``report/`` for ``--publish``, else the run's folder (``runs.py``)."""
     if getattr(args, "report_dir", None):
         return Path(args.report_dir)
-    root = environment.repository_root() / "report"
-    return root if args.profile == "full" else root / args.profile
+    if getattr(args, "publish", False):
+        return runs.publish_folders(args.profile)[1]
+    return accuracy.results_folder(args)
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -98,7 +101,8 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
         "rows of 10^6 classes: pairs of long doubles, checked against mpmath below). **Bold**: NaN/inf "
         "where the exact value is finite, or infinities that came out wrong. Backward rows compare "
         "dx = J^T dy at x. Relative errors: `accuracy.md`; definitions: `softmaxlab/harness/metrics.py`.\n",
-        tables.markdown(tables.accuracy_table(accuracy_rows, "ulp")),
+        tables.markdown(tables.accuracy_table(accuracy_rows, "ulp")) if not accuracy_rows.empty
+        else "Not part of this run.\n",
     ]
     if not checks.empty:
         worst = checks["max_deviation_ulp_float64"].max()
@@ -114,7 +118,7 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
         "roofline being the slower of a parallel stream of the same bytes (inputs read once + outputs "
         "written once) and an L1-resident loop of the same number of exps, both timed in the same run. "
         "Compile and JIT time are excluded (first calls below).\n",
-        tables.markdown(tables.speed_table(bench_rows)),
+        tables.markdown(tables.speed_table(bench_rows)) if not bench_rows.empty else "Not part of this run.\n",
     ]
     if failures:
         lines.append("Failed benchmark cases: " + "; ".join(failures) + "\n")
@@ -144,20 +148,31 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_arguments(parser, threads=True)
-    parser.add_argument("--results-dir", help="CSV and Markdown tables (default: results/ for the full "
-                        "profile, results/<profile>/ otherwise)")
-    parser.add_argument("--report-dir", help="index.md and plots (default: report/ for the full profile, "
-                        "report/<profile>/ otherwise)")
+    parser.add_argument("--results-dir", help="CSV and Markdown tables (default: a new folder "
+                        "./softmaxlab-results/<UTC time>-<commit>/)")
+    parser.add_argument("--report-dir", help="index.md and plots (default: the results folder)")
+    parser.add_argument("--publish", action="store_true", help="write the committed snapshot: results/, report/ "
+                        "and README.md's tables of the checkout (full profile, from inside the checkout)")
+    parser.add_argument("--force", action="store_true", help="with --publish: publish even a run whose speed "
+                        "cells are flagged unreliable")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown tables, plots and "
-                        "index.md from the CSV rows already in the results folder (runs nothing)")
+                        "index.md from the CSV rows already in --results-dir (any run's folder; with --publish, "
+                        "results/) and run nothing")
 
 
 RUN_FILE = "report_run.json"
 
 
 def run(args) -> int:
+    if getattr(args, "publish", False):
+        runs.publish_folders(args.profile)  # refuses early: not the full profile, not in the checkout
     if getattr(args, "render_only", False):
+        if not getattr(args, "results_dir", None) and not getattr(args, "publish", False):
+            raise SelectionError("--render-only needs the run to render: --results-dir DIR (a folder written by "
+                                 "softmaxlab accuracy, bench or report), or --publish for results/")
+        if not accuracy.results_folder(args).is_dir():
+            raise SelectionError(f"--results-dir {accuracy.results_folder(args)}: no such folder")
         paths = render(accuracy.results_folder(args), report_folder(args))
         paths += _readme_tables(accuracy.results_folder(args))
         for path in paths:
@@ -227,6 +242,22 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _run_info(results_dir: Path, accuracy_rows: pd.DataFrame, bench_rows: pd.DataFrame) -> dict:
+    """``report_run.json`` of a report run; for a folder written by ``accuracy`` or ``bench``
+    alone, the same fields from the context columns of its rows."""
+    path = results_dir / RUN_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = bench_rows if not bench_rows.empty else accuracy_rows
+    first = rows.iloc[0].to_dict()
+    context = {key: first.get(key) for key in ("profile", "commit", "timestamp", "machine", "versions",
+                                                  "load_average")}
+    context["threads"] = first.get("threads", "-")
+    context["command"] = "softmaxlab report --render-only --results-dir " + str(results_dir)
+    return {"context": context, "book_line": "proof book: not part of this run", "failures": [],
+            "thread_counts": {}, "load_average_end": None, "seconds": float("nan")}
+
+
 def render(results_dir: Path, report_dir: Path) -> list[Path]:
     """Write every view (accuracy.md, bench.md, the plots, index.md) from the CSV rows alone.
 
@@ -234,24 +265,28 @@ def render(results_dir: Path, report_dir: Path) -> list[Path]:
     calls it after writing the rows, so the views of a run and a re-render are identical.
     """
     results_dir, report_dir = Path(results_dir), Path(report_dir)
-    run_info = json.loads((results_dir / RUN_FILE).read_text())
-    context = run_info["context"]
     book = _read_csv(results_dir / "proof_book.csv").reindex(columns=list(PROOF_BOOK_COLUMNS))
     accuracy_rows = _read_csv(results_dir / "accuracy.csv")
     checks = _read_csv(results_dir / "reference_check.csv")
     bench_rows = _read_csv(results_dir / "bench.csv")
     compiles = _read_csv(results_dir / "first_calls.csv")
+    if accuracy_rows.empty and bench_rows.empty:
+        raise SelectionError(f"{results_dir} holds no accuracy.csv or bench.csv rows to render")
+    run_info = _run_info(results_dir, accuracy_rows, bench_rows)
+    context = run_info["context"]
     files = [results_dir / name for name in ("proof_book.csv", "accuracy.csv", "reference_check.csv", "bench.csv",
                                               "first_calls.csv")]
-    files += [
-        tables.write_text(accuracy.accuracy_markdown(accuracy_rows, checks, context), results_dir / "accuracy.md"),
-        tables.write_text(bench.bench_markdown(bench_rows, compiles, context), results_dir / "bench.md"),
-    ]
+    files = [path for path in files if path.exists()]
+    if not accuracy_rows.empty:
+        files.append(tables.write_text(accuracy.accuracy_markdown(accuracy_rows, checks, context),
+                                       results_dir / "accuracy.md"))
+    if not bench_rows.empty:
+        files.append(tables.write_text(bench.bench_markdown(bench_rows, compiles, context), results_dir / "bench.md"))
     report_dir.mkdir(parents=True, exist_ok=True)
     images = [
         ("time per element vs classes", plots.time_vs_classes(bench_rows, report_dir / "time_vs_classes.png")),
         ("speed-up over torch", plots.speedup_vs_torch(bench_rows, report_dir / "speedup_vs_torch.png")),
-    ]
+    ] if not bench_rows.empty else []
     images = [(title, path) for title, path in images if path is not None]
     index = index_markdown(
         book=book, book_line=run_info["book_line"], accuracy_rows=accuracy_rows, checks=checks,

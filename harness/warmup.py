@@ -43,7 +43,8 @@ def add_arguments(parser) -> None:
         help="measure each kernel's first call in a fresh process, cold (empty cache) and warm; "
         "write results/first_calls_cache.csv and .md",
     )
-    parser.add_argument("--output", default=None, help="folder of --measure's tables (default: results/ of the checkout)")
+    parser.add_argument("--output", default=None, help="folder of --measure's tables (default: a new folder ./softmaxlab-results/<UTC time>-<commit>/; "
+                        "the committed table was written with --output results)")
 
 
 def kernel_names(selection: str = "") -> list[str]:
@@ -202,10 +203,11 @@ def run(args) -> int:
     names = kernel_names(args.kernels)
     dtypes = dtype_names(args.dtypes)
     if args.measure:
-        from .environment import repository_root
+        from .runs import run_folder
 
         rows = measure_first_calls(names, dtypes)
-        output = Path(args.output) if args.output else repository_root() / "results"
+        args.results_dir = args.output  # --output, else a new folder under ./softmaxlab-results/
+        output = run_folder(args)
         csv_path, md_path = write_first_call_tables(rows, output, getattr(args, "command_line", ""))
         print(f"wrote {csv_path} and {md_path}")
         return 0

@@ -1,4 +1,11 @@
-"""The softmaxlab provider: the public kernels (``softmaxlab.kernels``) called on a registry entry's inputs."""
+"""The softmaxlab provider: the public kernels (``softmaxlab.kernels``) called on a registry entry's inputs.
+
+Every ``prepare`` built here carries ``prepare.with_function(function)``: the same call
+with ``function`` in place of the entry's kernel (the one the entry is named after).
+That is how another implementation with the kernel's signature (a user's own, or
+``softmaxlab.torch``'s through NumPy) runs on exactly the softmaxlab provider's inputs
+and calls: ``softmaxlab.harness.selection``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ def on_logits(function):
         x = inputs["x"]
         return lambda: function(x)
 
+    prepare.with_function = on_logits
     return prepare
 
 
@@ -23,6 +31,7 @@ def from_forward_output(forward, backward):
         dy = inputs["dy"]
         return lambda: backward(y, dy)
 
+    prepare.with_function = partial(from_forward_output, forward)
     return prepare
 
 
@@ -32,6 +41,7 @@ def with_inputs(function, **parameters):
     def prepare(inputs):
         return partial(function, **inputs, **parameters)
 
+    prepare.with_function = partial(with_inputs, **parameters)
     return prepare
 
 
@@ -50,4 +60,5 @@ def margin_from_embeddings(kernels, forward_backward, **parameters):
 
         return run
 
+    prepare.with_function = lambda function: margin_from_embeddings(kernels, function, **parameters)
     return prepare

@@ -91,3 +91,9 @@ def test_derive_prints_one_line_per_statement(tmp_path, records, monkeypatch, ca
         assert any(record.title in line and record.status in line and line.startswith(record.family)
                    for line in lines), record.title
     assert lines[-1].startswith("total ")
+
+
+def test_check_without_a_proof_book_says_so_instead_of_listing_differences(tmp_path, capsys):
+    assert book.run(argparse.Namespace(out=tmp_path / "docs" / "proofs", check=True)) == 2
+    err = capsys.readouterr().err
+    assert "there is no proof book at" in err and "softmaxlab checkout" in err

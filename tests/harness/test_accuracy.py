@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from softmaxlab import kernels
-from softmaxlab.harness import accuracy, cli, tables
+from softmaxlab.harness import accuracy, cli, environment, tables
 from softmaxlab.harness.metrics import STAT_COLUMNS
 from softmaxlab.harness.profiles import get_profile
 from softmaxlab.harness.registry import REGISTRY, Implementation
@@ -88,16 +88,17 @@ def test_accuracy_command_writes_csv_and_markdown(tmp_path):
     assert "softmaxlab accuracy --profile smoke" in text
 
 
-def test_results_folders_keep_the_snapshot_for_the_full_profile(tmp_path):
+def test_results_folders_never_default_to_the_snapshot(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
     class Args:
-        profile = "quick"
+        profile = "full"
         results_dir = None
 
-    assert accuracy.results_folder(Args).name == "quick"
-    Args.profile = "full"
-    assert accuracy.results_folder(Args).name == "results"
-    Args.results_dir = str(tmp_path)
-    assert accuracy.results_folder(Args) == tmp_path
+    assert accuracy.results_folder(Args).parent == tmp_path / "softmaxlab-results"
+    Args.publish = True  # report --publish, from inside the checkout
+    monkeypatch.chdir(environment.repository_root())
+    assert accuracy.results_folder(Args) == environment.repository_root() / "results"
 
 
 def test_regime_rows_are_finite_where_expected():
