@@ -241,6 +241,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser, bench: bool = False
         parser.add_argument("--shape", metavar="ROWSxCLASSES", help="every regime at this shape (e.g. 512x10575)")
     parser.add_argument("--input", metavar="FILE.npy", help="a 2-D array of your own as the first input "
                         "(logits or cosines) of the selected entries, regime file:<name>")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="run the torch and JAX providers "
+                        "on this device (default cpu; cuda: as torch@cuda and jax@cuda)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     parser.epilog = _names_epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -272,7 +274,7 @@ def selection_of(args, profile):
     return select(profile, kernels=getattr(args, "kernels", None), providers=getattr(args, "providers", None),
                   extra_providers=getattr(args, "provider", None) or (),
                   shapes=[shape] if isinstance(shape, str) else shape, dtypes=getattr(args, "dtypes", None),
-                  input_file=getattr(args, "input", None))
+                  input_file=getattr(args, "input", None), device=getattr(args, "device", "cpu"))
 
 
 def command_line(args) -> str:

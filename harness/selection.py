@@ -25,6 +25,10 @@ group ``softmaxlab.providers`` (name = the provider's name, value = ``module`` o
 (``softmaxlab.torch``'s differentiable operations; the forward-backward entries are a
 training step of the loss).
 
+**Devices.** ``--device cuda`` runs the torch and JAX providers on the GPU (inputs copied
+there in prepare, every call awaited), as the providers ``torch@cuda`` and ``jax@cuda``
+beside the CPU ones, against the same exact references; without a GPU it is an error.
+
 **Shapes and inputs.** ``--shape RxC`` replaces the entries' benchmark shapes (``bench``)
 or the accuracy regimes' shape (``accuracy``); ``--input FILE.npy`` runs the entries on
 a 2-D array of the user's as their first input (the logits or cosines), the other inputs
@@ -145,6 +149,73 @@ def with_provider(entry: Operation, provider: ExtraProvider) -> Operation | None
     return dataclasses.replace(entry, implementations=entry.implementations + (implementation,))
 
 
+DEVICE_PROVIDERS = ("torch", "jax")
+
+
+def check_device(device: str) -> None:
+    """SelectionError unless ``device`` is "cpu" or a GPU that torch or JAX can use here."""
+    if device == "cpu":
+        return
+    if device != "cuda":
+        raise SelectionError(f"--device must be cpu or cuda, got {device!r}")
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if not available:
+        raise SelectionError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); the torch "
+                             "and JAX providers run on the CPU without --device")
+
+
+def _on_device(implementation: Implementation, device: str) -> Implementation:
+    """The torch or JAX ``implementation`` with its inputs placed on ``device`` in prepare and
+    each call awaited (``torch.cuda.synchronize``; JAX's calls already block until ready)."""
+    from .providers import on_device
+
+    original = implementation.prepare
+
+    if implementation.provider == "torch":
+        def prepare(inputs):
+            import torch
+
+            with on_device(device):
+                run = original(inputs)
+
+            def synchronized():
+                result = run()
+                torch.cuda.synchronize()
+                return result
+
+            return synchronized
+    else:
+        def prepare(inputs):
+            import jax
+
+            target = jax.devices("gpu")[0]
+            with jax.default_device(target):
+                run = original(inputs)
+
+            def placed():
+                with jax.default_device(target):
+                    return run()
+
+            return placed
+
+    return dataclasses.replace(implementation, prepare=prepare,
+                               description=f"{implementation.description} on {device}".strip())
+
+
+def with_device(entry: Operation, device: str) -> Operation:
+    """``entry`` with its torch and JAX implementations on ``device``, renamed ``torch@cuda``, ``jax@cuda``."""
+    implementations = tuple(
+        dataclasses.replace(_on_device(implementation, device), provider=f"{implementation.provider}@{device}")
+        if implementation.provider in DEVICE_PROVIDERS else implementation
+        for implementation in entry.implementations)
+    return dataclasses.replace(entry, implementations=implementations)
+
+
 def _primary_input(inputs: dict, shape: tuple[int, int]) -> str | None:
     for key, value in inputs.items():
         if isinstance(value, np.ndarray) and value.shape == shape and value.dtype.kind == "f":
@@ -194,7 +265,7 @@ class Selection:
 
 
 def select(profile: Profile, *, kernels=None, providers=None, extra_providers=(), shapes=None, dtypes=None,
-           input_file=None, registry: dict | None = None) -> Selection:
+           input_file=None, device: str = "cpu", registry: dict | None = None) -> Selection:
     """Check a run's options and build what it runs (see the module docstring)."""
     names = kernel_names(registry)
     unknown = [name for name in kernels or () if name not in names]
@@ -256,6 +327,11 @@ def select(profile: Profile, *, kernels=None, providers=None, extra_providers=()
         entries = replaced
         profile = dataclasses.replace(profile, accuracy_shape=array.shape, million_shape=array.shape,
                                       bench_smoke_shapes=False, bench_max_elements=None)
+    check_device(device)
+    if device != "cpu":
+        entries = {name: with_device(entry, device) for name, entry in entries.items()}
+        if wanted is not None:
+            wanted = tuple(f"{name}@{device}" if name in DEVICE_PROVIDERS else name for name in wanted)
     return Selection(profile, entries, wanted)
 
 

@@ -16,6 +16,7 @@ provider and process (:func:`missing_requirement`, :func:`report_skip`), never a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -45,6 +46,24 @@ def report_skip(provider: str, reason: str, stream=None) -> None:
         return
     _REPORTED_SKIPS.add(provider)
     print(f"softmaxlab: skipping provider {provider!r}: {reason}", file=stream or sys.stderr)
+
+
+# the device the torch provider puts its tensors on while preparing a call (``on_device``)
+_DEVICE = ["cpu"]
+
+
+@contextlib.contextmanager
+def on_device(name: str):
+    """Within: the torch provider's ``tensor()`` puts the inputs on device ``name`` ("cpu", "cuda")."""
+    _DEVICE.append(name)
+    try:
+        yield
+    finally:
+        _DEVICE.pop()
+
+
+def current_device() -> str:
+    return _DEVICE[-1]
 
 
 def as_numpy(result):

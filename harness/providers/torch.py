@@ -1,6 +1,7 @@
 """The torch providers: ``torch``'s own functions and plain compositions of torch ops, gradients by autograd.
 
-Forward calls run under ``torch.no_grad()``; a gradient is ``torch.autograd.grad`` of the
+Inputs become tensors through :func:`tensor` (NumPy views on the CPU; copies on the device
+of ``--device cuda``, made in prepare).  Forward calls run under ``torch.no_grad()``; a gradient is ``torch.autograd.grad`` of the
 loss with respect to fresh leaves made from the inputs inside the timed call (the
 normalizers' VJPs keep one graph, built in prepare).
 """
@@ -8,6 +9,8 @@ normalizers' VJPs keep one graph, built in prepare).
 from __future__ import annotations
 
 import math
+
+from . import current_device
 
 
 def torch_module():
@@ -26,23 +29,31 @@ def runner(torch, loss_of, tensors, with_gradient):
         return run
 
     def run():
-        leaves = tuple(tensor.detach().requires_grad_(True) for tensor in tensors)
+        leaves = tuple(value.detach().requires_grad_(True) for value in tensors)
         loss = loss_of(*leaves)
         return (loss.detach(), *torch.autograd.grad(loss, leaves))
 
     return run
 
 
+def tensor(torch, array):
+    """``array`` as a tensor: a view of it on the CPU, else a copy on the device the call is
+    prepared for (``--device``, ``providers.on_device``)."""
+    values = torch.from_numpy(array)
+    device = current_device()
+    return values if device == "cpu" else values.to(device)
+
+
 # ---- the normalizers ------------------------------------------------------------------------
 
 
 def forward(name):
-    """torch.softmax / torch.log_softmax / torch.logsumexp on ``torch.from_numpy(x)``, dim -1."""
+    """torch.softmax / torch.log_softmax / torch.logsumexp on ``tensor(torch, x)``, dim -1."""
 
     def prepare(inputs):
         torch = torch_module()
         function = getattr(torch, name)
-        x = torch.from_numpy(inputs["x"])
+        x = tensor(torch, inputs["x"])
         return lambda: function(x, -1)
 
     return prepare
@@ -53,9 +64,9 @@ def backward(name):
 
     def prepare(inputs):
         torch = torch_module()
-        x = torch.from_numpy(inputs["x"].copy()).requires_grad_(True)
+        x = tensor(torch, inputs["x"].copy()).requires_grad_(True)
         y = getattr(torch, name)(x, -1)
-        dy = torch.from_numpy(inputs["dy"])
+        dy = tensor(torch, inputs["dy"])
         return lambda: torch.autograd.grad(y, x, dy, retain_graph=True)[0]
 
     return prepare
@@ -70,8 +81,8 @@ def loss(formula, first_input, with_gradient):
     def prepare(inputs):
         torch = torch_module()
         functional = torch.nn.functional
-        tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
-        others = {name: tensor for name, tensor in tensors.items() if name != first_input}
+        tensors = {name: tensor(torch, value) for name, value in inputs.items()}
+        others = {name: value for name, value in tensors.items() if name != first_input}
 
         def loss_of(first):
             return formula(torch, functional, **{first_input: first}, **others)
@@ -139,8 +150,8 @@ def margin(s, m1, m2, m3, with_gradient):
 
     def prepare(inputs):
         torch = torch_module()
-        cos = torch.from_numpy(inputs["cos"])
-        target = torch.from_numpy(inputs["target"])
+        cos = tensor(torch, inputs["cos"])
+        target = tensor(torch, inputs["target"])
         rows = torch.arange(cos.shape[0])
         return runner(torch, lambda cosines: _margin_loss(torch, cosines, rows, target, s, m1, m2, m3), (cos,),
                       with_gradient)
@@ -153,7 +164,7 @@ def margin_from_embeddings(s, m1, m2, m3):
 
     def prepare(inputs):
         torch = torch_module()
-        x, W, target = (torch.from_numpy(inputs[name]) for name in ("x", "W", "target"))
+        x, W, target = (tensor(torch, inputs[name]) for name in ("x", "W", "target"))
         rows = torch.arange(x.shape[0])
         return runner(torch, lambda features, weights: _margin_loss(
             torch, _normalized_linear(torch, features, weights), rows, target, s, m1, m2, m3), (x, W), True)
@@ -164,14 +175,14 @@ def margin_from_embeddings(s, m1, m2, m3):
 def normalized_linear(backward):
     def prepare(inputs):
         torch = torch_module()
-        x, W = torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["W"])
+        x, W = tensor(torch, inputs["x"]), tensor(torch, inputs["W"])
         if not backward:
             def run():
                 with torch.no_grad():
                     return _normalized_linear(torch, x, W)
 
             return run
-        grad_cos = torch.from_numpy(inputs["grad_cos"])
+        grad_cos = tensor(torch, inputs["grad_cos"])
 
         def run():
             features, weights = x.detach().requires_grad_(True), W.detach().requires_grad_(True)
@@ -188,7 +199,7 @@ def large_margin(with_gradient, m, lambda_, normalize_weights):
     def prepare(inputs):
         torch = torch_module()
         functional = torch.nn.functional
-        x, W, target = (torch.from_numpy(inputs[name]) for name in ("x", "W", "target"))
+        x, W, target = (tensor(torch, inputs[name]) for name in ("x", "W", "target"))
         rows = torch.arange(x.shape[0])
 
         def loss_of(features, weights):
@@ -216,7 +227,7 @@ def center(with_gradient, alpha=None):
 
     def prepare(inputs):
         torch = torch_module()
-        x, centers, target = (torch.from_numpy(inputs[name]) for name in ("x", "centers", "target"))
+        x, centers, target = (tensor(torch, inputs[name]) for name in ("x", "centers", "target"))
 
         def loss_of(features, middles):
             return 0.5 * ((features - middles[target]) ** 2).sum(dim=1).mean()

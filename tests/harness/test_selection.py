@@ -215,3 +215,26 @@ def test_check_accuracy_returns_rows_for_a_function():
     with pytest.raises(TypeError, match=r"functions\['mine'\] must be callable"):
         check_accuracy(3, kernel="softmax")
     assert REGISTRY["softmax"].providers == ("softmaxlab", "torch", "jax", "numpy", "numpy_naive")  # untouched
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_an_error():
+    with pytest.raises(selection.SelectionError, match="no CUDA device here"):
+        selection.select(SMOKE, kernels=["softmax"], device="cuda")
+    with pytest.raises(selection.SelectionError, match="must be cpu or cuda"):
+        selection.select(SMOKE, kernels=["softmax"], device="tpu")
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_device_cuda_runs_torch_on_the_gpu_beside_the_cpu_providers():
+    rows = _rows(kernels=["softmax"], providers=["softmaxlab", "torch"], dtypes=["float32"], device="cuda")
+    assert set(rows["provider"]) == {"softmaxlab", "torch@cuda"}
+    assert (rows["n_values"] > 0).all() and (rows["max_ulp"] < 1e3).all()
