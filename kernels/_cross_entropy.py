@@ -542,6 +542,9 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             )
         if target.dtype != logits.dtype:
             raise TypeError(f"target (class probabilities) must have the dtype of logits ({logits.dtype}), got {target.dtype}")
+        if ignore_index >= 0:  # as torch: a class probability target has no index to ignore
+            raise ValueError(f"ignore_index is not supported for class-probability targets: it must be left "
+                             f"negative (the default -100), got {ignore_index}")
         probabilities = np.ascontiguousarray(target.reshape(rows.shape))
         denominator = rows.shape[0]
         scale = row_scales(grad_output, reduction, denominator, batch_shape)
@@ -581,7 +584,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
             or class probabilities of ``logits``' shape and dtype.
         weight: optional float array ``(C,)`` of class weights.
         ignore_index: class-index rows with this label get zero loss and gradient and do
-            not count in the mean (or anywhere else, label smoothing included).
+            not count in the mean (or anywhere else, label smoothing included).  With
+            class probabilities it must stay negative (a ValueError otherwise, as torch).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         label_smoothing: epsilon in [0, 1].
 

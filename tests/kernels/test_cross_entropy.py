@@ -16,7 +16,7 @@ import pytest
 
 from softmaxlab.harness.metrics import error_stats
 from softmaxlab.harness.exact import exact_cross_entropy
-from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward
+from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward, softmax
 from softmaxlab.kernels._config import block_length
 from softmaxlab.kernels._cross_entropy import (
     ClassIndexArgs,
@@ -600,3 +600,19 @@ def test_bad_grad_output_raises_clear_errors():
         cross_entropy_forward_backward(logits, labels, reduction="none", grad_output=np.ones(4))
     with pytest.raises(TypeError, match=r"grad_output must be a real number or a numpy.ndarray, got list"):
         cross_entropy_forward_backward(logits, labels, grad_output=[1.0])
+
+
+def test_probability_targets_refuse_a_nonnegative_ignore_index_as_torch_does():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(3, 4))
+    probabilities = softmax(rng.normal(size=(3, 4)))
+    for function in (cross_entropy, cross_entropy_forward_backward):
+        for ignore_index in (0, 3, 7):
+            with pytest.raises(ValueError, match=rf"ignore_index is not supported for class-probability targets.*"
+                                                 rf"got {ignore_index}"):
+                function(logits, probabilities, ignore_index=ignore_index)
+    # a negative one selects no class, as in torch: the same loss as without it
+    assert cross_entropy(logits, probabilities, ignore_index=-1) == cross_entropy(logits, probabilities)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+        torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(probabilities), ignore_index=0)
