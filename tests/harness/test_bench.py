@@ -201,3 +201,21 @@ def test_rounds_fill_the_time_per_test_but_stop_for_slow_calls():
     assert full.bench_rounds(0.001) == full.bench_max_rounds  # 500 wanted, capped
     assert full.bench_rounds(0.05) == max(10, full.bench_min_rounds)
     assert full.bench_rounds(2.0) == 3  # 7 rounds of 2 s would pass the 2.5 s cap
+
+
+def test_plots_draw_flagged_cells_hollow(tmp_path, monkeypatch):
+    from softmaxlab.harness import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_finish", lambda figure, title, path: figures.append(figure))
+    rows = bench.tidy_rows(fake_report())
+    rows.loc[(rows["provider"] == "torch") & (rows["classes"] == 16), "p80_s"] = 20.0  # spread 1.5
+    plots.time_vs_classes(rows, tmp_path / "time.png")
+    plots.speedup_vs_torch(rows, tmp_path / "speedup.png")
+    timeline, speedup = (figure.axes[0] for figure in figures)
+    hollow = [line for line in timeline.get_lines() if line.get_label() == plots.FLAGGED_LABEL]
+    assert len(hollow) == 1 and hollow[0].get_markerfacecolor() == "white"
+    assert list(hollow[0].get_xdata()) == [16]
+    # both providers' ratios to torch at 4x16 are flagged, none at 4x8
+    hatched = [bar for bar in speedup.patches if bar.get_hatch() == "///"]
+    assert len(hatched) == 2 and {round(bar.get_x() + bar.get_width() / 2) for bar in hatched} == {1}
