@@ -21,4 +21,5 @@ Modules, in the order data flows through them:
   ``tables``, ``plots`` views of the rows; ``environment`` threads, machine, versions,
   commit; ``profiles`` full / quick / smoke; ``first_calls`` compile and JIT time;
   ``readme`` README.md's tables from results/; ``cli`` the command.
+* ``compare``     ``softmaxlab compare RUN_A RUN_B``: speed ratios with intervals, accuracy changes, regressions.
 """
