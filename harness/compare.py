@@ -24,10 +24,12 @@ those of single samples, not of the medians (which would shrink with the sample 
 on a shared machine a rerun moves by about that much, so the interval is deliberately
 wide.  A cell is "slower" when low > 1 + ``speed_threshold`` (default 5 %): B is slower
 even at the favourable ends of both spreads; "faster" when high < 1 / (1 +
-``speed_threshold``).  A slower cell is a regression, except for the roofline loops
-(``limit:*``), which measure the machine, not the code: they are shown, since a slower
-stream loop means a slower or busier machine.  Each run's flags of the cell
-(``tables.cell_flags``: spread, load, roofline>100%) stand beside it.
+``speed_threshold``).  Each run's flags of the cell (``tables.cell_flags``: spread,
+load, roofline>100%) stand beside it.  A slower cell is a regression unless it is flagged
+"spread" or "load" in either run (then its status is "slower (flagged)": noise cannot be
+told from a change there, and the report asks for a rerun on a quiet machine), or it is a
+roofline loop (``limit:*``), which measures the machine, not the code; those are shown,
+since a slower stream loop means a slower or busier machine.
 
 **Accuracy.**  Per cell (kernel, output, regime, dtype, provider, rows x classes) of both
 runs, every error column both CSVs have (those named ``max_*`` or ``median_*``: ULPs,
@@ -245,14 +247,17 @@ def speed_comparison(a: pd.DataFrame, b: pd.DataFrame, speed_threshold: float = 
         down = np.sqrt(np.log(m["p50_s_b"] / m["p20_s_b"]) ** 2 + np.log(m["p80_s_a"] / m["p50_s_a"]) ** 2)
         up = np.sqrt(np.log(m["p80_s_b"] / m["p50_s_b"]) ** 2 + np.log(m["p50_s_a"] / m["p20_s_a"]) ** 2)
     low, high = ratio * np.exp(-down), ratio * np.exp(up)
-    status = _presence(m)
-    status = status.mask(low > 1 + speed_threshold, "slower").mask(high < 1 / (1 + speed_threshold), "faster")
+    flag_a, flag_b = m["flag_a"].fillna(""), m["flag_b"].fillna("")
+    noisy = (flag_a + "," + flag_b).str.split(",").map(lambda flags: bool({"spread", "load"} & set(flags)))
+    slower = low > 1 + speed_threshold
+    status = _presence(m).mask(slower, "slower").mask(slower & noisy, "slower (flagged)")
+    status = status.mask(high < 1 / (1 + speed_threshold), "faster")
     limit = m["provider"].astype(str).str.startswith("limit:")
     return pd.DataFrame({
         "section": "speed", "kernel": m["kernel"], "mode": m["mode"], "output": "", "regime": "",
         "shape": m["shape"], "dtype": m["dtype"], "provider": m["provider"], "metric": "p50_s",
         "a": m["p50_s_a"], "b": m["p50_s_b"], "ratio": ratio, "ratio_low": low, "ratio_high": high,
-        "flag_a": m["flag_a"].fillna(""), "flag_b": m["flag_b"].fillna(""), "status": status,
+        "flag_a": flag_a, "flag_b": flag_b, "status": status,
         "regression": (status == "slower") & ~limit,
     }, columns=list(COLUMNS))
 
@@ -402,6 +407,10 @@ def compare_markdown(a, b, comparison: pd.DataFrame, *, speed_threshold: float =
     else:
         for section, lines in regressions.groupby("section", sort=False):
             parts.append(_speed_markdown(lines) if section == "speed" else _accuracy_markdown(lines))
+    flagged = speed[speed["status"] == "slower (flagged)"]
+    if not flagged.empty:
+        parts += [f"### Slower, but flagged spread or load in A or B: {len(flagged)} (not counted; rerun on a "
+                  "quiet machine to judge them)\n", _speed_markdown(flagged)]
     if not speed.empty:
         counts = speed["status"].replace("", "within the noise").value_counts()
         parts += [f"## Speed: {len(speed)} cells ("

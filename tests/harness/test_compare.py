@@ -53,12 +53,12 @@ def lines_of(comparison, section, **cell):
 
 
 def test_speed_ratio_and_its_interval_follow_the_stated_formula(tmp_path):
-    a = write_run(tmp_path / "a", [speed_row("softmaxlab", 0.9, 1.0, 1.2)])
+    a = write_run(tmp_path / "a", [speed_row("softmaxlab", 0.95, 1.0, 1.15)])
     b = write_run(tmp_path / "b", [speed_row("softmaxlab", 1.8, 2.0, 2.1)])
     line = compare.compare_runs(a, b).iloc[0]
     assert line["ratio"] == pytest.approx(2.0)
-    assert line["ratio_low"] == pytest.approx(2.0 * math.exp(-math.hypot(math.log(2.0 / 1.8), math.log(1.2))))
-    assert line["ratio_high"] == pytest.approx(2.0 * math.exp(math.hypot(math.log(2.1 / 2.0), math.log(1 / 0.9))))
+    assert line["ratio_low"] == pytest.approx(2.0 * math.exp(-math.hypot(math.log(2.0 / 1.8), math.log(1.15))))
+    assert line["ratio_high"] == pytest.approx(2.0 * math.exp(math.hypot(math.log(2.1 / 2.0), math.log(1 / 0.95))))
     assert line["status"] == "slower" and line["regression"]
     assert line["shape"] == "64x1000" and line["metric"] == "p50_s"
 
@@ -85,6 +85,22 @@ def test_each_runs_flags_stand_beside_the_cell(tmp_path):
                                              spare_cpus=0, fraction_of_limit=1.3)])
     line = compare.compare_runs(a, b).iloc[0]
     assert line["flag_a"] == "spread" and line["flag_b"] == f"load,{tables.ROOFLINE_FLAG}"
+
+
+def test_a_slower_cell_flagged_spread_or_load_is_not_counted(tmp_path):
+    quiet = {"other_load": 0.0, "other_load_error": 0.01, "spare_cpus": 0}
+    a = write_run(tmp_path / "a", [speed_row(p, 0.99, 1.0, 1.01, **quiet) for p in ("softmaxlab", "torch", "jax")])
+    b = write_run(tmp_path / "b", [speed_row("softmaxlab", 1.99, 2.0, 2.01, **quiet),
+                                   speed_row("torch", 1.99, 2.0, 2.01, other_load=1.5, other_load_error=0.1,
+                                             spare_cpus=0),
+                                   speed_row("jax", 1.99, 2.0, 2.01, fraction_of_limit=1.5, **quiet)])
+    lines = compare.compare_runs(a, b).set_index("provider")
+    assert lines.loc["softmaxlab", "status"] == "slower" and lines.loc["softmaxlab", "regression"]
+    assert lines.loc["torch", "status"] == "slower (flagged)" and not lines.loc["torch", "regression"]
+    # roofline>100% says the limit loop was off, not that the cell's own timing was
+    assert lines.loc["jax", "status"] == "slower" and lines.loc["jax", "regression"]
+    text = compare.compare_markdown(a, b, compare.compare_runs(a, b))
+    assert "## Regressions: 2" in text and "flagged spread or load in A or B: 1 (not counted" in text
 
 
 def test_accuracy_regressions_beyond_the_factor_and_the_floor(tmp_path):
