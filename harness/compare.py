@@ -140,20 +140,30 @@ def _as_run(run) -> Run:
 # ---- the header: what changed between the runs ------------------------------------------------
 
 
-def _values(run: Run, column: str) -> list:
-    """The distinct values of a context column over the run's CSVs (bench first), then report_run.json's."""
-    values = []
-    for frame in (run.bench, run.accuracy):
-        if frame is not None and column in frame.columns:
-            values += [value for value in frame[column].dropna().unique() if value not in values]
+def _sources(run: Run, column: str) -> dict:
+    """{file name: distinct values of a context column in it}: the CSVs, else report_run.json's context."""
+    sources = {}
+    for name, frame in ((BENCH_FILE, run.bench), (ACCURACY_FILE, run.accuracy)):
+        if frame is not None and column in frame.columns and frame[column].notna().any():
+            sources[name] = list(frame[column].dropna().unique())
     context = run.run_info.get("context", {})
-    if not values and context.get(column) is not None:
-        values.append(context[column])
-    return values
+    if not sources and context.get(column) is not None:
+        sources[RUN_FILE] = [context[column]]
+    return sources
 
 
-def _joined(values) -> str:
-    return ", ".join(str(value) for value in values) or "-"
+def _values(run: Run, column: str) -> list:
+    """The distinct values of a context column over the run's files, bench.csv's first."""
+    return list(dict.fromkeys(value for values in _sources(run, column).values() for value in values))
+
+
+def _described(run: Run, column: str, transform=str) -> str:
+    """The column's value(s); where the run's files disagree (bench and accuracy run apart), each file's."""
+    sources = {name: ", ".join(dict.fromkeys(transform(value) for value in values))
+               for name, values in _sources(run, column).items()}
+    if len(set(sources.values())) > 1:
+        return "; ".join(f"{name}: {text}" for name, text in sources.items())
+    return next(iter(sources.values()), "-")
 
 
 def _versions(run: Run) -> dict:
@@ -166,7 +176,7 @@ def _versions(run: Run) -> dict:
 
 
 def _load_line(run: Run) -> str:
-    start = _joined(_values(run, "load_average"))
+    start = _described(run, "load_average")
     end = run.run_info.get("load_average_end")
     return start + (f" (end {end})" if end is not None else "")
 
@@ -189,11 +199,13 @@ def run_header(a, b) -> pd.DataFrame:
     a, b = _as_run(a), _as_run(b)
     lines = [("folder", str(a.path), str(b.path))]
     for what, column in (("commit", "commit"), ("profile", "profile"), ("time", "timestamp"),
-                         ("machine", "machine")):
-        lines.append((what, _joined(_values(a, column)), _joined(_values(b, column))))
-    lines.append(("CPU", _joined(str(v).split(",")[0] for v in _values(a, "machine")),
-                  _joined(str(v).split(",")[0] for v in _values(b, "machine"))))
-    lines.append(("threads", _joined(_values(a, "threads")), _joined(_values(b, "threads"))))
+                         ("machine", "machine"), ("threads", "threads")):
+        lines.append((what, _described(a, column), _described(b, column)))
+
+    def cpu(machine):  # environment.machine_description puts the CPU model first
+        return str(machine).split(",")[0]
+
+    lines.append(("CPU", _described(a, "machine", cpu), _described(b, "machine", cpu)))
     lines.append(("1-min load average", _load_line(a), _load_line(b)))
     lines.append(("other processes during the speed cells", _cell_load_line(a), _cell_load_line(b)))
     lines.append(("files", ", ".join(name for name, frame in ((BENCH_FILE, a.bench), (ACCURACY_FILE, a.accuracy))
@@ -201,6 +213,8 @@ def run_header(a, b) -> pd.DataFrame:
                   ", ".join(name for name, frame in ((BENCH_FILE, b.bench), (ACCURACY_FILE, b.accuracy))
                             if frame is not None)))
     versions_a, versions_b = _versions(a), _versions(b)
+    if versions_a == versions_b:
+        lines.append(("versions", f"the same {len(versions_a)} packages", f"the same {len(versions_b)} packages"))
     for package in dict.fromkeys([*versions_a, *versions_b]):
         if versions_a.get(package) != versions_b.get(package):
             lines.append((f"version of {package}", versions_a.get(package, "absent"),
@@ -334,9 +348,9 @@ def compare_runs(a, b, *, speed_threshold: float = SPEED_THRESHOLD,
     Columns: ``section`` (speed, accuracy), the cell (kernel, mode, output, regime, shape,
     dtype, provider), ``metric``, its values ``a`` and ``b``, ``ratio`` (B / A; for speed
     with ``ratio_low``, ``ratio_high``), the cells' flags ``flag_a``, ``flag_b``,
-    ``status`` (slower, faster, worse, better, failed: ..., only in A, only in B, or "")
-    and ``regression``.  Only sections both runs have are compared; CompareError when
-    they share none.
+    ``status`` (slower, slower (flagged), faster, worse, better, failed: ..., only in A,
+    only in B, or "") and ``regression``.  Only sections both runs have are compared;
+    CompareError when they share none.
     """
     a, b = _as_run(a), _as_run(b)
     if speed_threshold < 0:

@@ -156,6 +156,16 @@ def test_header_says_what_changed(tmp_path):
     assert header.loc["machine", "changed"] == "" and header.loc["CPU", "A"] == "AMD EPYC"
     text = compare.compare_markdown(a, b, compare.compare_runs(a, b))
     assert "| version of numpy | 2.4.6 | 2.4.7 | yes |" in text and "## Regressions: 0" in text
+    assert compare.run_header(a, a).set_index("what").loc["versions", "A"] == "the same 4 packages"
+
+
+def test_a_folder_whose_bench_and_accuracy_ran_apart_shows_each_files_context(tmp_path):
+    mixed = write_run(tmp_path / "mixed", [speed_row("softmaxlab", 1, 1, 1)], commit="1111111")
+    write_run(tmp_path / "accuracy", accuracy_rows=[accuracy_row("softmaxlab")], commit="2222222")
+    (tmp_path / "accuracy" / "accuracy.csv").rename(mixed / "accuracy.csv")
+    header = compare.run_header(mixed, mixed).set_index("what")
+    assert header.loc["commit", "A"] == "bench.csv: 1111111; accuracy.csv: 2222222"
+    assert header.loc["profile", "A"] == "smoke" and header.loc["threads", "A"] == "2"
 
 
 def test_the_command_writes_csv_or_markdown_and_fails_on_regression_when_asked(tmp_path, capsys):
