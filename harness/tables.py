@@ -140,8 +140,9 @@ LOAD_FLAG_CPUS = 0.25
 ROOFLINE_FLAG = "roofline>100%"
 FLAG_MARK = "\u2020"  # the dagger after a flagged number
 FLAG_LEGEND = (f"{FLAG_MARK}: unreliable cell, flagged \"spread\" (p80 - p20 above {SPREAD_FLAG:.0%} of p50) or "
-               f"\"load\" (other processes used over {LOAD_FLAG_CPUS} CPU beyond the free ones during the cell); "
-               f"{ROOFLINE_FLAG}: faster than the same run's roofline, a measurement error.")
+               f"\"load\" (other processes used over {LOAD_FLAG_CPUS} CPU beyond the free ones during the cell), or "
+               f"on a % of limit, a flagged limit loop; {ROOFLINE_FLAG}: faster than the same run's roofline, "
+               "a measurement error.")
 
 
 def cell_flags(rows: pd.DataFrame) -> pd.Series:
@@ -166,7 +167,9 @@ def cell_flags(rows: pd.DataFrame) -> pd.Series:
 def flagged_cells(rows: pd.DataFrame) -> pd.DataFrame:
     """The speed cells of ``rows`` with at least one flag, with their ``flag`` column (see above).
 
-    ``softmaxlab report --publish`` refuses a run for which this is not empty, unless forced.
+    The limit loops' rows are included: a flagged limit loop makes its block's "% of limit"
+    unreliable.  ``softmaxlab report --publish`` refuses a run for which this is not empty,
+    unless forced.
     """
     flags = cell_flags(rows)
     return rows.assign(flag=flags)[flags != ""]
@@ -186,8 +189,13 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
     enter, or ROOFLINE_FLAG in place of their fraction; the table's ``attrs["legend"]``
     then holds the legend line, which :func:`markdown` prints under the table.
     """
-    measured = rows[~rows["provider"].str.startswith("limit:")]
+    is_limit = rows["provider"].str.startswith("limit:")
+    measured = rows[~is_limit]
     measured = measured.assign(_flag=cell_flags(measured))
+    limits = rows[is_limit]
+    limit_flags = cell_flags(limits)
+    noisy_limits = limits[limit_flags.str.contains("spread|load", regex=True)]
+    noisy_blocks = set(zip(*(noisy_limits[column] for column in ("kernel", "rows", "classes", "dtype"))))
     providers = ordered(measured["provider"], PROVIDER_ORDER)
     others = [provider for provider in ("torch", "jax", "pml") if provider in providers]
     lines = []
@@ -210,7 +218,8 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
             if provider in p50 and ROOFLINE_FLAG in flags[provider]:
                 line[f"{provider} % of limit"] = ROOFLINE_FLAG
             else:
-                line[f"{provider} % of limit"] = "" if pd.isna(fraction) else f"{100 * fraction:.0f}"
+                limit_mark = FLAG_MARK if key[2:] in noisy_blocks else ""
+                line[f"{provider} % of limit"] = "" if pd.isna(fraction) else f"{100 * fraction:.0f}{limit_mark}"
         line["bound"] = by_provider["bound"].iloc[0]
         line["GB/s (softmaxlab)"] = (
             format_number(by_provider.loc["softmaxlab", "bytes_per_s"] / 1e9) if "softmaxlab" in p50 else ""
@@ -226,6 +235,6 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
         columns=["_kernel", "_dtype", "op", "mode", "rows", "classes"])
     front = ["kernel", "shape", "dtype"]
     table = table[front + [c for c in table.columns if c not in front]].reset_index(drop=True)
-    if (measured["_flag"] != "").any():
+    if (measured["_flag"] != "").any() or noisy_blocks:
         table.attrs["legend"] = FLAG_LEGEND
     return table

@@ -122,6 +122,12 @@ def test_speed_table_marks_flagged_cells_and_their_ratios():
     assert table.loc["4x8", "torch ms"] == "8.00e+03" + tables.FLAG_MARK
     assert table.loc["4x8", "x vs torch"] == "2.00" + tables.FLAG_MARK
     assert table.loc["4x8", "x vs jax"] == "0.50" and table.loc["4x16", "x vs torch"] == "2.00"
+    assert table.loc["4x8", "softmaxlab % of limit"] == "50"
+    rows.loc[(rows["provider"] == "limit:exp") & (rows["classes"] == 16), "p20_s"] = 0.5  # spread 0.75
+    table = tables.speed_table(rows).set_index("shape")
+    assert table.loc["4x16", "softmaxlab % of limit"] == "50" + tables.FLAG_MARK
+    assert table.loc["4x16", "jax % of limit"] == "100" + tables.FLAG_MARK
+    assert table.loc["4x8", "softmaxlab % of limit"] == "50"
     unflagged = tables.speed_table(bench.tidy_rows(fake_report()))
     assert "legend" not in unflagged.attrs and tables.FLAG_MARK not in tables.markdown(unflagged)
 
