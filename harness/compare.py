@@ -378,8 +378,8 @@ def _speed_markdown(lines: pd.DataFrame) -> str:
         "kernel": lines["kernel"], "mode": lines["mode"], "shape": lines["shape"], "dtype": lines["dtype"],
         "provider": lines["provider"],
         "A ms": (1e3 * lines["a"]).map(tables.format_number), "B ms": (1e3 * lines["b"]).map(tables.format_number),
-        "B / A": lines["ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
-        "interval": [("" if pd.isna(low) else f"{low:.2f} - {high:.2f}")
+        "B / A": lines["ratio"].map(tables.format_number),
+        "interval": [("" if pd.isna(low) else f"{tables.format_number(low)} - {tables.format_number(high)}")
                      for low, high in zip(lines["ratio_low"], lines["ratio_high"])],
         "flags A": lines["flag_a"], "flags B": lines["flag_b"],
         "status": lines["status"] + np.where(lines["regression"], " **regression**", ""),
