@@ -25,6 +25,7 @@ Modules, in the order data flows through them:
                   ``softmaxlab_torch``), shapes, a user's input file; errors that list the names;
   ``runs``        where a run writes (``./softmaxlab-results/...``; ``report --publish``);
   ``api``         :func:`check_accuracy` and :func:`compare_speed`, the same from Python.
+* ``compare``     ``softmaxlab compare RUN_A RUN_B``: speed ratios with intervals, accuracy changes, regressions.
 """
 
 __all__ = ["check_accuracy", "compare_speed"]

@@ -19,10 +19,23 @@ its first timed round (that call's time is kept as ``first_call_s``; ``compile_s
 the ``normal_x3`` regime; conversions to tensors or device arrays and the forward pass
 of backward kernels happen in ``prepare``, outside the timed call.
 
+How far a cell can be trusted is recorded with it: ``spread`` = (p80 - p20) / p50 of its
+pooled samples, and the machine's load while it was timed.  Around each timed test the
+machine's busy CPU time (``/proc/stat``: every CPU's user, nice, system, irq, softirq and
+steal ticks) and this process's CPU time (``time.process_time``, all its threads) are
+read; ``other_load`` = (machine busy - own) / wall seconds, summed over the repeats, is
+the mean number of CPUs other processes (and the hypervisor's steal) kept busy during the
+cell.  The counters tick at ``SC_CLK_TCK`` per CPU, so each reading may be off by one tick
+per CPU: ``other_load_error`` = 2 ticks x CPUs x repeats / wall seconds bounds that.
+``spare_cpus`` = the machine's CPUs - the run's threads.  Where /proc/stat is missing the
+load columns are empty.  ``flag`` names what makes the cell unreliable
+(``tables.cell_flags``: "spread", "load", "roofline>100%", thresholds there).
+
 Output: tidy rows (``bench.csv``: kernel, op, mode, provider, rows, classes, dtype,
-threads, p20/p50/p80 seconds, bytes moved, bytes/s, the roofline columns, machine,
-versions, commit, timestamp), ``bench.md`` (the speed table with ratios against torch
-and JAX) and the raw pytest-benchmark JSON and log under ``raw/``.
+threads, p20/p50/p80 seconds, bytes moved, bytes/s, the roofline columns, spread, load
+and flag, machine, versions, commit, timestamp), ``bench.md`` (the speed table with
+ratios against torch and JAX, flagged cells marked) and the raw pytest-benchmark JSON
+and log under ``raw/``.
 """
 
 from __future__ import annotations
@@ -54,7 +67,9 @@ ROW_COLUMNS = (
     "p20_s", "p50_s", "p80_s", "mean_s", "samples", "repeats", "first_call_s", "compile_s",
     "read_elements", "written_elements", "exp_count", "bytes", "bytes_per_s",
     "stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit",
+    "spread", "other_load", "other_load_error", "spare_cpus", "flag",
 )
+_DERIVED_COLUMNS = ("stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit", "flag")
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,9 @@ class BenchPlan:
             read_elements=cost.read_elements, written_elements=cost.written_elements,
             exp_count=cost.exp_count, bytes=cost.bytes_moved(case.dtype),
         )
+        before = load_sample()
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+        benchmark.extra_info.update(load_window(before, load_sample()))
 
     def check_result(self, case: BenchCase, result) -> None:
         """Smoke check: the right number of finite outputs of the case's dtype."""
@@ -219,12 +236,59 @@ def plan_in_effect(plan: BenchPlan):
         _ACTIVE_PLAN = previous
 
 
+# ---- the machine's load during a cell (see the module docstring) ---------------------------
+
+
+def _machine_busy_ticks() -> int | None:
+    """Busy ticks of all CPUs since boot (first line of /proc/stat), None where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def load_sample() -> tuple:
+    """(wall clock s, machine busy ticks or None, this process's CPU s): one end of a load window."""
+    return time.perf_counter(), _machine_busy_ticks(), time.process_time()
+
+
+def load_window(before: tuple, after: tuple) -> dict:
+    """The raw load of the window between two :func:`load_sample` readings (pooled by ``tidy_rows``)."""
+    wall = after[0] - before[0]
+    own = after[2] - before[2]
+    if before[1] is None or after[1] is None:
+        return {"load_wall_s": wall, "load_others_cpu_s": None, "load_tick_s": None, "cpus": os.cpu_count()}
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    return {"load_wall_s": wall, "load_others_cpu_s": (after[1] - before[1]) * tick - own, "load_tick_s": tick,
+            "cpus": os.cpu_count()}
+
+
+def _pooled_load(infos: list, threads) -> dict:
+    """other_load, other_load_error, spare_cpus of a cell from its repeats' load windows."""
+    windows = [info for info in infos if info.get("load_others_cpu_s") is not None]
+    if not windows:
+        return {"other_load": np.nan, "other_load_error": np.nan, "spare_cpus": np.nan}
+    wall = sum(info["load_wall_s"] for info in windows)
+    cpus = windows[0]["cpus"]
+    return {
+        "other_load": max(sum(info["load_others_cpu_s"] for info in windows) / wall, 0.0),
+        "other_load_error": sum(2 * info["load_tick_s"] * cpus for info in windows) / wall,
+        "spare_cpus": cpus - (threads or cpus),
+    }
+
+
 # ---- from pytest-benchmark's JSON to tidy rows --------------------------------------------
 
 
 def tidy_rows(report: dict) -> pd.DataFrame:
-    """Pool each provider's samples over the repeats; add bytes/s and the roofline columns."""
-    groups: dict = defaultdict(lambda: {"samples": [], "repeats": 0, "first_call_s": 0.0})
+    """Pool each provider's samples over the repeats; add bytes/s, the roofline, spread, load and flag columns."""
+    groups: dict = defaultdict(lambda: {"samples": [], "repeats": 0, "first_call_s": 0.0, "infos": []})
     for benchmark in report.get("benchmarks", []):
         info = benchmark["extra_info"]
         key = (info["kernel"], info["provider"], info["rows"], info["classes"], info["dtype"])
@@ -233,6 +297,7 @@ def tidy_rows(report: dict) -> pd.DataFrame:
         group["repeats"] += 1
         group["first_call_s"] = max(group["first_call_s"], info["first_call_s"])
         group["info"] = info
+        group["infos"].append(info)
     rows = []
     for key, group in groups.items():
         info = group["info"]
@@ -246,9 +311,9 @@ def tidy_rows(report: dict) -> pd.DataFrame:
             "compile_s": max(group["first_call_s"] - p50, 0.0),
             "read_elements": info["read_elements"], "written_elements": info["written_elements"],
             "exp_count": info["exp_count"], "bytes": info["bytes"], "bytes_per_s": info["bytes"] / p50,
+            "spread": (p80 - p20) / p50, **_pooled_load(group["infos"], info["threads"]),
         })
-    frame = pd.DataFrame(rows, columns=[c for c in ROW_COLUMNS if c not in
-                                        ("stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit")])
+    frame = pd.DataFrame(rows, columns=[c for c in ROW_COLUMNS if c not in _DERIVED_COLUMNS])
     if frame.empty:
         return frame.reindex(columns=ROW_COLUMNS)
     block = ["kernel", "rows", "classes", "dtype"]
@@ -261,6 +326,7 @@ def tidy_rows(report: dict) -> pd.DataFrame:
     frame["limit_s"] = frame[["stream_limit_s", "exp_limit_s"]].max(axis=1, skipna=True)
     frame["bound"] = np.where(frame["exp_limit_s"].fillna(0) > frame["stream_limit_s"].fillna(0), "exp", "memory")
     frame["fraction_of_limit"] = frame["limit_s"] / frame["p50_s"]
+    frame["flag"] = tables.cell_flags(frame)
     return frame[list(ROW_COLUMNS)]
 
 

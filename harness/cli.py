@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "exp-accuracy": ("softmaxlab.harness.exp_accuracy", "error of the kernels' own exp (float32 exhaustive)"),
     "readme": ("softmaxlab.harness.readme", "rewrite README.md's speed and accuracy tables from results/"),
     "warmup": ("softmaxlab.harness.warmup", "compile every kernel for both dtypes into the on-disk cache"),
+    "compare": ("softmaxlab.harness.compare", "compare two runs: speed ratios with intervals, accuracy changes, regressions"),
 }
 
 

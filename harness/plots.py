@@ -6,6 +6,10 @@
   with the class count (4096x1000 ... 1x4194304), hence time per element.
 * ``speedup_vs_torch.png``: per kernel, torch's p50 over each provider's p50 for every
   shape of the matrix (above 1: faster than torch), log scale.
+
+Flagged cells (``tables.cell_flags``: spread, load, roofline>100%) are drawn hollow: an
+unfilled marker on the time plot, a hatched unfilled bar (either side of the ratio
+flagged) on the speed-up plot, with a legend entry saying so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .tables import PROVIDER_ORDER, ordered  # noqa: E402
+from .tables import PROVIDER_ORDER, cell_flags, ordered  # noqa: E402
 
 PROVIDER_COLORS = {"softmaxlab": "tab:blue", "torch": "tab:orange", "jax": "tab:green", "numpy": "tab:gray",
                    "numpy_naive": "tab:brown", "pml": "tab:purple"}
@@ -40,6 +44,9 @@ def _panels(count: int):
         axis.axis("off")
     spare = axes.flat[count] if axes.size > count else None
     return figure, list(axes.flat[:count]), spare
+
+
+FLAGGED_LABEL = "hollow: flagged cell (spread, load or roofline>100%)"
 
 
 def _legend(panels, spare):
@@ -75,6 +82,7 @@ def time_vs_classes(rows: pd.DataFrame, path: Path, dtype: str = "float32") -> P
     if frame.empty:
         return None
     frame["elements"] = frame["rows"] * frame["classes"]
+    frame["flag"] = cell_flags(frame)
     class_counts = frame.groupby("kernel", sort=False)["classes"].nunique()
     kernels = [kernel for kernel in dict.fromkeys(frame["kernel"]) if class_counts[kernel] >= 2]
     if not kernels:
@@ -91,6 +99,12 @@ def time_vs_classes(rows: pd.DataFrame, path: Path, dtype: str = "float32") -> P
             axis.errorbar(line["classes"], per_element, yerr=[lower.clip(lower=0), upper.clip(lower=0)],
                           label=provider, color=PROVIDER_COLORS.get(provider), marker=PROVIDER_MARKERS.get(provider, "o"),
                           capsize=3, linewidth=1.8)
+            flagged = (line["flag"] != "").to_numpy()
+            if flagged.any():  # the same marker, white inside, over the filled one
+                axis.plot(line["classes"][flagged], per_element[flagged], linestyle="none",
+                          marker=PROVIDER_MARKERS.get(provider, "o"), markerfacecolor="white",
+                          markeredgecolor=PROVIDER_COLORS.get(provider), markeredgewidth=1.5, zorder=3,
+                          label=FLAGGED_LABEL)
         roofline = data.groupby("classes").agg(limit_s=("limit_s", "first"), elements=("elements", "first"))
         axis.plot(roofline.index, 1e9 * roofline["limit_s"] / roofline["elements"], "k--", linewidth=1,
                   label="roofline (same run)")
@@ -118,12 +132,15 @@ def speedup_vs_torch(rows: pd.DataFrame, path: Path) -> Path | None:
         return None
     measured["shape"] = measured["rows"].astype(str) + "x" + measured["classes"].astype(str) + \
         np.where(measured["dtype"] == "float64", " f64", "")
+    measured["flagged"] = cell_flags(measured) != ""
     kernels = list(dict.fromkeys(measured["kernel"]))
     figure, axes, spare = _panels(len(kernels))
     for axis, kernel in zip(axes, kernels):
         data = measured[measured["kernel"] == kernel]
         p50 = data.pivot_table(index="shape", columns="provider", values="p50_s", aggfunc="first")
         p50 = p50.loc[list(dict.fromkeys(data.sort_values(["dtype", "classes"])["shape"]))]
+        flagged = data.pivot_table(index="shape", columns="provider", values="flagged", aggfunc="any")
+        flagged = flagged.reindex(index=p50.index, columns=p50.columns).fillna(False).astype(bool)
         providers = [p for p in ordered(p50.columns, PROVIDER_ORDER) if p != "torch"]
         width = 0.8 / max(len(providers), 1)
         positions = np.arange(len(p50.index))
@@ -132,6 +149,11 @@ def speedup_vs_torch(rows: pd.DataFrame, path: Path) -> Path | None:
             # bars grow from the torch line (1) up or down, so slower-than-torch reads at a glance
             bars = axis.bar(positions + (offset - (len(providers) - 1) / 2) * width, speedup - 1.0, width,
                             bottom=1.0, label=provider, color=PROVIDER_COLORS.get(provider))
+            unreliable = (flagged[provider] | flagged["torch"]).to_numpy()
+            if unreliable.any():  # hatched white bars over the flagged ones (the legend keeps the solid colour)
+                axis.bar([bar.get_x() + bar.get_width() / 2 for bar, hit in zip(bars, unreliable) if hit],
+                         (speedup - 1.0)[unreliable], width, bottom=1.0, facecolor="white",
+                         edgecolor=PROVIDER_COLORS.get(provider), hatch="///", label=FLAGGED_LABEL)
             for bar, value in zip(bars, speedup):
                 if np.isfinite(value):
                     axis.annotate(f"{value:.2g}", (bar.get_x() + bar.get_width() / 2, value), ha="center",

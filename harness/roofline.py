@@ -21,6 +21,10 @@ with the providers:
   slower float64-evaluated one, so their fraction of this limit is lower.
 
 A row's roofline time is the larger of the two; ``fraction_of_limit`` = roofline / p50.
+A provider cannot beat these loops by more than noise, so a fraction above 1 is a
+measurement error (a disturbed limit loop or cell, or a cost model counting work the
+kernel skips): ``tables.cell_flags`` flags it "roofline>100%" and the tables print that
+flag in place of the percentage.  The limit loops' own rows are never flagged so.
 Limits of the machine as such would be higher (non-temporal stores, a hand-written
 exp); these two are what a straightforward loop on this machine achieves, which is the
 right yardstick for kernels written the same way.

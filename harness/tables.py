@@ -17,7 +17,9 @@ REGIME_ORDER = ("normal_x3", "large_1e4", "near_ties", "dominant", "masked", "cl
 
 
 def markdown(frame: pd.DataFrame, index: bool = False) -> str:
-    """A GitHub Markdown table of ``frame`` (cells as they are; NaN as empty)."""
+    """A GitHub Markdown table of ``frame`` (cells as they are; NaN as empty), then its
+    ``attrs["legend"]`` line if it has one."""
+    legend = frame.attrs.get("legend")
     if index:
         frame = frame.reset_index()
     header = [str(column) for column in frame.columns]
@@ -25,6 +27,8 @@ def markdown(frame: pd.DataFrame, index: bool = False) -> str:
     for row in frame.itertuples(index=False):
         cells = ["" if (isinstance(value, float) and math.isnan(value)) else str(value) for value in row]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    if legend:
+        lines += ["", legend]
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +117,64 @@ def accuracy_table(rows: pd.DataFrame, metric: str = "ulp") -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+# ---- speed: how far a cell can be trusted ------------------------------------------------
+#
+# A speed cell (one provider on one kernel, shape and dtype) is flagged, never dropped:
+#
+# * "spread": its samples' p80 - p20 exceeds SPREAD_FLAG times their p50, i.e. the middle
+#   60 % of the timings spans more than a quarter of the median, too wide to quote the
+#   median to the digits the tables print;
+# * "load": other processes kept more than LOAD_FLAG_CPUS CPUs busy beyond the ones the run
+#   left free while the cell was timed (``other_load - other_load_error - spare_cpus``,
+#   measured by ``bench.py`` from /proc/stat; the error is the counters' tick resolution,
+#   so a cell too short to measure is not flagged);
+# * "roofline>100%": a provider faster than the same run's roofline, which it cannot be:
+#   the limit loop or the cell was disturbed, or the cost model counts work the kernel
+#   does not do (``roofline.py``).  Its fraction is shown as the flag, not as a number.
+#
+# The flags are computed from the row's numbers whenever a view is drawn (``cell_flags``),
+# so rows written before these columns existed get the spread and roofline flags too.
+
+SPREAD_FLAG = 0.25
+LOAD_FLAG_CPUS = 0.25
+ROOFLINE_FLAG = "roofline>100%"
+FLAG_MARK = "\u2020"  # the dagger after a flagged number
+FLAG_LEGEND = (f"{FLAG_MARK}: unreliable cell, flagged \"spread\" (p80 - p20 above {SPREAD_FLAG:.0%} of p50) or "
+               f"\"load\" (other processes used over {LOAD_FLAG_CPUS} CPU beyond the free ones during the cell), or "
+               f"on a % of limit, a flagged limit loop; {ROOFLINE_FLAG}: faster than the same run's roofline, "
+               "a measurement error.")
+
+
+def cell_flags(rows: pd.DataFrame) -> pd.Series:
+    """Per row, the flags of the speed cell ("spread", "load", "roofline>100%", comma-joined; "" if none).
+
+    Needs ``p20_s``, ``p50_s``, ``p80_s``; ``other_load``, ``other_load_error``,
+    ``spare_cpus`` and ``fraction_of_limit`` are used where present.  The limit loops
+    (providers ``limit:*``) are never flagged "roofline>100%": they define the roofline.
+    """
+    # comparisons with NaN (a column of rows that predate it, an unmeasured load) are False
+    flags = {"spread": ((rows["p80_s"] - rows["p20_s"]) > SPREAD_FLAG * rows["p50_s"]).to_numpy()}
+    if {"other_load", "other_load_error", "spare_cpus"} <= set(rows.columns):
+        excess = rows["other_load"] - rows["other_load_error"] - rows["spare_cpus"]
+        flags["load"] = (excess > LOAD_FLAG_CPUS).to_numpy()
+    if "fraction_of_limit" in rows.columns:
+        measured = ~rows["provider"].astype(str).str.startswith("limit:")
+        flags[ROOFLINE_FLAG] = (measured & (rows["fraction_of_limit"] > 1.0)).to_numpy()
+    return pd.Series([",".join(name for name, mask in flags.items() if mask[i]) for i in range(len(rows))],
+                     index=rows.index, dtype=object)
+
+
+def flagged_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """The speed cells of ``rows`` with at least one flag, with their ``flag`` column (see above).
+
+    The limit loops' rows are included: a flagged limit loop makes its block's "% of limit"
+    unreliable.  ``softmaxlab report --publish`` refuses a run for which this is not empty,
+    unless forced.
+    """
+    flags = cell_flags(rows)
+    return rows.assign(flag=flags)[flags != ""]
+
+
 # ---- speed -----------------------------------------------------------------------------
 
 
@@ -123,8 +185,17 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
     measurements interleaved in the same run; likewise ``x vs jax`` and ``x vs pml``.  ``% of limit`` is
     the roofline time (max of the streaming time of the same bytes and the exp-loop time
     of the same exponentials, both measured in the same run) over the provider's p50.
+    Flagged cells (``cell_flags``) carry FLAG_MARK after their time and the ratios they
+    enter, or ROOFLINE_FLAG in place of their fraction; the table's ``attrs["legend"]``
+    then holds the legend line, which :func:`markdown` prints under the table.
     """
-    measured = rows[~rows["provider"].str.startswith("limit:")]
+    is_limit = rows["provider"].str.startswith("limit:")
+    measured = rows[~is_limit]
+    measured = measured.assign(_flag=cell_flags(measured))
+    limits = rows[is_limit]
+    limit_flags = cell_flags(limits)
+    noisy_limits = limits[limit_flags.str.contains("spread|load", regex=True)]
+    noisy_blocks = set(zip(*(noisy_limits[column] for column in ("kernel", "rows", "classes", "dtype"))))
     providers = ordered(measured["provider"], PROVIDER_ORDER)
     others = [provider for provider in ("torch", "jax", "pml") if provider in providers]
     lines = []
@@ -134,14 +205,21 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
         line = dict(zip(keys, key))
         line["shape"] = f"{key[3]}x{key[4]}"
         p50 = by_provider["p50_s"]
+        flags = by_provider["_flag"].str.split(",")
+        mark = {provider: FLAG_MARK if {"spread", "load"} & set(flags[provider]) else "" for provider in p50.index}
         for provider in providers:
-            line[f"{provider} ms"] = format_number(1e3 * p50[provider]) if provider in p50 else ""
+            line[f"{provider} ms"] = format_number(1e3 * p50[provider]) + mark[provider] if provider in p50 else ""
         for other in others:
             both = "softmaxlab" in p50 and other in p50
-            line[f"x vs {other}"] = f"{p50[other] / p50['softmaxlab']:.2f}" if both else ""
+            line[f"x vs {other}"] = f"{p50[other] / p50['softmaxlab']:.2f}" + (mark[other] or mark["softmaxlab"]) \
+                if both else ""
         for provider in providers:
             fraction = by_provider["fraction_of_limit"].get(provider, float("nan"))
-            line[f"{provider} % of limit"] = "" if pd.isna(fraction) else f"{100 * fraction:.0f}"
+            if provider in p50 and ROOFLINE_FLAG in flags[provider]:
+                line[f"{provider} % of limit"] = ROOFLINE_FLAG
+            else:
+                limit_mark = FLAG_MARK if key[2:] in noisy_blocks else ""
+                line[f"{provider} % of limit"] = "" if pd.isna(fraction) else f"{100 * fraction:.0f}{limit_mark}"
         line["bound"] = by_provider["bound"].iloc[0]
         line["GB/s (softmaxlab)"] = (
             format_number(by_provider.loc["softmaxlab", "bytes_per_s"] / 1e9) if "softmaxlab" in p50 else ""
@@ -156,4 +234,7 @@ def speed_table(rows: pd.DataFrame) -> pd.DataFrame:
     table = table.sort_values(["_kernel", "_dtype", "classes"]).drop(
         columns=["_kernel", "_dtype", "op", "mode", "rows", "classes"])
     front = ["kernel", "shape", "dtype"]
-    return table[front + [c for c in table.columns if c not in front]].reset_index(drop=True)
+    table = table[front + [c for c in table.columns if c not in front]].reset_index(drop=True)
+    if (measured["_flag"] != "").any() or noisy_blocks:
+        table.attrs["legend"] = FLAG_LEGEND
+    return table

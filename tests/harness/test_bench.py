@@ -16,13 +16,16 @@ from softmaxlab.harness.registry import REGISTRY
 from .conftest import TINY_BENCH, copy_entry, copy_implementation
 
 
-def fake_benchmark(provider, samples, repeat, *, classes=8, first_call_s=0.01):
+def fake_benchmark(provider, samples, repeat, *, classes=8, first_call_s=0.01, load=None):
+    """One pytest-benchmark record; ``load``: the (wall s, others' CPU s) of its load window, else none."""
     info = {
         "kernel": "softmax", "provider": provider, "rows": 4, "classes": classes, "dtype": "float32",
         "repeat": repeat, "op": "softmax", "mode": "forward", "threads": 2, "first_call_s": first_call_s,
         "read_elements": 4 * classes, "written_elements": 4 * classes, "exp_count": 4 * classes,
         "bytes": 8 * 4 * classes * 4 // 4,
     }
+    if load is not None:
+        info.update(load_wall_s=load[0], load_others_cpu_s=load[1], load_tick_s=0.01, cpus=2)
     return {"extra_info": info, "stats": {"data": list(samples)}}
 
 
@@ -63,6 +66,80 @@ def test_speed_table_has_ratio_columns():
     assert {"softmaxlab ms", "torch ms", "jax ms", "softmaxlab % of limit", "bound"} <= set(table.columns)
 
 
+def test_tidy_rows_record_spread_and_load_and_flag_unreliable_cells():
+    benchmarks = []
+    for repeat in range(2):
+        benchmarks += [
+            # quiet: others used 0.1 CPU-s over 2 s in each repeat
+            fake_benchmark("softmaxlab", [4.0] * 9 + [5.0], repeat, load=(2.0, 0.1)),
+            # loaded: others used 1.0 CPU-s over 1 s
+            fake_benchmark("torch", [8.0] * 10, repeat, load=(1.0, 1.0)),
+            # samples spread from 1 to 10 around a median of 5.5
+            fake_benchmark("jax", [float(v) for v in range(1, 11)], repeat),
+            fake_benchmark("limit:stream", [1.0] * 10, repeat),
+        ]
+    rows = bench.tidy_rows({"benchmarks": benchmarks}).set_index("provider")
+    ours, torch_, jax_ = rows.loc["softmaxlab"], rows.loc["torch"], rows.loc["jax"]
+    assert ours["spread"] == pytest.approx((np.percentile([4] * 18 + [5] * 2, 80) - 4.0) / 4.0)
+    assert ours["other_load"] == pytest.approx(0.2 / 4.0)
+    assert ours["other_load_error"] == pytest.approx(2 * (2 * 0.01 * 2) / 4.0)
+    assert ours["spare_cpus"] == 0 and ours["flag"] == ""
+    assert torch_["other_load"] == pytest.approx(1.0) and torch_["flag"] == "load"
+    assert jax_["spread"] > tables.SPREAD_FLAG and jax_["flag"] == "spread"
+    assert np.isnan(jax_["other_load"])  # no load window recorded: not measured, not flagged
+    assert list(tables.flagged_cells(rows.reset_index())["provider"]) == ["torch", "jax"]
+
+
+def test_load_window_subtracts_this_process_from_the_machine():
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    # 0.5 s wall, 150 busy ticks on the machine, 0.3 CPU-s of them this process's
+    window = bench.load_window((10.0, 1000, 2.0), (10.5, 1150, 2.3))
+    assert window["load_wall_s"] == pytest.approx(0.5)
+    assert window["load_others_cpu_s"] == pytest.approx(150 * tick - 0.3)
+    assert bench.load_window((10.0, None, 2.0), (10.5, None, 2.3))["load_others_cpu_s"] is None
+
+
+def test_roofline_above_100_percent_is_a_flag_not_a_number():
+    report = fake_report()
+    for record in report["benchmarks"]:
+        if record["extra_info"]["provider"] == "jax":  # 1.5 s, faster than the exp limit of 2.0 s
+            record["stats"]["data"] = [1.5, 1.5, 1.5]
+    rows = bench.tidy_rows(report)
+    jax_rows = rows[rows["provider"] == "jax"]
+    assert (jax_rows["fraction_of_limit"] > 1).all() and (jax_rows["flag"] == tables.ROOFLINE_FLAG).all()
+    # the limit loops define the roofline: limit:stream is 2x faster than the limit but not flagged
+    assert (rows.loc[rows["provider"].str.startswith("limit:"), "flag"] == "").all()
+    table = tables.speed_table(rows)
+    assert (table["jax % of limit"] == tables.ROOFLINE_FLAG).all()
+    assert (table["softmaxlab % of limit"] == "50").all()
+    assert tables.markdown(table).rstrip().endswith(tables.FLAG_LEGEND)
+
+
+def test_speed_table_marks_flagged_cells_and_their_ratios():
+    rows = bench.tidy_rows(fake_report())
+    rows.loc[(rows["provider"] == "torch") & (rows["classes"] == 8), "p80_s"] = 20.0  # spread 1.5
+    table = tables.speed_table(rows).set_index("shape")
+    assert table.loc["4x8", "torch ms"] == "8.00e+03" + tables.FLAG_MARK
+    assert table.loc["4x8", "x vs torch"] == "2.00" + tables.FLAG_MARK
+    assert table.loc["4x8", "x vs jax"] == "0.50" and table.loc["4x16", "x vs torch"] == "2.00"
+    assert table.loc["4x8", "softmaxlab % of limit"] == "50"
+    rows.loc[(rows["provider"] == "limit:exp") & (rows["classes"] == 16), "p20_s"] = 0.5  # spread 0.75
+    table = tables.speed_table(rows).set_index("shape")
+    assert table.loc["4x16", "softmaxlab % of limit"] == "50" + tables.FLAG_MARK
+    assert table.loc["4x16", "jax % of limit"] == "100" + tables.FLAG_MARK
+    assert table.loc["4x8", "softmaxlab % of limit"] == "50"
+    unflagged = tables.speed_table(bench.tidy_rows(fake_report()))
+    assert "legend" not in unflagged.attrs and tables.FLAG_MARK not in tables.markdown(unflagged)
+
+
+def test_flags_of_rows_written_before_the_load_columns():
+    old = bench.tidy_rows(fake_report()).drop(columns=["spread", "other_load", "other_load_error", "spare_cpus",
+                                                        "flag"])
+    old.loc[old["provider"] == "torch", "p20_s"] = 1.0
+    assert set(tables.flagged_cells(old)["flag"]) == {"spread"}
+    assert set(tables.flagged_cells(old)["provider"]) == {"torch"}
+
+
 def test_plan_interleaves_providers_and_rotates_their_order():
     plan = bench.BenchPlan(get_profile("full"), {"softmax": REGISTRY["softmax"]})
     first_block = [case for case in plan.cases if case.block == plan.cases[0].block]
@@ -97,6 +174,9 @@ def test_bench_command_writes_tidy_rows(tmp_path):
     assert failures == []
     written = pd.read_csv(tmp_path / "bench.csv")
     assert set(bench.ROW_COLUMNS) | {"machine", "versions", "commit", "timestamp", "profile"} <= set(written.columns)
+    if os.path.exists("/proc/stat"):  # every cell's load window was read
+        assert written["other_load"].notna().all() and (written["other_load"] >= 0).all()
+        assert (written["spare_cpus"] == os.cpu_count() - context["threads"]).all()
     assert context["threads"] == environment.available_cpus()
     assert "softmaxlab bench --profile smoke" in (tmp_path / "bench.md").read_text()
 
@@ -127,3 +207,21 @@ def test_rounds_fill_the_time_per_test_but_stop_for_slow_calls():
     assert full.bench_rounds(0.001) == full.bench_max_rounds  # 500 wanted, capped
     assert full.bench_rounds(0.05) == max(10, full.bench_min_rounds)
     assert full.bench_rounds(2.0) == 3  # 7 rounds of 2 s would pass the 2.5 s cap
+
+
+def test_plots_draw_flagged_cells_hollow(tmp_path, monkeypatch):
+    from softmaxlab.harness import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_finish", lambda figure, title, path: figures.append(figure))
+    rows = bench.tidy_rows(fake_report())
+    rows.loc[(rows["provider"] == "torch") & (rows["classes"] == 16), "p80_s"] = 20.0  # spread 1.5
+    plots.time_vs_classes(rows, tmp_path / "time.png")
+    plots.speedup_vs_torch(rows, tmp_path / "speedup.png")
+    timeline, speedup = (figure.axes[0] for figure in figures)
+    hollow = [line for line in timeline.get_lines() if line.get_label() == plots.FLAGGED_LABEL]
+    assert len(hollow) == 1 and hollow[0].get_markerfacecolor() == "white"
+    assert list(hollow[0].get_xdata()) == [16]
+    # both providers' ratios to torch at 4x16 are flagged, none at 4x8
+    hatched = [bar for bar in speedup.patches if bar.get_hatch() == "///"]
+    assert len(hatched) == 2 and {round(bar.get_x() + bar.get_width() / 2) for bar in hatched} == {1}
