@@ -17,7 +17,7 @@ Modules, in the order data flows through them:
 * ``benchmarks``  the pytest-benchmark module (smoke-run by the test suite);
   ``bench``       ``softmaxlab bench``: thread pinning, the interleaved plan, tidy rows;
   ``roofline``    the same-run stream and exp loops behind "% of limit".
-* ``report``      ``softmaxlab report``: derive + accuracy + bench -> report/index.md;
+* ``report``      ``softmaxlab report``: derive + accuracy + bench -> index.md (``--publish``: report/);
   ``tables``, ``plots`` views of the rows; ``environment`` threads, machine, versions,
   commit; ``profiles`` full / quick / smoke; ``first_calls`` compile and JIT time;
   ``readme`` README.md's tables from results/; ``cli`` the command.

@@ -11,7 +11,7 @@ rows (rule 8 of the house style: tables are views of rows):
   largest error in ULPs over the input regimes per kernel and output, softmaxlab beside
   torch and JAX, float32 and float64, from ``results/accuracy.csv``.
 
-``softmaxlab report`` rewrites them when it writes the committed snapshot; ``softmaxlab
+``softmaxlab report --publish`` rewrites them when it writes the committed snapshot; ``softmaxlab
 readme`` rewrites them from ``results/`` alone (``--check`` only compares), and
 ``tests/harness/test_readme.py`` fails when they differ from what ``results/`` renders.
 """

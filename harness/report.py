@@ -1,4 +1,4 @@
-"""``softmaxlab report``: derive + accuracy + bench -> ``report/index.md``, CSV files, plots.
+"""``softmaxlab report``: derive + accuracy + bench -> ``index.md``, CSV files, plots (``--publish``: the snapshot).
 
 One process, in this order: pin the threads (before anything imports jax), run the proof
 book (``softmaxlab.derivations.book.derive_all()``, imported lazily: if the derivations
@@ -18,9 +18,12 @@ Every view is rendered from the CSV rows (and ``report_run.json``: the context, 
 duration, thread counts, load average at the end), so ``softmaxlab report --render-only``
 rebuilds them identically without running anything.
 
-``<results>`` and ``<report>`` are ``results/`` and ``report/`` for the full profile
-(the committed snapshot the README quotes) and ``results/<profile>/``,
-``report/<profile>/`` for the others, so a quick run never overwrites the snapshot.
+``<results>`` and ``<report>`` are the run's own folder (``runs.py``:
+``./softmaxlab-results/<UTC time>-<commit>/``, or ``--results-dir`` / ``--report-dir``).
+``--publish`` then makes the run the committed snapshot (``results/``, ``report/`` and the
+README's tables of the checkout), unless its speed cells are flagged unreliable
+(``tables.flagged_cells``; ``--force`` publishes anyway); ``--render-only --publish
+--results-dir RUN`` publishes an earlier full-profile run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,15 +69,6 @@ def proof_book() -> tuple[pd.DataFrame, str, bool]:
     counts = frame["status"].astype(str).str.split().str[0].value_counts().to_dict() if not frame.empty else {}
     summary = ", ".join(f"{count} {status}" for status, count in counts.items()) or "no records"
     return frame, f"proof book: {len(frame)} derivations ({summary}) in {time.perf_counter() - start:.0f} s", False
-
-
-def report_folder(args) -> Path:
-    """``--report-dir``, the checkout's ``report/`` for ``--publish``, else the run's folder (``runs.py``)."""
-    if getattr(args, "report_dir", None):
-        return Path(args.report_dir)
-    if getattr(args, "publish", False):
-        return runs.publish_folders(args.profile)[1]
-    return accuracy.results_folder(args)
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -162,27 +157,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 RUN_FILE = "report_run.json"
+RUN_FILES = ("proof_book.csv", "accuracy.csv", "reference_check.csv", "bench.csv", "first_calls.csv", RUN_FILE)
 
 
 def run(args) -> int:
-    if getattr(args, "publish", False):
+    publish = getattr(args, "publish", False)
+    if publish:
         runs.publish_folders(args.profile)  # refuses early: not the full profile, not in the checkout
     if getattr(args, "render_only", False):
-        if not getattr(args, "results_dir", None) and not getattr(args, "publish", False):
-            raise SelectionError("--render-only needs the run to render: --results-dir DIR (a folder written by "
-                                 "softmaxlab accuracy, bench or report), or --publish for results/")
-        if not accuracy.results_folder(args).is_dir():
-            raise SelectionError(f"--results-dir {accuracy.results_folder(args)}: no such folder")
-        paths = render(accuracy.results_folder(args), report_folder(args))
-        paths += _readme_tables(accuracy.results_folder(args))
-        for path in paths:
-            print(f"wrote {path}")
-        return 0
+        return _render_only(args, publish)
     start = time.perf_counter()
     threads = environment.pin_threads(getattr(args, "threads", None))  # before jax is imported
     profile = get_profile(args.profile)
-    results_dir = accuracy.results_folder(args)
-    report_dir = report_folder(args)
+    # a run writes its own folder; --publish copies it into the snapshot once it passes the checks
+    results_dir = runs.run_folder(args)
+    report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) and not publish else results_dir
     context = environment.run_context(profile.name, threads)
     context["command"] = accuracy.command_line(args)
     stages = tqdm(total=4, desc="report", unit="stage", file=sys.stderr, position=0)
@@ -199,7 +188,7 @@ def run(args) -> int:
     stages.set_postfix_str("bench")
     plan = bench.BenchPlan(profile, threads=threads, seed=args.seed, drop_unavailable=True)
     label = f"{profile.name}-{context['timestamp'].replace(':', '')}"
-    bench_rows, failures = bench.run_benchmarks(plan, accuracy.raw_folder(args), label)
+    bench_rows, failures = bench.run_benchmarks(plan, results_dir / "raw", label)
     stages.update(1)
 
     stages.set_postfix_str("tables and plots")
@@ -218,13 +207,65 @@ def run(args) -> int:
         "seconds": time.perf_counter() - start,
     }
     tables.write_text(json.dumps(run_info, indent=1, default=str) + "\n", results_dir / RUN_FILE)
-    paths = render(results_dir, report_dir) + _readme_tables(results_dir)
+    paths = render(results_dir, report_dir)
     stages.update(1)
     stages.close()
     for path in paths:
         print(f"wrote {path}")
+    status = 1 if (failures or book_failed) else 0
+    if publish:
+        status = status or _publish(results_dir, force=getattr(args, "force", False))
     print(f"report: {time.perf_counter() - start:.0f} s")
-    return 1 if (failures or book_failed) else 0
+    return status
+
+
+def _render_only(args, publish: bool) -> int:
+    """``--render-only``: the views of an existing run's rows; with ``--publish``, that run (or
+    results/ itself) becomes the snapshot."""
+    given = getattr(args, "results_dir", None)
+    if not given and not publish:
+        raise SelectionError("--render-only needs the run to render: --results-dir DIR (a folder written by "
+                             "softmaxlab accuracy, bench or report), or --publish for results/")
+    source = Path(given) if given else runs.publish_folders(args.profile)[0]
+    if not source.is_dir():
+        raise SelectionError(f"--results-dir {source}: no such folder")
+    if publish:
+        return _publish(source, force=getattr(args, "force", False))
+    report_dir = Path(args.report_dir) if getattr(args, "report_dir", None) else source
+    for path in render(source, report_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _publish(source: Path, force: bool) -> int:
+    """Make the run in ``source`` the committed snapshot: its rows into results/, the views
+    into results/ and report/, README.md's tables.  Refused (status 1) when its speed cells
+    are flagged unreliable (``tables.flagged_cells``) unless ``force``, or when it is not a
+    full-profile run."""
+    results, report_dir = runs.publish_folders("full")
+    bench_rows = _read_csv(source / "bench.csv")
+    profiles = set(bench_rows.get("profile", pd.Series(dtype=str)).dropna()) | \
+        set(_read_csv(source / "accuracy.csv").get("profile", pd.Series(dtype=str)).dropna())
+    if profiles - {"full"}:
+        raise SelectionError(f"--publish takes a full-profile run; {source} holds {sorted(profiles)}")
+    flagged = tables.flagged_cells(bench_rows) if not bench_rows.empty else bench_rows
+    if not flagged.empty and not force:
+        shown = ", ".join(f"{row.kernel} {row.rows}x{row.classes} {row.dtype} {row.provider} ({row.flag})"
+                          for row in flagged.head(5).itertuples())
+        print(f"softmaxlab report --publish: not published: {len(flagged)} speed cells are flagged unreliable "
+              f"(spread, load or a roofline fraction above 100%), e.g. {shown}. The run is in {source}: rerun on a "
+              f"quiet machine, or publish it as it is with `softmaxlab report --render-only --publish "
+              f"--results-dir {source} --force`", file=sys.stderr)
+        return 1
+    if source.resolve() != results.resolve():
+        results.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (source / name).exists():
+                shutil.copy2(source / name, results / name)
+    paths = render(results, report_dir) + _readme_tables(results)
+    for path in paths:
+        print(f"published {path}")
+    return 0
 
 
 def _readme_tables(results_dir: Path) -> list[Path]:

@@ -103,3 +103,52 @@ def test_quick_is_the_quick_profile(command):
     args = cli.build_parser().parse_args([command, "--quick"])
     assert args.profile == "quick"
     assert cli.build_parser().parse_args([command]).profile == "full"
+
+
+def test_publish_copies_a_full_run_into_the_snapshot_only_when_its_cells_are_trustworthy(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from softmaxlab.harness import runs, tables
+    from softmaxlab.harness.selection import SelectionError
+
+    snapshot, snapshot_report = tmp_path / "results", tmp_path / "report"
+    monkeypatch.setattr(runs, "publish_folders", lambda profile: (snapshot, snapshot_report))
+    accuracy_rows, checks = accuracy.accuracy_rows(get_profile("smoke"), kernels=["softmax"], providers=["numpy"],
+                                                   regime_names=["normal_x3"], progress=False)
+    monkeypatch.setattr(accuracy, "accuracy_rows", lambda *args, **kwargs: (accuracy_rows, checks))
+    monkeypatch.setattr(bench, "run_benchmarks", lambda *args, **kwargs: (bench.tidy_rows(fake_report()), []))
+    monkeypatch.setitem(sys.modules, "softmaxlab.derivations.book", None)
+    run_dir = tmp_path / "run"
+    args = argparse.Namespace(profile="full", threads=None, results_dir=str(run_dir), report_dir=None, seed=0,
+                              command="report", render_only=False, publish=True, force=False,
+                              command_line="softmaxlab report --publish")
+    flagged = tables.flagged_cells(bench.tidy_rows(fake_report()))
+    status = report.run(args)
+    assert (run_dir / "bench.csv").exists() and (run_dir / "index.md").exists()  # the run is kept either way
+    if flagged.empty:
+        assert status == 0 and (snapshot / "bench.csv").exists()
+    else:
+        assert status == 1 and not snapshot.exists()
+    # publishing the same run afterwards, forced, copies its rows
+    assert cli.main(["report", "--render-only", "--publish", "--force", "--results-dir", str(run_dir)]) == 0
+    assert (snapshot / "bench.csv").read_bytes() == (run_dir / "bench.csv").read_bytes()
+    assert (snapshot_report / "index.md").exists()
+    # a run of another profile is never published
+    rows = pd.read_csv(run_dir / "bench.csv").assign(profile="quick")
+    rows.to_csv(run_dir / "bench.csv", index=False)
+    with pytest.raises(SelectionError, match="takes a full-profile run"):
+        report._publish(run_dir, force=True)
+
+
+def test_a_flagged_cell_stops_publishing_unless_forced(tmp_path, monkeypatch):
+    from softmaxlab.harness import runs
+
+    snapshot = tmp_path / "results"
+    monkeypatch.setattr(runs, "publish_folders", lambda profile: (snapshot, tmp_path / "report"))
+    rows = bench.tidy_rows(fake_report()).assign(profile="full")
+    rows.loc[rows.index[0], ["p20_s", "p80_s"]] = (rows["p50_s"].iloc[0] * 0.2, rows["p50_s"].iloc[0] * 5)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows.assign(spread=(rows["p80_s"] - rows["p20_s"]) / rows["p50_s"]).to_csv(run_dir / "bench.csv", index=False)
+    assert report._publish(run_dir, force=False) == 1 and not snapshot.exists()
+    assert report._publish(run_dir, force=True) == 0 and (snapshot / "bench.csv").exists()
