@@ -21,9 +21,9 @@ this for ``softmaxlab.torch``).  Packages can offer providers through the entry-
 group ``softmaxlab.providers`` (name = the provider's name, value = ``module`` or
 ``module:function`` as above).
 
-**Optional providers** run only when named in ``--providers``: ``softmaxlab_torch``
-(``softmaxlab.torch``'s differentiable operations; the forward-backward entries are a
-training step of the loss).
+**Optional providers** run only when named in ``--providers``: ``softmaxlab_torch`` and
+``softmaxlab_jax`` (the adapters' differentiable operations, ``providers/adapters.py``;
+the forward-backward entries are a training step of the loss).
 
 **Devices.** ``--device cuda`` runs the torch and JAX providers on the GPU (inputs copied
 there in prepare, every call awaited), as the providers ``torch@cuda`` and ``jax@cuda``
@@ -74,7 +74,11 @@ class ExtraProvider:
 def _optional_providers() -> dict:
     from .providers import adapters
 
-    return {adapters.NAME: ExtraProvider(adapters.NAME, "softmaxlab.torch", adapters.function_for, adapters.REQUIRES)}
+    return {
+        adapters.NAME: ExtraProvider(adapters.NAME, "softmaxlab.torch", adapters.function_for, adapters.REQUIRES),
+        adapters.JAX_NAME: ExtraProvider(adapters.JAX_NAME, "softmaxlab.jax",
+                                         lambda kernel: adapters.function_for(kernel, "jax"), adapters.JAX_REQUIRES),
+    }
 
 
 def builtin_providers(registry: dict | None = None) -> tuple[str, ...]:

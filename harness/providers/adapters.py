@@ -1,4 +1,4 @@
-"""The ``softmaxlab_torch`` provider: ``softmaxlab.torch``'s operations behind the kernels' NumPy signatures.
+"""The ``softmaxlab_torch`` and ``softmaxlab_jax`` providers: the adapters behind the kernels' NumPy signatures.
 
 For each operation of ``softmaxlab.adapters.operations`` this module has two functions
 named as the kernels are, taking and returning what those kernels take and return
@@ -12,7 +12,12 @@ named as the kernels are, taking and returning what those kernels take and retur
   ``softmaxlab.torch.<name>`` and ``torch.autograd.grad`` with the upstream gradient,
   returned as ``(loss, *gradients)``.
 
-What the timings of this provider measure beside ``softmaxlab``'s: the adapter's cost per
+``softmaxlab_jax`` is the same for ``softmaxlab.jax``, as a JAX user runs it: ``jax.jit``
+of the function (``<name>``) or of ``jax.value_and_grad`` / ``jax.vjp`` of the loss
+(``<name>_forward_backward``), the scalar options static, one jitted function per option
+set; float64 inside ``jax.enable_x64``; results awaited and returned as NumPy.
+
+What the timings of these providers measure beside ``softmaxlab``'s: the adapter's cost per
 call (argument checks, the autograd node, the conversions; ``torch.from_numpy`` and
 ``.numpy()`` are views, about 1 us together), the rest being the same kernels.  The
 backward kernels (``softmax_backward``, ...) and ``center_update`` are not adapter
@@ -27,6 +32,8 @@ import numpy as np
 
 NAME = "softmaxlab_torch"
 REQUIRES = ("torch",)
+JAX_NAME = "softmaxlab_jax"
+JAX_REQUIRES = ("jax",)
 
 
 def _operations() -> dict:
@@ -76,15 +83,76 @@ def _forward_backward(operation):
     return forward_backward
 
 
-def function_for(kernel: str):
+def _bound_arrays(operation, args, kwargs):
+    """(the array arguments by name, the scalar ones as a hashable tuple) of a call."""
+    arguments = operation.bind(args, kwargs)
+    arrays = {key: item for key, item in arguments.items() if isinstance(item, np.ndarray)}
+    scalars = tuple((key, item) for key, item in arguments.items() if key not in arrays)
+    return arrays, scalars
+
+
+def _jax_value(operation):
+    import jax
+
+    from softmaxlab import jax as adapter
+    from softmaxlab.harness.providers.jax import jax_precision
+
+    function = getattr(adapter, operation.name)
+    jitted = {}
+
+    @functools.wraps(operation.value)
+    def value(*args, **kwargs):
+        arrays, scalars = _bound_arrays(operation, args, kwargs)
+        if scalars not in jitted:
+            jitted[scalars] = jax.jit(lambda arrays: function(**arrays, **dict(scalars)))
+        with jax_precision(next(iter(arrays.values())).dtype):
+            return np.asarray(jax.block_until_ready(jitted[scalars](arrays)))
+
+    return value
+
+
+def _jax_forward_backward(operation):
+    import jax
+    import jax.numpy as jnp
+
+    from softmaxlab import jax as adapter
+    from softmaxlab.harness.providers.jax import jax_precision
+
+    function = getattr(adapter, operation.name)
+    differentiable = operation.differentiable
+    jitted = {}
+
+    def step(arrays, upstream, scalars):
+        def loss_of(*leaves):
+            return function(**{**arrays, **dict(zip(differentiable, leaves))}, **dict(scalars))
+
+        loss, pullback = jax.vjp(loss_of, *(arrays[key] for key in differentiable))
+        return (loss, *pullback(jnp.broadcast_to(upstream, loss.shape).astype(loss.dtype)))
+
+    @functools.wraps(operation.fused)
+    def forward_backward(*args, grad_output=1.0, **kwargs):
+        arrays, scalars = _bound_arrays(operation, args, kwargs)
+        if scalars not in jitted:
+            jitted[scalars] = jax.jit(lambda arrays, upstream: step(arrays, upstream, scalars))
+        dtype = arrays[differentiable[0]].dtype
+        with jax_precision(dtype):
+            results = jax.block_until_ready(jitted[scalars](arrays, np.asarray(grad_output, dtype=dtype)))
+        return tuple(np.asarray(result) for result in results)
+
+    return forward_backward
+
+
+def function_for(kernel: str, framework: str = "torch"):
     """The NumPy-signature function of ``kernel`` (a registry entry or variant name) through
-    ``softmaxlab.torch``, or None when the adapters have no such operation (a backward
+    ``softmaxlab.torch`` (or ``softmaxlab.jax`` for ``framework="jax"``), or None when the adapters have no such operation (a backward
     kernel, ``center_update``)."""
     operations = _operations()
     kernel = kernel.split("[")[0]  # a variant runs its kernel with other options or inputs
+    value, forward_backward = (_value, _forward_backward) if framework == "torch" else \
+        (_jax_value, _jax_forward_backward)
     if kernel in operations:
-        return _value(operations[kernel])
+        return value(operations[kernel])
     base = kernel.removesuffix("_forward_backward")
     if base != kernel and base in operations and operations[base].fused is not None:
-        return _forward_backward(operations[base])
+        return forward_backward(operations[base])
     return None
