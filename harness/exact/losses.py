@@ -16,6 +16,11 @@ tests, ``tests/kernels``, every combination).
   inputs): the loss within 2e-12 float64 ULP, the gradient within 7e-4 (its product with
   g / N is taken in long double).  The other losses are mpmath only (their registry
   entries leave out the 10^6-class regime).
+
+The term magnitudes of the gradients (``cross_entropy_gradient_scale``,
+``distillation_gradient_scale``; the condition-aware error of ``metrics.py``) take the
+same inputs and options and return float64 arrays of the gradient's shape: the gradient's
+formula with every term replaced by its absolute value, from the exact probabilities.
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ def _upstream(grad_output, reduction, denominator, rows):
         if reduction == "mean":
             value = value / denominator if denominator != 0 else mpmath.mpf(0)
     return [value] * rows
+
+
+def _upstream_magnitude(grad_output, reduction, denominator, rows) -> np.ndarray:
+    """|dOut/dloss_i| per row in float64: the magnitudes of :func:`_upstream`'s values."""
+    if reduction == "none":
+        return np.abs(np.broadcast_to(np.asarray(grad_output, dtype=np.float64), (rows,))).astype(np.float64)
+    value = abs(float(grad_output))
+    if reduction == "mean":
+        value = value / float(denominator) if denominator != 0 else 0.0
+    return np.full(rows, value)
 
 
 # ---- cross-entropy ------------------------------------------------------------------------------
@@ -112,6 +127,36 @@ def exact_cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduc
                     value = target_total * row.probability(j) - t
                 grads.append(upstream[i] * value)
         return _reduce(losses, reduction, denominator, (rows,)), to_exact(grads, (rows, classes))
+
+
+def cross_entropy_gradient_scale(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                                 label_smoothing=0.0, grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g_i| (TW_i a_ij + t_ij): the terms of dloss/dz_ij = g_i (TW_i a_ij - t_ij), in float64.
+
+    t_ij are the row's target weights (label smoothing and class weights included, as in
+    :func:`exact_cross_entropy`), TW_i their sum, a the exact softmax, g_i the upstream
+    gradient of the row's loss; 0 on ignored rows, whose gradient is 0.  With the
+    default options it is g (a_j + y_j), y the one-hot target.
+    """
+    logits = np.asarray(logits)
+    rows, classes = logits.shape
+    probability = softmax(logits, engine).hi
+    weights = np.ones(classes) if weight is None else np.abs(np.asarray(weight, dtype=np.float64))
+    smoothing = float(label_smoothing)
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        targets = weights * ((1 - smoothing) * target.astype(np.float64) + smoothing / classes)
+        kept = np.ones(rows, dtype=bool)
+        denominator = rows
+    else:
+        labels = target.reshape(-1).astype(np.int64)
+        kept = labels != ignore_index
+        labels = np.where(kept, labels, 0)
+        targets = np.tile(smoothing * weights / classes, (rows, 1))
+        targets[np.arange(rows), labels] += (1 - smoothing) * weights[labels]
+        denominator = weights[labels][kept].sum()
+    upstream = _upstream_magnitude(grad_output, reduction, denominator, rows) * kept
+    return upstream[:, None] * (targets.sum(axis=1, keepdims=True) * probability + targets)
 
 
 def _longdouble_cross_entropy(logits, target, ignore_index, reduction, grad_output):
@@ -200,6 +245,28 @@ def exact_distillation_loss(student, teacher, target=None, *, temperature=4.0, a
             losses.append(loss)
             grads.extend(upstream[i] * g for g in gradient)
         return _reduce(losses, reduction, rows, (rows,)), to_exact(grads, (rows, classes))
+
+
+def distillation_gradient_scale(student, teacher, target=None, *, temperature=4.0, alpha=0.9, reduction="mean",
+                                grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g_i| (soft/T (q_ic + p_ic) + hard (a_ic + y_ic)) in float64: the terms of the distillation gradient.
+
+    The gradient is g_i (soft/T (q - p) + hard (a - y)) (:func:`exact_distillation_loss`):
+    q and p the exact softmax of student and teacher at temperature T, a the student's at
+    temperature 1, y the one-hot target, soft = alpha T^2 and hard = 1 - alpha (soft = T^2,
+    hard = 0 without a target).
+    """
+    student = np.asarray(student)
+    rows, _ = student.shape
+    soft, hard = (temperature**2, 0.0) if target is None else (alpha * temperature**2, 1 - alpha)
+    student_soft = softmax(student.astype(np.float64) / temperature, engine).hi
+    teacher_soft = softmax(np.asarray(teacher, dtype=np.float64) / temperature, engine).hi
+    magnitude = abs(soft / temperature) * (student_soft + teacher_soft)
+    if target is not None and hard != 0:
+        one_hot = np.zeros(student.shape)
+        one_hot[np.arange(rows), np.asarray(target).reshape(-1)] = 1
+        magnitude = magnitude + abs(hard) * (softmax(student, engine).hi + one_hot)
+    return _upstream_magnitude(grad_output, reduction, rows, rows)[:, None] * magnitude
 
 
 # ---- elementwise: binary cross-entropy with logits and the quadratic cost -------------------------

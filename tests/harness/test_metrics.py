@@ -1,11 +1,22 @@
-"""ULP and relative error against an exact value held as a float64 pair."""
+"""ULP, relative and condition-aware error against an exact value held as a float64 pair; term magnitudes."""
 
 from __future__ import annotations
 
+import mpmath
 import numpy as np
 import pytest
 
-from softmaxlab.harness.metrics import STAT_COLUMNS, Exact, error_stats, ulp_at
+from softmaxlab.harness import exact as references
+from softmaxlab.harness.metrics import (
+    STAT_COLUMNS,
+    Exact,
+    condition_error,
+    error_stats,
+    ulp_at,
+    underflow_error,
+    unit_roundoff,
+)
+from softmaxlab.harness.registry import REGISTRY, VARIANTS
 
 
 def exact(values, lo=None):
@@ -86,3 +97,154 @@ def test_rowwise_ulps_measure_against_the_row_scale():
     stats = error_stats(computed, truth, np.float32)
     assert stats["max_rowwise_ulp"] == pytest.approx(1.0)
     assert stats["max_ulp"] > 1e5
+
+
+# ---- the condition-aware error ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_rounded_cancelling_sum_scores_a_few_u_where_its_ulp_error_is_huge(rng, dtype):
+    # (1 + b) - 1 in the dtype, each operation correctly rounded: the exact value is b, the
+    # rounding of 1 + b costs up to u (1 + b), so |error| <= gamma_2 (1 + b + 1) (the
+    # recursive summation bound) and the error in u of the terms is at most about 2
+    small = (rng.uniform(1, 2, size=500) * 2.0 ** rng.integers(-40, -10, size=500)).astype(dtype)
+    one = dtype(1)
+    computed = (one + small) - one
+    truth = exact(small.astype(np.float64))  # b, exactly
+    scale = 2 + small.astype(np.float64)  # |1| + |b| + |-1|
+    stats = error_stats(computed, truth, dtype, scale=scale)
+    assert stats["max_ulp"] > 1e3  # the elementwise view: most of b's digits are lost
+    assert 0 < stats["max_cond"] <= 2 * (1 + 2 * unit_roundoff(dtype))
+
+
+def test_a_wrong_result_scores_large(rng):
+    truth = rng.normal(size=200)
+    scale = np.abs(truth) + rng.uniform(1, 2, size=200)
+    computed = truth + 1e-4 * scale  # wrong by 1e-4 of the terms: 1e-4 / 2**-53, about 9e11 u
+    stats = error_stats(computed, exact(truth), np.float64, scale=scale)
+    assert stats["median_cond"] == pytest.approx(1e-4 / 2.0**-53, rel=1e-6)
+
+
+def test_a_correctly_rounded_result_scores_at_most_one(rng):
+    truth = rng.normal(size=1000) * 2.0 ** rng.integers(-160, 10, size=1000)  # subnormal float32 included
+    computed = truth.astype(np.float32)  # rounded to nearest
+    stats = error_stats(computed, exact(truth), np.float32, scale=np.abs(truth))
+    assert stats["max_cond"] <= 1
+    # below half the smallest subnormal a rounding to 0 costs eta, which the denominator holds
+    tiny = exact([2.0**-151])
+    assert condition_error(np.zeros(1, np.float32), tiny, np.array([2.0**-151]), np.float32)[0] <= 1
+    assert underflow_error(np.float32) == 2.0**-150 and underflow_error(np.float64) == 2.0**-1075
+
+
+def test_entries_without_a_scale_are_left_out_and_no_scale_gives_nan():
+    truth = exact([1.0, 1.0, 1.0])
+    computed = np.array([1.0, 1.0 + 2.0**-40, 1.0 + 2.0**-30])
+    measured = error_stats(computed, truth, np.float64, scale=np.array([1.0, 1.0, np.nan]))
+    assert measured["max_cond"] == pytest.approx(2.0**13)  # the third entry's 2**23 is not counted
+    assert measured["median_cond"] == pytest.approx(2.0**12)
+    unmeasured = error_stats(computed, truth, np.float64, scale=np.full(3, np.nan))
+    assert np.isnan(unmeasured["max_cond"]) and np.isnan(unmeasured["median_cond"])
+    plain = error_stats(computed, truth, np.float64)
+    assert np.isnan(plain["max_cond"]) and plain["max_ulp"] == pytest.approx(2.0**22)
+    # a NaN result is counted as non-finite and kept out of the condition-aware statistics too
+    nan_result = error_stats(np.array([np.nan, 1.0, 1.0]), truth, np.float64, scale=np.ones(3))
+    assert nan_result["n_nonfinite"] == 1 and nan_result["max_cond"] == 0.0
+
+
+def test_scale_is_validated():
+    with pytest.raises(ValueError, match="scale must have the exact value's shape"):
+        error_stats(np.zeros(2), exact([0.0, 0.0]), np.float64, scale=np.ones(3))
+    with pytest.raises(ValueError, match="scale must be a magnitude"):
+        error_stats(np.zeros(2), exact([0.0, 0.0]), np.float64, scale=np.array([1.0, -1.0]))
+
+
+# ---- the term magnitudes, against a direct evaluation at 50 digits ------------------------------------
+
+
+def direct_softmax(row, temperature=1):
+    """softmax of one row, straight from the definition in mpmath (0 for an all -inf row)."""
+    with mpmath.workdps(50):
+        values = [mpmath.mpf(float(v)) / temperature for v in row]
+        largest = max(values)
+        if largest == -mpmath.inf:
+            return [mpmath.mpf(0)] * len(values)
+        exps = [mpmath.exp(v - largest) for v in values]
+        total = mpmath.fsum(exps)
+        return [e / total for e in exps]
+
+
+def assert_scale_matches(scale, direct, gradient):
+    """``scale`` equals the direct values to float64 rounding and bounds |gradient| (scale >= |value|)."""
+    direct = np.array([[float(v) for v in row] for row in direct])
+    np.testing.assert_allclose(scale, direct, rtol=1e-13, atol=0)
+    assert (scale >= np.abs(gradient.hi) * (1 - 1e-15)).all()
+
+
+@pytest.mark.parametrize("regime", ["normal_x3", "dominant", "masked"])
+def test_normalizer_scales_against_direct_evaluation(regime):
+    inputs = REGISTRY["softmax_backward"].make_inputs(regime, (9, 7), "float32", 3)
+    x, dy = inputs["x"], inputs["dy"]
+    softmax_terms, log_softmax_terms = [], []
+    for row, upstream in zip(x, dy):
+        a = direct_softmax(row)
+        g = [abs(mpmath.mpf(float(v))) for v in upstream]
+        softmax_terms.append([a_i * (g_i + mpmath.fsum(a_k * g_k for a_k, g_k in zip(a, g)))
+                              for a_i, g_i in zip(a, g)])
+        log_softmax_terms.append([g_i + a_i * mpmath.fsum(g) for a_i, g_i in zip(a, g)])
+    assert_scale_matches(references.softmax_vjp_scale(x, dy), softmax_terms, references.softmax_vjp(x, dy))
+    assert_scale_matches(references.log_softmax_vjp_scale(x, dy), log_softmax_terms,
+                         references.log_softmax_vjp(x, dy))
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"label_smoothing": 0.1, "weight": np.array([0.5, 2.0, 1.0, 1.0, 3.0, 1.0, 0.25])},
+    {"reduction": "none", "grad_output": np.linspace(-2, 2, 9), "ignore_index": 2},
+])
+def test_cross_entropy_scale_against_direct_evaluation(options):
+    inputs = REGISTRY["cross_entropy_forward_backward"].make_inputs("dominant", (9, 7), "float64", 5)
+    logits, target = inputs["logits"], inputs["target"].copy()
+    target[1] = 2  # ignored with ignore_index=2
+    smoothing = options.get("label_smoothing", 0.0)
+    weights = options.get("weight", np.ones(7))
+    kept = [options.get("ignore_index", -100) != label for label in target]
+    denominator = sum(weights[label] for label, keep in zip(target, kept) if keep)
+    direct = []
+    for i, row in enumerate(logits):
+        a = direct_softmax(row)
+        t = [smoothing * w / 7 + (1 - smoothing) * w * (j == target[i]) for j, w in enumerate(weights)]
+        g = abs(options["grad_output"][i]) if "grad_output" in options else 1 / denominator
+        direct.append([g * kept[i] * (mpmath.fsum(t) * a_j + t_j) for a_j, t_j in zip(a, t)])
+    scale = references.cross_entropy_gradient_scale(logits, target, **options)
+    _, gradient = references.exact_cross_entropy(logits, target, **options)
+    assert_scale_matches(scale, direct, gradient)
+
+
+def test_distillation_scale_against_direct_evaluation():
+    inputs = REGISTRY["distillation_loss_forward_backward"].make_inputs("normal_x3", (6, 5), "float32", 1)
+    student, teacher, target = inputs["student"], inputs["teacher"], inputs["target"]
+    temperature, alpha = 4.0, 0.9
+    direct = []
+    for i in range(6):
+        q, p, a = direct_softmax(student[i], temperature), direct_softmax(teacher[i], temperature), \
+            direct_softmax(student[i])
+        direct.append([(alpha * temperature * (q[c] + p[c]) + (1 - alpha) * (a[c] + (c == target[i]))) / 6
+                       for c in range(5)])
+    scale = references.distillation_gradient_scale(student, teacher, target)
+    _, gradient = references.exact_distillation_loss(student, teacher, target)
+    assert_scale_matches(scale, direct, gradient)
+
+
+def test_the_registry_gives_every_gradient_with_a_scale_one_of_its_shape():
+    entries = [REGISTRY[name] for name in ("softmax_backward", "log_softmax_backward", "cross_entropy_forward_backward",
+                                          "distillation_loss_forward_backward")]
+    entries.append(VARIANTS["cross_entropy_forward_backward[label_smoothing=0.1]"])
+    for entry in entries:
+        inputs = entry.make_inputs("normal_x3", (3, 5), "float64", 0)
+        scales = entry.output_scales(inputs, "auto")
+        for name, scale, value in zip(entry.outputs, scales, entry.exact(inputs, "auto")):
+            if name == "loss":
+                assert scale is None
+            else:
+                assert scale.shape == value.hi.shape and (scale >= np.abs(value.hi) * (1 - 1e-15)).all()
+    assert REGISTRY["softmax"].output_scales({}, "auto") == (None,)
