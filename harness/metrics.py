@@ -43,9 +43,10 @@ exact inputs), and the error is::
     cond_i = |computed_i - exact_i| / (u_T * scale_i + eta_T)
 
 in units of the unit roundoff ``u_T = 2 ** -p_T`` (2**-24, 2**-53), with ``eta_T =
-2 ** (emin_T - p_T)`` (half the smallest subnormal: 2**-150, 2**-1075) the absolute
-error a rounding into the subnormal range may make.  A correctly rounded result scores at
-most 1 whatever the cancellation (its error is at most ``u_T |exact_i| + eta_T``), and a
+2 ** (emin_T - p_T + 1)`` the smallest subnormal (2**-149, 2**-1074; a rounding into the
+subnormal range errs by up to half of it, and half of float64's would underflow to 0).
+A correctly rounded result scores at most 1 whatever the cancellation (its error is at
+most ``u_T |exact_i| + eta_T / 2``), and a
 standard evaluation of the formula scores a small constant times the depth of its sums (a
 first-order rounding error analysis: ``docs/proofs/``); the elementwise ULP error of the
 same result is unbounded.  Where an output has no scale (forward values, and gradients
@@ -143,9 +144,9 @@ def unit_roundoff(dtype) -> float:
 
 
 def underflow_error(dtype) -> float:
-    """eta_T = 2**(emin_T - p_T), half the smallest subnormal: the absolute error of a rounding to it."""
+    """eta_T = 2**(emin_T - p_T + 1), the smallest subnormal: twice the absolute error of a rounding there."""
     precision, emin, _ = output_format(dtype)
-    return 2.0 ** (emin - precision)
+    return 2.0 ** (emin - precision + 1)
 
 
 def condition_error(computed, exact: Exact, scale, dtype) -> np.ndarray:

@@ -130,10 +130,13 @@ def test_a_correctly_rounded_result_scores_at_most_one(rng):
     computed = truth.astype(np.float32)  # rounded to nearest
     stats = error_stats(computed, exact(truth), np.float32, scale=np.abs(truth))
     assert stats["max_cond"] <= 1
-    # below half the smallest subnormal a rounding to 0 costs eta, which the denominator holds
-    tiny = exact([2.0**-151])
-    assert condition_error(np.zeros(1, np.float32), tiny, np.array([2.0**-151]), np.float32)[0] <= 1
-    assert underflow_error(np.float32) == 2.0**-150 and underflow_error(np.float64) == 2.0**-1075
+    # below half the smallest subnormal a rounding to 0 costs up to eta / 2, which the denominator holds
+    assert underflow_error(np.float32) == 2.0**-149 and underflow_error(np.float64) == 2.0**-1074 > 0
+    tiny = exact([2.0**-150])
+    assert condition_error(np.zeros(1, np.float32), tiny, np.zeros(1), np.float32)[0] == 0.5
+    # an exact zero of scale zero, computed exactly, scores 0 (not 0/0) in both dtypes
+    for dtype in (np.float32, np.float64):
+        assert condition_error(np.zeros(1, dtype), exact([0.0]), np.zeros(1), dtype)[0] == 0
 
 
 def test_entries_without_a_scale_are_left_out_and_no_scale_gives_nan():
