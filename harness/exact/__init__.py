@@ -24,7 +24,9 @@ the long double engine above.  The references:
   term magnitudes of the cross-entropy and distillation gradients
   (``cross_entropy_gradient_scale``, ``distillation_gradient_scale``);
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
-  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only).
+  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
+  magnitudes of the gradients of normalized_linear, the cosine losses and the center loss
+  (``normalized_linear_gradient_scales``, ``margin_gradient_scale``, ``center_gradient_scales``).
 """
 
 from .engine import (
@@ -50,7 +52,16 @@ from .losses import (
     exact_quadratic_cost,
     exact_smooth_hinge,
 )
-from .margins import exact_center, exact_large_margin, exact_margin, exact_normalized_linear, margin_rows_mp
+from .margins import (
+    center_gradient_scales,
+    exact_center,
+    exact_large_margin,
+    exact_margin,
+    exact_normalized_linear,
+    margin_gradient_scale,
+    margin_rows_mp,
+    normalized_linear_gradient_scales,
+)
 from .normalizers import (
     log_softmax,
     log_softmax_vjp,
@@ -69,4 +80,5 @@ __all__ = [
     "exact_cross_entropy", "exact_distillation_loss", "exact_binary_cross_entropy_with_logits",
     "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
+    "normalized_linear_gradient_scales", "margin_gradient_scale", "center_gradient_scales",
 ]

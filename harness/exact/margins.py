@@ -199,3 +199,67 @@ def exact_center(x, target, centers, alpha=None):
                 to_exact([v for c in dcenters for v in c], centers.shape))
 
     return cached_result((x, target, centers, alpha), compute)
+
+
+# ---- term magnitudes of the gradients (the condition-aware error of ``metrics.py``) -----------------
+
+
+def _unit_rows(matrix):
+    """(rows / their norms, the norms) in float64."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norms = np.sqrt((matrix * matrix).sum(axis=1, keepdims=True))
+    return matrix / norms, norms
+
+
+def _tangent_scale(projection_terms, unit, norm):
+    """(Q + (|u| . Q) |u|) / |v|: the terms of (P - (u . P) u) / |v| for |P| <= Q termwise."""
+    along = (np.abs(unit) * projection_terms).sum(axis=1, keepdims=True)
+    return (projection_terms + along * np.abs(unit)) / norm
+
+
+def normalized_linear_gradient_scales(x, W, grad_cos):
+    """The term magnitudes of (dx, dW) of normalized_linear_backward, in float64.
+
+    dx_i = (P_i - (x_hat_i . P_i) x_hat_i) / |x_i| with P = G W_hat, and dW likewise with
+    G^T X_hat: each matrix product is bounded by the product of absolute values (|G| |W_hat|),
+    the projection by the same with |x_hat|.
+    """
+    x_unit, x_norm = _unit_rows(x)
+    w_unit, w_norm = _unit_rows(W)
+    upstream = np.abs(np.asarray(grad_cos, dtype=np.float64))
+    dx = _tangent_scale(upstream @ np.abs(w_unit), x_unit, x_norm)
+    dW = _tangent_scale(upstream.T @ np.abs(x_unit), w_unit, w_norm)
+    return dx, dW
+
+
+def margin_gradient_scale(cos, target, s, m1, m2, m3):
+    """The term magnitudes of dcos of margin_cross_entropy (mean, grad_output 1), in float64.
+
+    dcos_ij = (s / N) a_ij off the target and (s / N) f'(c) (a_iy - 1) at it (a the
+    softmax of the margin logits, f the target's margin function): the scales are
+    (s / N) a_ij and (s / N) |f'(c)| (a_iy + 1).  Both are read off the exact gradient:
+    a_ij = N |dcos_ij| / s, and with r = 1 - a_iy = sum_{j != y} a_ij the target's is
+    |dcos_iy| (2 - r) / r; NaN where r is 0 in float64 (no term apart from the target's).
+    """
+    gradient = np.abs(exact_margin(cos, target, s, m1, m2, m3)[1].hi)
+    rows = gradient.shape[0]
+    chosen = (np.arange(rows), np.asarray(target))
+    others = gradient.copy()
+    others[chosen] = 0
+    rest = others.sum(axis=1) * rows / float(s)  # r = 1 - a_y, exact sum of positive terms to float64
+    scale = others
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale[chosen] = np.where(rest > 0, gradient[chosen] * (2 - rest) / rest, np.nan)
+    return scale
+
+
+def center_gradient_scales(x, target, centers):
+    """The term magnitudes of (dx, dcenters) of center_loss (mean), in float64:
+    dx_i = (x_i - c_y) / N has (|x_i| + |c_y|) / N, and dc_j = -sum_{y_i = j} (x_i - c_j) / N
+    the sum of the same over its rows."""
+    x, centers = np.abs(np.asarray(x, dtype=np.float64)), np.abs(np.asarray(centers, dtype=np.float64))
+    target = np.asarray(target)
+    dx = (x + centers[target]) / x.shape[0]
+    dcenters = np.zeros_like(centers)
+    np.add.at(dcenters, target, dx)
+    return dx, dcenters

@@ -238,9 +238,57 @@ def test_distillation_scale_against_direct_evaluation():
     assert_scale_matches(scale, direct, gradient)
 
 
+def test_normalized_linear_scales_against_direct_evaluation(rng):
+    x, W, upstream = rng.normal(size=(3, 4)), rng.normal(size=(5, 4)), rng.normal(size=(3, 5))
+    x_unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w_unit = W / np.linalg.norm(W, axis=1, keepdims=True)
+    direct_dx = np.zeros_like(x)
+    for i in range(3):
+        # |P_ie| <= Q_ie = sum_j |G_ij| |w_hat_je|; (x_hat . P) x_hat_e <= (sum_f |x_hat_if| Q_if) |x_hat_ie|
+        terms = [sum(abs(upstream[i, j]) * abs(w_unit[j, e]) for j in range(5)) for e in range(4)]
+        along = sum(abs(x_unit[i, f]) * terms[f] for f in range(4))
+        direct_dx[i] = [(terms[e] + along * abs(x_unit[i, e])) / np.linalg.norm(x[i]) for e in range(4)]
+    dx, dW = references.normalized_linear_gradient_scales(x, W, upstream)
+    np.testing.assert_allclose(dx, direct_dx, rtol=1e-13)
+    swapped, _ = references.normalized_linear_gradient_scales(W, x, upstream.T)  # dW is dx with the roles swapped
+    np.testing.assert_allclose(dW, swapped, rtol=1e-13)
+    exact_dx, exact_dW = references.exact_normalized_linear(x, W, upstream)
+    assert (dx >= np.abs(exact_dx.hi)).all() and (dW >= np.abs(exact_dW.hi)).all()
+
+
+@pytest.mark.parametrize("regime", ["normal_x3", "dominant"])
+def test_cosface_scale_against_direct_evaluation(regime):
+    # CosFace's target logit s (c - m) has f' = 1: the target's scale is (s / N)(a_y + 1)
+    inputs = REGISTRY["cosface_forward_backward"].make_inputs(regime, (4, 6), "float64", 2)
+    cos, target = inputs["cos"], inputs["target"]
+    s, m = 64.0, 0.35
+    direct = []
+    for row, label in zip(cos, target):
+        logits = [s * c for c in row]
+        logits[label] = s * (row[label] - m)
+        a = direct_softmax(logits)
+        direct.append([s / 4 * (a_j + (j == label)) for j, a_j in enumerate(a)])
+    scale = references.margin_gradient_scale(cos, target, s, 1.0, 0.0, m)
+    assert_scale_matches(scale, direct, references.exact_margin(cos, target, s, 1.0, 0.0, m)[1])
+
+
+def test_center_scales_against_direct_evaluation(rng):
+    x, centers, target = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)), np.array([0, 2, 0, 3, 2])
+    dx, dcenters = references.center_gradient_scales(x, target, centers)
+    direct_dx = [[(abs(x[i, e]) + abs(centers[target[i], e])) / 5 for e in range(3)] for i in range(5)]
+    direct_dc = [[sum(direct_dx[i][e] for i in range(5) if target[i] == j) for e in range(3)] for j in range(4)]
+    np.testing.assert_allclose(dx, direct_dx, rtol=1e-15)
+    np.testing.assert_allclose(dcenters, direct_dc, rtol=1e-15)
+    _, exact_dx, exact_dc = references.exact_center(x, target, centers)
+    assert (dx >= np.abs(exact_dx.hi)).all() and (dcenters >= np.abs(exact_dc.hi)).all()
+    assert (dcenters[1] == 0).all()  # no row of class 1
+
+
 def test_the_registry_gives_every_gradient_with_a_scale_one_of_its_shape():
     entries = [REGISTRY[name] for name in ("softmax_backward", "log_softmax_backward", "cross_entropy_forward_backward",
-                                          "distillation_loss_forward_backward")]
+                                          "distillation_loss_forward_backward", "normalized_linear_backward",
+                                          "margin_cross_entropy_forward_backward", "arcface_forward_backward",
+                                          "center_loss_forward_backward")]
     entries.append(VARIANTS["cross_entropy_forward_backward[label_smoothing=0.1]"])
     for entry in entries:
         inputs = entry.make_inputs("normal_x3", (3, 5), "float64", 0)
