@@ -21,8 +21,7 @@ the long double engine above.  The references:
 * ``losses.py``: ``exact_cross_entropy`` (both engines, long double for the default
   options), ``exact_distillation_loss``, ``exact_binary_cross_entropy_with_logits``,
   ``exact_quadratic_cost``, ``exact_multiclass_hinge``, ``exact_smooth_hinge``, and the
-  term magnitudes of the cross-entropy and distillation gradients
-  (``cross_entropy_gradient_scale``, ``distillation_gradient_scale``);
+  term magnitudes of their gradients (``*_gradient_scale``; not the smooth hinge's);
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
   ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
   magnitudes of the gradients of normalized_linear, the cosine losses and the center loss
@@ -43,6 +42,7 @@ from .engine import (
     to_mpf,
 )
 from .losses import (
+    binary_cross_entropy_gradient_scale,
     exact_binary_cross_entropy_with_logits,
     cross_entropy_gradient_scale,
     distillation_gradient_scale,
@@ -51,6 +51,8 @@ from .losses import (
     exact_multiclass_hinge,
     exact_quadratic_cost,
     exact_smooth_hinge,
+    multiclass_hinge_gradient_scale,
+    quadratic_cost_gradient_scale,
 )
 from .margins import (
     center_gradient_scales,
@@ -77,6 +79,7 @@ __all__ = [
     "MpRow", "require_mpmath", "resolve_engine", "to_exact", "to_mpf",
     "softmax", "log_softmax", "logsumexp", "softmax_vjp", "log_softmax_vjp",
     "softmax_vjp_scale", "log_softmax_vjp_scale", "cross_entropy_gradient_scale", "distillation_gradient_scale",
+    "binary_cross_entropy_gradient_scale", "quadratic_cost_gradient_scale", "multiclass_hinge_gradient_scale",
     "exact_cross_entropy", "exact_distillation_loss", "exact_binary_cross_entropy_with_logits",
     "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",

@@ -18,9 +18,12 @@ tests, ``tests/kernels``, every combination).
   entries leave out the 10^6-class regime).
 
 The term magnitudes of the gradients (``cross_entropy_gradient_scale``,
-``distillation_gradient_scale``; the condition-aware error of ``metrics.py``) take the
-same inputs and options and return float64 arrays of the gradient's shape: the gradient's
-formula with every term replaced by its absolute value, from the exact probabilities.
+``distillation_gradient_scale``, ``binary_cross_entropy_gradient_scale``,
+``quadratic_cost_gradient_scale``, ``multiclass_hinge_gradient_scale``; the
+condition-aware error of ``metrics.py``) take the same inputs and options and return
+float64 arrays of the gradient's shape: the gradient's formula with every term replaced by
+its absolute value, from the exact probabilities (float64 sigmoids for the elementwise
+losses).  The smooth hinge has none yet.
 """
 
 from __future__ import annotations
@@ -348,6 +351,45 @@ def exact_quadratic_cost(logits, target, *, reduction="mean", grad_output=1.0, e
     return _elementwise(logits, target, reduction, grad_output, term)
 
 
+def _elementwise_upstream_magnitude(grad_output, reduction, shape) -> np.ndarray:
+    """|dOut/dloss_e| per entry in float64 (``_elementwise``'s upstream values)."""
+    if reduction == "none":
+        return np.abs(np.broadcast_to(np.asarray(grad_output, dtype=np.float64), shape))
+    count = int(np.prod(shape))
+    value = abs(float(grad_output))
+    return np.full(shape, (value / count if count else 0.0) if reduction == "mean" else value)
+
+
+def _sigmoids(logits):
+    """(sigma(x), sigma(-x)) in float64, each from its own exponential (no 1 - sigma)."""
+    x = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
+
+
+def binary_cross_entropy_gradient_scale(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                                        grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g w| ((1 - y) sigma(x) + |p_w| y sigma(-x)) in float64: the terms of
+    g w ((1 - y) sigma(x) - p_w y sigma(-x)) (:func:`exact_binary_cross_entropy_with_logits`)."""
+    shape = np.shape(logits)
+    positive, negative = _sigmoids(logits)
+    y = np.asarray(target, dtype=np.float64)
+    weights = np.abs(np.broadcast_to(1.0 if weight is None else np.asarray(weight, dtype=np.float64), shape))
+    positives = np.abs(np.broadcast_to(1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64),
+                                       shape))
+    terms = np.abs(1 - y) * positive + positives * np.abs(y) * negative
+    return _elementwise_upstream_magnitude(grad_output, reduction, shape) * weights * terms
+
+
+def quadratic_cost_gradient_scale(logits, target, *, reduction="mean", grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g| (a |1 - y| + |y| (1 - a)) a (1 - a) in float64, a = sigma(x): the terms of
+    g (a (1 - y) - y (1 - a)) a (1 - a) (:func:`exact_quadratic_cost`), 1 - a = sigma(-x)."""
+    positive, negative = _sigmoids(logits)
+    y = np.asarray(target, dtype=np.float64)
+    terms = (positive * np.abs(1 - y) + np.abs(y) * negative) * positive * negative
+    return _elementwise_upstream_magnitude(grad_output, reduction, np.shape(logits)) * terms
+
+
 # ---- hinges ----------------------------------------------------------------------------------------
 
 
@@ -403,3 +445,12 @@ def exact_smooth_hinge(logits, target, *, margin=0.0, reduction="mean", grad_out
         return _softplus(u), [-s if j == label else s * next(probabilities) for j in range(classes)]
 
     return _row_losses("smooth_hinge", logits, target, reduction, grad_output, engine, row_term)
+
+
+def multiclass_hinge_gradient_scale(logits, target, *, margin=1.0, reduction="mean", grad_output=1.0,
+                                    engine="auto") -> np.ndarray:
+    """|dloss/dz| itself: the gradient is g times a count of active hinges, a single term
+    (nothing cancels), so its terms' magnitude is its own (from :func:`exact_multiclass_hinge`)."""
+    _, gradient = exact_multiclass_hinge(logits, target, margin=margin, reduction=reduction,
+                                         grad_output=grad_output, engine=engine)
+    return np.abs(gradient.hi)

@@ -103,11 +103,14 @@ _LOSSES = (
 )
 
 
-# the term magnitudes of the gradients (the condition-aware error); the losses not named
-# here have none yet
+# the term magnitudes of the gradients (the condition-aware error); the smooth hinge, not
+# named here, has none yet
 GRADIENT_SCALES = {
     "cross_entropy": exact.cross_entropy_gradient_scale,
     "distillation_loss": exact.distillation_gradient_scale,
+    "binary_cross_entropy_with_logits": exact.binary_cross_entropy_gradient_scale,
+    "quadratic_cost": exact.quadratic_cost_gradient_scale,
+    "multiclass_hinge": exact.multiclass_hinge_gradient_scale,
 }
 
 

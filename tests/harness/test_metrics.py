@@ -284,11 +284,33 @@ def test_center_scales_against_direct_evaluation(rng):
     assert (dcenters[1] == 0).all()  # no row of class 1
 
 
+@pytest.mark.parametrize("options", [{}, {"weight": np.linspace(0.5, 2, 7), "pos_weight": np.full(7, 3.0)}])
+def test_elementwise_loss_scales_against_direct_evaluation(options):
+    inputs = REGISTRY["quadratic_cost_forward_backward"].make_inputs("normal_x3", (3, 7), "float64", 4)
+    logits, target = inputs["logits"], inputs["target"]
+    weights = options.get("weight", np.ones(7))
+    positives = options.get("pos_weight", np.ones(7))
+    binary, quadratic = [], []
+    with mpmath.workdps(50):
+        for row, labels in zip(logits, target):
+            sigma = [1 / (1 + mpmath.exp(-mpmath.mpf(float(v)))) for v in row]
+            binary.append([w * ((1 - y) * a + p * y * (1 - a)) / 21
+                           for w, p, y, a in zip(weights, positives, labels, sigma)])
+            quadratic.append([(a * (1 - y) + y * (1 - a)) * a * (1 - a) / 21 for y, a in zip(labels, sigma)])
+    assert_scale_matches(references.binary_cross_entropy_gradient_scale(logits, target, **options), binary,
+                         references.exact_binary_cross_entropy_with_logits(logits, target, **options)[1])
+    if not options:
+        assert_scale_matches(references.quadratic_cost_gradient_scale(logits, target), quadratic,
+                             references.exact_quadratic_cost(logits, target)[1])
+
+
 def test_the_registry_gives_every_gradient_with_a_scale_one_of_its_shape():
     entries = [REGISTRY[name] for name in ("softmax_backward", "log_softmax_backward", "cross_entropy_forward_backward",
                                           "distillation_loss_forward_backward", "normalized_linear_backward",
                                           "margin_cross_entropy_forward_backward", "arcface_forward_backward",
-                                          "center_loss_forward_backward")]
+                                          "center_loss_forward_backward",
+                                          "binary_cross_entropy_with_logits_forward_backward",
+                                          "quadratic_cost_forward_backward", "multiclass_hinge_forward_backward")]
     entries.append(VARIANTS["cross_entropy_forward_backward[label_smoothing=0.1]"])
     for entry in entries:
         inputs = entry.make_inputs("normal_x3", (3, 5), "float64", 0)
