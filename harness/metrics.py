@@ -38,7 +38,7 @@ against the size of the terms that formed it, not against its own size.  Each su
 comes with a per-entry *term magnitude* ``scale_i`` >= |exact_i| (the value of the formula
 with every term replaced by its absolute value, e.g. a_i (|dy_i| + sum_j a_j |dy_j|);
 the registry entries name them, ``harness/exact/`` computes them in float64 from the
-exact inputs), and the error is::
+inputs and the exact values), and the error is::
 
     cond_i = |computed_i - exact_i| / (u_T * scale_i + eta_T)
 
@@ -46,10 +46,9 @@ in units of the unit roundoff ``u_T = 2 ** -p_T`` (2**-24, 2**-53), with ``eta_T
 2 ** (emin_T - p_T + 1)`` the smallest subnormal (2**-149, 2**-1074; a rounding into the
 subnormal range errs by up to half of it, and half of float64's would underflow to 0).
 A correctly rounded result scores at most 1 whatever the cancellation (its error is at
-most ``u_T |exact_i| + eta_T / 2``), and a
-standard evaluation of the formula scores a small constant times the depth of its sums (a
-first-order rounding error analysis: ``docs/proofs/``); the elementwise ULP error of the
-same result is unbounded.  Where an output has no scale (forward values, and gradients
+most ``u_T |exact_i| + eta_T / 2``), and a standard evaluation of the formula scores a
+small constant times the depth of its sums (a first-order rounding error analysis:
+``docs/proofs/softmax.md``); the elementwise ULP error of the same result is unbounded.  Where an output has no scale (forward values, and gradients
 whose scale is not written yet) the columns are NaN; entries whose scale is NaN are left
 out of the statistics.
 
