@@ -24,8 +24,8 @@ the long double engine above.  The references:
   term magnitudes of their gradients (``*_gradient_scale``; not the smooth hinge's);
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
   ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
-  magnitudes of the gradients of normalized_linear, the cosine losses and the center loss
-  (``normalized_linear_gradient_scales``, ``margin_gradient_scale``, ``center_gradient_scales``).
+  magnitudes of every gradient of the family (``normalized_linear_gradient_scales``,
+  ``margin_gradient_scale``, ``large_margin_gradient_scales``, ``center_gradient_scales``).
 """
 
 from .engine import (
@@ -60,6 +60,7 @@ from .margins import (
     exact_large_margin,
     exact_margin,
     exact_normalized_linear,
+    large_margin_gradient_scales,
     margin_gradient_scale,
     margin_rows_mp,
     normalized_linear_gradient_scales,
@@ -83,5 +84,6 @@ __all__ = [
     "exact_cross_entropy", "exact_distillation_loss", "exact_binary_cross_entropy_with_logits",
     "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
-    "normalized_linear_gradient_scales", "margin_gradient_scale", "center_gradient_scales",
+    "normalized_linear_gradient_scales", "margin_gradient_scale", "large_margin_gradient_scales",
+    "center_gradient_scales",
 ]

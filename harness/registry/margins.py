@@ -24,8 +24,8 @@ regimes of ``regimes.py`` are read for cosines as:
   feature losses x_i = 3 W_{y_i} (cos_y = 1 up to rounding).
 
 Term magnitudes of the gradients (``scales``, the condition-aware error of ``metrics.py``):
-normalized_linear_backward's dx and dW, the cosine losses' dcos and the center loss's dx and
-dcenters have them (``exact.margins``); L-Softmax / SphereFace's dx and dW do not yet.
+every gradient has them (``exact.margins``): normalized_linear_backward's dx and dW, the
+cosine losses' dcos, L-Softmax / SphereFace's dx and dW, the center loss's dx and dcenters.
 
 Parameters (fixed per entry, as the frameworks' defaults): ``margin_cross_entropy`` s = 64,
 (m1, m2, m3) = (1, 0.3, 0.2) (InsightFace's combined ArcFace + CosFace); ``normface`` s = 20
@@ -266,6 +266,9 @@ def _large_margin_entries():
             exact=_exact_for(lambda inputs: exact.exact_large_margin(
                 inputs["x"], inputs["W"], inputs["target"], LARGE_MARGIN["m"], LARGE_MARGIN["lambda_"],
                 LARGE_MARGIN["normalize_weights"]), with_gradient),
+            scales=(lambda inputs, engine: (None, *exact.large_margin_gradient_scales(
+                inputs["x"], inputs["W"], inputs["target"], LARGE_MARGIN["m"], LARGE_MARGIN["lambda_"],
+                LARGE_MARGIN["normalize_weights"]))) if with_gradient else None,
             cost=_feature_cost(with_gradient),
             implementations=(
                 Implementation("softmaxlab", with_inputs(getattr(kernels, kernel), **LARGE_MARGIN)),

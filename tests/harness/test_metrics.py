@@ -272,6 +272,23 @@ def test_cosface_scale_against_direct_evaluation(regime):
     assert_scale_matches(scale, direct, references.exact_margin(cos, target, s, 1.0, 0.0, m)[1])
 
 
+def test_large_margin_scales_against_direct_evaluation(rng):
+    # m = 1 on raw weights is plain cross-entropy on z = x W^T (psi(c) = c, alpha = 1, radial = 0):
+    # dx_i = sum_{j != y} a_j w_j / N + (a_y - 1) w_y / N, scaled by a_j |w_j| / N and (a_y + 1) |w_y| / N
+    x, W, target = rng.normal(size=(4, 3)), rng.normal(size=(5, 3)), np.array([1, 4, 1, 0])
+    weights = np.zeros((4, 5))
+    for i in range(4):
+        a = direct_softmax(x[i] @ W.T)
+        weights[i] = [float(a_j + (j == target[i])) / 4 for j, a_j in enumerate(a)]
+    direct_dx = [[sum(weights[i, j] * abs(W[j, e]) for j in range(5)) for e in range(3)] for i in range(4)]
+    direct_dw = [[sum(weights[i, j] * abs(x[i, e]) for i in range(4)) for e in range(3)] for j in range(5)]
+    dx, dw = references.large_margin_gradient_scales(x, W, target, 1, 0.0, False)
+    np.testing.assert_allclose(dx, direct_dx, rtol=1e-13)
+    np.testing.assert_allclose(dw, direct_dw, rtol=1e-13)
+    _, exact_dx, exact_dw = references.exact_large_margin(x, W, target, 1, 0.0, False)
+    assert (dx >= np.abs(exact_dx.hi)).all() and (dw >= np.abs(exact_dw.hi)).all()
+
+
 def test_center_scales_against_direct_evaluation(rng):
     x, centers, target = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)), np.array([0, 2, 0, 3, 2])
     dx, dcenters = references.center_gradient_scales(x, target, centers)
@@ -309,6 +326,7 @@ def test_the_registry_gives_every_gradient_with_a_scale_one_of_its_shape():
                                           "distillation_loss_forward_backward", "normalized_linear_backward",
                                           "margin_cross_entropy_forward_backward", "arcface_forward_backward",
                                           "center_loss_forward_backward",
+                                          "large_margin_cross_entropy_forward_backward",
                                           "binary_cross_entropy_with_logits_forward_backward",
                                           "quadratic_cost_forward_backward", "multiclass_hinge_forward_backward")]
     entries.append(VARIANTS["cross_entropy_forward_backward[label_smoothing=0.1]"])
