@@ -6,7 +6,9 @@
 
 Every statement here is proven for a general number of classes ``K`` (sums with a
 symbolic number of terms); the binary case is by definition ``K = 2``.  These are the
-facts the normalizer kernels (``softmaxlab.kernels.softmax``) rely on.
+facts the normalizer kernels (``softmaxlab.kernels.softmax``) rely on, and the first-order
+rounding error bounds of the two backward formulas, relative to the magnitudes of their
+terms: the scales of the harness's condition-aware error (``harness/metrics.py``).
 
 References: J. S. Bridle, "Probabilistic interpretation of feedforward classification
 network outputs, with relationships to statistical pattern recognition", 1990; the
@@ -19,7 +21,7 @@ import sympy as sp
 
 from . import _closed_form as closed_forms
 from ._closed_form import ClosedForm
-from ._proof import PROVEN_SYMBOLIC, derivation, eq, evaluate_sums, replace_indexed
+from ._proof import PROVEN_SYMBOLIC, derivation, eq, evaluate_sums, label, linearize_sums, replace_indexed
 from ._symbols import (
     CLASS_RANGES,
     K,
@@ -51,6 +53,18 @@ Sums keep a symbolic number of terms; a Kronecker delta inside a sum is sifted
 
 c = sp.Symbol("c", real=True)  # a constant added to every logit
 argmax = sp.Symbol("m", integer=True, nonnegative=True)  # the index of the largest logit
+
+# the rounding error model of the backward passes (Higham 2002, Accuracy and Stability of
+# Numerical Algorithms, 2.2 and 3.1): each rounding is a factor 1 + u theta, |theta| <= its bound
+u = sp.Symbol("u", positive=True)  # the unit roundoff 2^-p of the dtype
+rounding_alpha = sp.IndexedBase("alpha", real=True)  # the probabilities' relative errors, in u
+rounding_sigma = sp.IndexedBase("sigma", real=True)  # the sum's relative error per term, in u
+delta_1, delta_2 = sp.symbols("delta_1 delta_2", real=True)  # the last two roundings, in u
+forward_error = sp.Symbol("c_a", nonnegative=True)  # |alpha_l| <= c_a: the forward's error in u
+# magnitudes for the bounds: a_i, |dy_i|, and the sum of the absolute values of the sum's terms
+size_a = sp.Symbol("a_i", positive=True)
+size_dy = sp.Symbol("g_i", nonnegative=True)  # |dy_i|
+size_terms = sp.Symbol("T", nonnegative=True)
 
 
 # ---- closed forms ------------------------------------------------------------------------------
@@ -160,6 +174,99 @@ def softmax_vjp(proof):
                "`closed_forms.softmax_backward` is the *unsimplified* contraction, so a test "
                "against it checks the kernel's simplification too.")
     proof.closed_form(closed_forms.get("softmax_backward"))
+
+
+def _first_order_rounding(proof, computed, exact, first_order):
+    """Check the rounding model: ``computed - exact`` is 0 at u = 0 and its u-derivative
+    there is ``first_order``; so the error is ``u first_order + O(u^2)``."""
+    error = computed - exact
+    linear = lambda difference: linearize_sums(sp.expand(difference))  # noqa: E731
+    proof.require_identity("no rounding (u = 0) gives the exact value", error.subs(u, 0), sp.Integer(0),
+                           prepare=linear, display=label("\\hat{dx}_i \\big|_{u=0} = dx_i"))
+    derivative = sp.diff(error, u).subs(u, 0)
+    proof.require_identity("the first-order term: d(computed - exact)/du at u = 0", derivative, first_order,
+                           prepare=linear, display=eq(sp.Symbol("E_1"), first_order))
+
+
+def _bound_by_the_scale(proof, triangle, constant, scale, explanation):
+    """Check ``triangle <= constant * scale`` for the magnitudes (nonnegative symbols) and K >= 1
+    (written K = 1 + e, e a nonnegative integer: SymPy does not derive K - 1 >= 0 itself)."""
+    extra = sp.Symbol("e", integer=True, nonnegative=True)
+    gap = sp.expand((constant * scale - triangle).subs(K, 1 + extra))
+    proof.require_nonnegative(explanation, gap, display=sp.LessThan(triangle, constant * scale, evaluate=False))
+
+
+@derivation(FAMILY, "softmax-vjp-rounding",
+            "rounding error of softmax backward: |fl(dx_i) - dx_i| <= (2 c_a + K + 1) u a_i (|dy_i| + "
+            "sum_l a_l |dy_l|) + O(u^2)",
+            reference="Higham 2002, Accuracy and Stability of Numerical Algorithms, 2.2 (the model) and 4.2 "
+                      "(recursive summation)")
+def softmax_vjp_rounding(proof):
+    total = class_sum(a[l] * dy[l], l)
+    exact = a[i] * (dy[i] - total)
+    magnitude = a[i] * (sp.Abs(dy[i]) + class_sum(a[l] * sp.Abs(dy[l]), l))
+    constant = 2 * forward_error + K + 1
+    proof.state(sp.LessThan(sp.Abs(sp.Symbol("\\hat{dx}_i") - sp.Symbol("dx_i")),
+                            constant * u * magnitude + sp.O(u**2), evaluate=False),
+                "the computed probabilities are $a_l (1 + u \\alpha_l)$ with $|\\alpha_l| \\le c_a$ (the "
+                "forward's error in units of $u$)",
+                "the sum $\\sum_l a_l dy_l$ is formed from them with relative errors $u \\sigma_l$ per "
+                "term, $|\\sigma_l| \\le K - 1$ to first order (recursive summation; a pairwise sum has "
+                "$\\lceil \\log_2 K \\rceil$)",
+                "the difference and the product are each rounded once: $(1 + u \\delta_1)(1 + u \\delta_2)$, "
+                "$|\\delta_1|, |\\delta_2| \\le 1$; general $K$")
+    rounded_total = class_sum(a[l] * (1 + u * rounding_alpha[l]) * dy[l] * (1 + u * rounding_sigma[l]), l)
+    computed = a[i] * (1 + u * rounding_alpha[i]) * (dy[i] - rounded_total) * (1 + u * delta_1) * (1 + u * delta_2)
+    proof.step("the computed value in the model", eq(sp.Symbol("\\hat{dx}_i"), computed))
+    first_order = (a[i] * (dy[i] - total) * (rounding_alpha[i] + delta_1 + delta_2)
+                   - a[i] * class_sum(a[l] * dy[l] * (rounding_alpha[l] + rounding_sigma[l]), l))
+    _first_order_rounding(proof, computed, exact, first_order)
+    triangle = size_a * (size_dy + size_terms) * (forward_error + 2) + size_a * size_terms * (forward_error + K - 1)
+    proof.step("triangle inequality with the bounds on alpha, sigma, delta, and |dy_i - sum_l a_l dy_l| <= "
+               "g_i + T, where g_i = |dy_i| and T = sum_l a_l |dy_l|",
+               sp.LessThan(sp.Abs(sp.Symbol("E_1")), triangle, evaluate=False), "by hand (the triangle inequality)")
+    _bound_by_the_scale(proof, triangle, constant, size_a * (size_dy + size_terms),
+                        "at most (2 c_a + K + 1) a_i (g_i + T): the gap is a_i g_i (c_a + K - 1) >= 0 for K >= 1")
+    proof.note("So the harness's condition-aware error of `softmax_backward` (`harness/metrics.py`: "
+               "$|\\hat{dx}_i - dx_i| / (u\\, s_i + \\eta)$ with the term magnitude $s_i = a_i (|dy_i| + "
+               "\\sum_l a_l |dy_l|)$, `harness/exact/normalizers.py`) of a standard evaluation is at most "
+               "$2 c_a + K + 1$ to first order, where its elementwise ULP error is unbounded: $dx_i$ "
+               "itself can be $e^{-30}$ of $s_i$.  The sum's constant $K - 1$ is the depth of a recursive "
+               "sum's additions; a pairwise sum has $\\lceil \\log_2 K \\rceil$ in its place.")
+
+
+@derivation(FAMILY, "log-softmax-vjp-rounding",
+            "rounding error of log-softmax backward: |fl(dx_i) - dx_i| <= (c_a + K + 1) u (|dy_i| + a_i "
+            "sum_l |dy_l|) + O(u^2)",
+            reference="Higham 2002, Accuracy and Stability of Numerical Algorithms, 2.2 and 4.2")
+def log_softmax_vjp_rounding(proof):
+    total = class_sum(dy[l], l)
+    exact = dy[i] - a[i] * total
+    magnitude = sp.Abs(dy[i]) + a[i] * class_sum(sp.Abs(dy[l]), l)
+    constant = forward_error + K + 1
+    proof.state(sp.LessThan(sp.Abs(sp.Symbol("\\hat{dx}_i") - sp.Symbol("dx_i")),
+                            constant * u * magnitude + sp.O(u**2), evaluate=False),
+                "the computed $a_i = e^{y_i}$ is $a_i (1 + u \\alpha_i)$ with $|\\alpha_i| \\le c_a$ (it "
+                "includes $|y_i|$, the condition of $e^{y}$ at the rounded output $y_i$)",
+                "the sum $\\sum_l dy_l$ has relative errors $u \\sigma_l$ per term, $|\\sigma_l| \\le K - 1$ "
+                "to first order",
+                "the product and the difference are each rounded once, $|\\delta_1|, |\\delta_2| \\le 1$; "
+                "general $K$")
+    rounded_total = class_sum(dy[l] * (1 + u * rounding_sigma[l]), l)
+    computed = (dy[i] - a[i] * (1 + u * rounding_alpha[i]) * rounded_total * (1 + u * delta_1)) * (1 + u * delta_2)
+    proof.step("the computed value in the model", eq(sp.Symbol("\\hat{dx}_i"), computed))
+    first_order = (delta_2 * (dy[i] - a[i] * total) - a[i] * total * (rounding_alpha[i] + delta_1)
+                   - a[i] * class_sum(dy[l] * rounding_sigma[l], l))
+    _first_order_rounding(proof, computed, exact, first_order)
+    triangle = (size_dy + size_a * size_terms) + size_a * size_terms * (forward_error + 1) \
+        + size_a * size_terms * (K - 1)
+    proof.step("triangle inequality with the bounds on alpha, sigma, delta, where g_i = |dy_i| and T = sum_l |dy_l|",
+               sp.LessThan(sp.Abs(sp.Symbol("E_1")), triangle, evaluate=False), "by hand (the triangle inequality)")
+    _bound_by_the_scale(proof, triangle, constant, size_dy + size_a * size_terms,
+                        "at most (c_a + K + 1)(g_i + a_i T): the gap is g_i (c_a + K) >= 0")
+    proof.note("The term magnitude of `log_softmax_backward` in the harness is $|dy_i| + a_i \\sum_l |dy_l|$ "
+               "(`harness/exact/normalizers.py`): a standard evaluation scores at most $c_a + K + 1$ to "
+               "first order.")
 
 
 @derivation(FAMILY, "softmax-shift-invariance",
@@ -308,9 +415,11 @@ def logsumexp_bounds(proof):
 DERIVATIONS = [
     softmax_jacobian,
     softmax_vjp,
+    softmax_vjp_rounding,
     softmax_shift_invariance,
     log_softmax_identity,
     log_softmax_vjp,
+    log_softmax_vjp_rounding,
     binary_softmax_sigmoid,
     logsumexp_gradient,
     logsumexp_bounds,

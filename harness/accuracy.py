@@ -140,6 +140,7 @@ def accuracy_rows(
         inputs = entry.make_inputs(regime, shape, dtype, seed)
         engine = exact.resolve_engine("auto", shape[0] * shape[1])
         references = entry.exact(inputs, engine)
+        scales = entry.output_scales(inputs, engine)
         if engine == exact.LONGDOUBLE_ENGINE:
             checks.extend(reference_check(entry, inputs, shape, profile.reference_check_classes, regime, dtype))
         for implementation in entry.implementations:
@@ -164,16 +165,16 @@ def accuracy_rows(
                               n_special=0, n_special_mismatch=0, error=message)
                          for name, reference in zip(entry.outputs, references)]
                 continue
-            for name, computed, reference in zip(entry.outputs, outputs, references):
+            for name, computed, reference, scale in zip(entry.outputs, outputs, references, scales):
                 row = dict(base, output=name, reference=reference.engine, error="")
-                row.update(error_stats(computed, reference, dtype))
+                row.update(error_stats(computed, reference, dtype, scale=scale))
                 rows.append(row)
     bar.close()
     return pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(checks, columns=CHECK_COLUMNS)
 
 
 def accuracy_markdown(rows: pd.DataFrame, checks: pd.DataFrame, context: dict) -> str:
-    """``accuracy.md``: the ULP table, the relative-error table, the reference check, a footnote."""
+    """``accuracy.md``: the ULP, relative-error, row-wise and condition-aware tables, the reference check, a footnote."""
     parts = [
         "# Accuracy against exact references\n",
         "Cells: max (median) error over all entries whose exact value is finite; **bold**: NaN/inf "
@@ -186,6 +187,16 @@ def accuracy_markdown(rows: pd.DataFrame, checks: pd.DataFrame, context: dict) -
         "\n## Row-wise error: max |error| in ULPs of the row's largest exact value\n",
         tables.markdown(tables.accuracy_table(rows, "rowwise")),
     ]
+    conditioned = tables.accuracy_table(rows, "cond")
+    if not conditioned.empty:
+        parts += [
+            "\n## Condition-aware error of the gradients\n",
+            "Cells: max (median) |error| / (u scale + eta) in units of the unit roundoff u = 2^-p of the output "
+            "dtype, scale the size of the terms that form the output (e.g. a_i (|dy_i| + sum_j a_j |dy_j|) for "
+            "softmax's dx): a correctly rounded result scores at most 1 however much the terms cancel. Only "
+            "the outputs that have a scale.\n",
+            tables.markdown(conditioned),
+        ]
     if not checks.empty:
         parts += [
             "\n## Long double reference checked against mpmath-50\n",

@@ -1,4 +1,5 @@
-"""Error metrics against an exact reference: ULPs of the output dtype and relative error.
+"""Error metrics against an exact reference: ULPs of the output dtype, relative error, and a
+condition-aware error for outputs formed by cancellation.
 
 The exact value of every output is held as an unevaluated float64 pair ``hi + lo``
 (``hi`` the float64 nearest to the exact value, ``lo`` the rest rounded to float64):
@@ -31,6 +32,26 @@ of the entry's row (last axis).  Elementwise ULPs of a gradient are unbounded wh
 dx_j = a_j (dy_j - sum a dy) cancels to almost nothing, for any implementation that
 starts from rounded values; the row-wise figure is the normwise view of the same errors.
 
+Condition-aware error (``max_cond``, ``median_cond``): an output formed as a difference of
+larger terms, e.g. softmax's gradient dx_i = a_i (dy_i - sum_j a_j dy_j), is measured
+against the size of the terms that formed it, not against its own size.  Each such output
+comes with a per-entry *term magnitude* ``scale_i`` >= |exact_i| (the value of the formula
+with every term replaced by its absolute value, e.g. a_i (|dy_i| + sum_j a_j |dy_j|);
+the registry entries name them, ``harness/exact/`` computes them in float64 from the
+inputs and the exact values), and the error is::
+
+    cond_i = |computed_i - exact_i| / (u_T * scale_i + eta_T)
+
+in units of the unit roundoff ``u_T = 2 ** -p_T`` (2**-24, 2**-53), with ``eta_T =
+2 ** (emin_T - p_T + 1)`` the smallest subnormal (2**-149, 2**-1074; a rounding into the
+subnormal range errs by up to half of it, and half of float64's would underflow to 0).
+A correctly rounded result scores at most 1 whatever the cancellation (its error is at
+most ``u_T |exact_i| + eta_T / 2``), and a standard evaluation of the formula scores a
+small constant times the depth of its sums (a first-order rounding error analysis:
+``docs/proofs/softmax.md``); the elementwise ULP error of the same result is unbounded.  Where an output has no scale (forward values, and gradients
+whose scale is not written yet) the columns are NaN; entries whose scale is NaN are left
+out of the statistics.
+
 Non-finite values are counted, not averaged: where the exact value is finite and the
 result is NaN or +-inf, the entry counts in ``n_nonfinite`` and is left out of the ULP
 statistics; where the exact value is itself +-inf (e.g. the log-softmax of a masked
@@ -57,6 +78,8 @@ STAT_COLUMNS = (
     "max_rel",
     "median_rel",
     "max_rowwise_ulp",
+    "max_cond",
+    "median_cond",
     "n_nonfinite",
     "n_special",
     "n_special_mismatch",
@@ -113,17 +136,44 @@ def absolute_error(computed: np.ndarray, exact: Exact) -> np.ndarray:
         return np.abs((computed - exact.hi) - exact.lo)
 
 
-def error_stats(computed, exact: Exact, dtype) -> dict:
+def unit_roundoff(dtype) -> float:
+    """u_T = 2**-p_T: 2**-24 for float32, 2**-53 for float64."""
+    precision, _, _ = output_format(dtype)
+    return 2.0**-precision
+
+
+def underflow_error(dtype) -> float:
+    """eta_T = 2**(emin_T - p_T + 1), the smallest subnormal: twice the absolute error of a rounding there."""
+    precision, emin, _ = output_format(dtype)
+    return 2.0 ** (emin - precision + 1)
+
+
+def condition_error(computed, exact: Exact, scale, dtype) -> np.ndarray:
+    """|computed - exact| / (u_T scale + eta_T) per entry (the module docstring); NaN where ``scale`` is NaN."""
+    scale = np.asarray(scale, dtype=np.float64)
+    if scale.shape != exact.hi.shape:
+        raise ValueError(f"scale must have the exact value's shape {exact.hi.shape}, got {scale.shape}")
+    if (scale < 0).any():
+        raise ValueError("scale must be a magnitude (>= 0 or NaN), got a negative entry")
+    with np.errstate(invalid="ignore"):
+        return absolute_error(computed, exact) / (unit_roundoff(dtype) * scale + underflow_error(dtype))
+
+
+def error_stats(computed, exact: Exact, dtype, scale=None) -> dict:
     """Tidy error statistics of ``computed`` against ``exact`` in the output ``dtype``.
 
     Returns a dict with the keys of :data:`STAT_COLUMNS`: ``n_values`` (entries whose
     exact value is finite), max and median error in ULPs and relative error over those
     of them that came out finite, and the non-finite counts.  Statistics are NaN when no
-    entry is finite on both sides.
+    entry is finite on both sides.  ``scale`` (the term magnitudes, exact's shape) gives
+    the condition-aware statistics over those entries whose scale is not NaN; without
+    it, or where every scale is NaN, they are NaN.
     """
     computed = np.asarray(computed)
     if computed.shape != exact.hi.shape:
         raise ValueError(f"computed must have the exact value's shape {exact.hi.shape}, got {computed.shape}")
+    conditioned = np.full(exact.hi.size, np.nan) if scale is None else condition_error(computed, exact, scale,
+                                                                                     dtype).ravel()
     computed64 = computed.astype(np.float64).ravel()
     hi = exact.hi.ravel()
     lo = exact.lo.ravel()
@@ -145,7 +195,8 @@ def error_stats(computed, exact: Exact, dtype) -> dict:
         "n_special_mismatch": int((special & ~same_special).sum()),
     }
     if not both_finite.any():
-        stats.update(max_ulp=np.nan, median_ulp=np.nan, max_rel=np.nan, median_rel=np.nan, max_rowwise_ulp=np.nan)
+        stats.update(max_ulp=np.nan, median_ulp=np.nan, max_rel=np.nan, median_rel=np.nan, max_rowwise_ulp=np.nan,
+                     max_cond=np.nan, median_cond=np.nan)
         return {key: stats[key] for key in STAT_COLUMNS}
 
     selected = Exact(hi[both_finite], lo[both_finite], exact.engine)
@@ -156,7 +207,11 @@ def error_stats(computed, exact: Exact, dtype) -> dict:
         relative = np.where(magnitude > 0, error / magnitude, np.where(error == 0, 0.0, np.inf))
     scale = row_scale[both_finite]
     rowwise = error / ulp_at(Exact(scale, np.zeros_like(scale), exact.engine), dtype)
+    conditioned = conditioned[both_finite]
+    conditioned = conditioned[~np.isnan(conditioned)]
     stats.update(
+        max_cond=float(conditioned.max()) if conditioned.size else np.nan,
+        median_cond=float(np.median(conditioned)) if conditioned.size else np.nan,
         max_rowwise_ulp=float(rowwise.max()),
         max_ulp=float(ulps.max()),
         median_ulp=float(np.median(ulps)),

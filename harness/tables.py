@@ -68,7 +68,7 @@ def write_text(text: str, path: Path) -> Path:
 
 
 def _accuracy_cell(row, metric: str) -> str:
-    """``max (median)`` of ``metric`` ("ulp", "rel"; "rowwise": max only), non-finite counts in bold."""
+    """``max (median)`` of ``metric`` ("ulp", "rel", "cond"; "rowwise": max only), non-finite counts in bold."""
     finite = row["n_values"] - row["n_nonfinite"]
     if isinstance(row.get("error"), str) and row["error"]:
         return f"**failed: {row['error'].split(':')[0]}**"
@@ -94,13 +94,21 @@ def accuracy_table(rows: pd.DataFrame, metric: str = "ulp") -> pd.DataFrame:
     """Pivot: one line per (kernel, output, regime, dtype), one column per provider.
 
     Cells are ``max (median)`` errors in ULPs of the output dtype (``metric="ulp"``) or
-    relative (``"rel"``), or the max row-wise ULP error (``"rowwise"``), with the count of
-    NaN/inf results where the exact value is finite, and of wrong infinities, in bold.
-    Kernels keep the order of the rows (the registry's).
+    relative (``"rel"``), or the max row-wise ULP error (``"rowwise"``), or the
+    condition-aware error in units of u (``"cond"``: only the outputs that have it, i.e. a
+    non-NaN ``max_cond`` in some row; none in rows written before it existed), with the
+    count of NaN/inf results where the exact value is finite, and of wrong infinities, in
+    bold.  Kernels keep the order of the rows (the registry's).
     """
-    if metric not in ("ulp", "rel", "rowwise"):
-        raise ValueError(f"metric must be 'ulp', 'rel' or 'rowwise', got {metric!r}")
+    if metric not in ("ulp", "rel", "rowwise", "cond"):
+        raise ValueError(f"metric must be 'ulp', 'rel', 'rowwise' or 'cond', got {metric!r}")
     keys = ["kernel", "output", "regime", "dtype"]
+    if metric == "cond":
+        measured = rows.reindex(columns=["kernel", "output", "max_cond"]).dropna()
+        rows = rows[pd.Series(list(zip(rows["kernel"], rows["output"])), index=rows.index).isin(
+            set(zip(measured["kernel"], measured["output"])))]
+        if rows.empty:
+            return pd.DataFrame(columns=keys)
     cells = rows.assign(cell=rows.apply(_accuracy_cell, axis=1, metric=metric))
     table = cells.pivot_table(index=keys, columns="provider", values="cell", aggfunc="first")
     table = table[ordered(table.columns, PROVIDER_ORDER)].reset_index()

@@ -15,12 +15,17 @@ float64 is an exact mpf or long double) and return
 the long double engine above.  The references:
 
 * ``normalizers.py``: :func:`softmax`, :func:`log_softmax`, :func:`logsumexp`,
-  :func:`softmax_vjp`, :func:`log_softmax_vjp` (both engines);
+  :func:`softmax_vjp`, :func:`log_softmax_vjp` (both engines), and the term magnitudes of
+  the VJPs, :func:`softmax_vjp_scale` and :func:`log_softmax_vjp_scale` (float64 from the
+  exact softmax: the condition-aware error of ``metrics.py``);
 * ``losses.py``: ``exact_cross_entropy`` (both engines, long double for the default
   options), ``exact_distillation_loss``, ``exact_binary_cross_entropy_with_logits``,
-  ``exact_quadratic_cost``, ``exact_multiclass_hinge``, ``exact_smooth_hinge``;
+  ``exact_quadratic_cost``, ``exact_multiclass_hinge``, ``exact_smooth_hinge``, and the
+  term magnitudes of their gradients (``*_gradient_scale``; not the smooth hinge's);
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
-  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only).
+  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
+  magnitudes of every gradient of the family (``normalized_linear_gradient_scales``,
+  ``margin_gradient_scale``, ``large_margin_gradient_scales``, ``center_gradient_scales``).
 """
 
 from .engine import (
@@ -37,21 +42,48 @@ from .engine import (
     to_mpf,
 )
 from .losses import (
+    binary_cross_entropy_gradient_scale,
     exact_binary_cross_entropy_with_logits,
+    cross_entropy_gradient_scale,
+    distillation_gradient_scale,
     exact_cross_entropy,
     exact_distillation_loss,
     exact_multiclass_hinge,
     exact_quadratic_cost,
     exact_smooth_hinge,
+    multiclass_hinge_gradient_scale,
+    quadratic_cost_gradient_scale,
 )
-from .margins import exact_center, exact_large_margin, exact_margin, exact_normalized_linear, margin_rows_mp
-from .normalizers import log_softmax, log_softmax_vjp, logsumexp, softmax, softmax_vjp
+from .margins import (
+    center_gradient_scales,
+    exact_center,
+    exact_large_margin,
+    exact_margin,
+    exact_normalized_linear,
+    large_margin_gradient_scales,
+    margin_gradient_scale,
+    margin_rows_mp,
+    normalized_linear_gradient_scales,
+)
+from .normalizers import (
+    log_softmax,
+    log_softmax_vjp,
+    log_softmax_vjp_scale,
+    logsumexp,
+    softmax,
+    softmax_vjp,
+    softmax_vjp_scale,
+)
 
 __all__ = [
     "ENGINES", "LONGDOUBLE_ENGINE", "LONGDOUBLE_IS_EXTENDED", "MPMATH_DIGITS", "MPMATH_ENGINE", "MPMATH_MAX_ELEMENTS",
     "MpRow", "require_mpmath", "resolve_engine", "to_exact", "to_mpf",
     "softmax", "log_softmax", "logsumexp", "softmax_vjp", "log_softmax_vjp",
+    "softmax_vjp_scale", "log_softmax_vjp_scale", "cross_entropy_gradient_scale", "distillation_gradient_scale",
+    "binary_cross_entropy_gradient_scale", "quadratic_cost_gradient_scale", "multiclass_hinge_gradient_scale",
     "exact_cross_entropy", "exact_distillation_loss", "exact_binary_cross_entropy_with_logits",
     "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
+    "normalized_linear_gradient_scales", "margin_gradient_scale", "large_margin_gradient_scales",
+    "center_gradient_scales",
 ]

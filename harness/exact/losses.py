@@ -16,6 +16,14 @@ tests, ``tests/kernels``, every combination).
   inputs): the loss within 2e-12 float64 ULP, the gradient within 7e-4 (its product with
   g / N is taken in long double).  The other losses are mpmath only (their registry
   entries leave out the 10^6-class regime).
+
+The term magnitudes of the gradients (``cross_entropy_gradient_scale``,
+``distillation_gradient_scale``, ``binary_cross_entropy_gradient_scale``,
+``quadratic_cost_gradient_scale``, ``multiclass_hinge_gradient_scale``; the
+condition-aware error of ``metrics.py``) take the same inputs and options and return
+float64 arrays of the gradient's shape: the gradient's formula with every term replaced by
+its absolute value, from the exact probabilities (float64 sigmoids for the elementwise
+losses).  The smooth hinge has none yet.
 """
 
 from __future__ import annotations
@@ -53,6 +61,16 @@ def _upstream(grad_output, reduction, denominator, rows):
         if reduction == "mean":
             value = value / denominator if denominator != 0 else mpmath.mpf(0)
     return [value] * rows
+
+
+def _upstream_magnitude(grad_output, reduction, denominator, rows) -> np.ndarray:
+    """|dOut/dloss_i| per row in float64: the magnitudes of :func:`_upstream`'s values."""
+    if reduction == "none":
+        return np.abs(np.broadcast_to(np.asarray(grad_output, dtype=np.float64), (rows,))).astype(np.float64)
+    value = abs(float(grad_output))
+    if reduction == "mean":
+        value = value / float(denominator) if denominator != 0 else 0.0
+    return np.full(rows, value)
 
 
 # ---- cross-entropy ------------------------------------------------------------------------------
@@ -112,6 +130,36 @@ def exact_cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduc
                     value = target_total * row.probability(j) - t
                 grads.append(upstream[i] * value)
         return _reduce(losses, reduction, denominator, (rows,)), to_exact(grads, (rows, classes))
+
+
+def cross_entropy_gradient_scale(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                                 label_smoothing=0.0, grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g_i| (TW_i a_ij + t_ij): the terms of dloss/dz_ij = g_i (TW_i a_ij - t_ij), in float64.
+
+    t_ij are the row's target weights (label smoothing and class weights included, as in
+    :func:`exact_cross_entropy`), TW_i their sum, a the exact softmax, g_i the upstream
+    gradient of the row's loss; 0 on ignored rows, whose gradient is 0.  With the
+    default options it is g (a_j + y_j), y the one-hot target.
+    """
+    logits = np.asarray(logits)
+    rows, classes = logits.shape
+    probability = softmax(logits, engine).hi
+    weights = np.ones(classes) if weight is None else np.abs(np.asarray(weight, dtype=np.float64))
+    smoothing = float(label_smoothing)
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        targets = weights * ((1 - smoothing) * target.astype(np.float64) + smoothing / classes)
+        kept = np.ones(rows, dtype=bool)
+        denominator = rows
+    else:
+        labels = target.reshape(-1).astype(np.int64)
+        kept = labels != ignore_index
+        labels = np.where(kept, labels, 0)
+        targets = np.tile(smoothing * weights / classes, (rows, 1))
+        targets[np.arange(rows), labels] += (1 - smoothing) * weights[labels]
+        denominator = weights[labels][kept].sum()
+    upstream = _upstream_magnitude(grad_output, reduction, denominator, rows) * kept
+    return upstream[:, None] * (targets.sum(axis=1, keepdims=True) * probability + targets)
 
 
 def _longdouble_cross_entropy(logits, target, ignore_index, reduction, grad_output):
@@ -202,6 +250,28 @@ def exact_distillation_loss(student, teacher, target=None, *, temperature=4.0, a
         return _reduce(losses, reduction, rows, (rows,)), to_exact(grads, (rows, classes))
 
 
+def distillation_gradient_scale(student, teacher, target=None, *, temperature=4.0, alpha=0.9, reduction="mean",
+                                grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g_i| (soft/T (q_ic + p_ic) + hard (a_ic + y_ic)) in float64: the terms of the distillation gradient.
+
+    The gradient is g_i (soft/T (q - p) + hard (a - y)) (:func:`exact_distillation_loss`):
+    q and p the exact softmax of student and teacher at temperature T, a the student's at
+    temperature 1, y the one-hot target, soft = alpha T^2 and hard = 1 - alpha (soft = T^2,
+    hard = 0 without a target).
+    """
+    student = np.asarray(student)
+    rows, _ = student.shape
+    soft, hard = (temperature**2, 0.0) if target is None else (alpha * temperature**2, 1 - alpha)
+    student_soft = softmax(student.astype(np.float64) / temperature, engine).hi
+    teacher_soft = softmax(np.asarray(teacher, dtype=np.float64) / temperature, engine).hi
+    magnitude = abs(soft / temperature) * (student_soft + teacher_soft)
+    if target is not None and hard != 0:
+        one_hot = np.zeros(student.shape)
+        one_hot[np.arange(rows), np.asarray(target).reshape(-1)] = 1
+        magnitude = magnitude + abs(hard) * (softmax(student, engine).hi + one_hot)
+    return _upstream_magnitude(grad_output, reduction, rows, rows)[:, None] * magnitude
+
+
 # ---- elementwise: binary cross-entropy with logits and the quadratic cost -------------------------
 
 
@@ -281,6 +351,45 @@ def exact_quadratic_cost(logits, target, *, reduction="mean", grad_output=1.0, e
     return _elementwise(logits, target, reduction, grad_output, term)
 
 
+def _elementwise_upstream_magnitude(grad_output, reduction, shape) -> np.ndarray:
+    """|dOut/dloss_e| per entry in float64 (``_elementwise``'s upstream values)."""
+    if reduction == "none":
+        return np.abs(np.broadcast_to(np.asarray(grad_output, dtype=np.float64), shape))
+    count = int(np.prod(shape))
+    value = abs(float(grad_output))
+    return np.full(shape, (value / count if count else 0.0) if reduction == "mean" else value)
+
+
+def _sigmoids(logits):
+    """(sigma(x), sigma(-x)) in float64, each from its own exponential (no 1 - sigma)."""
+    x = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(x))
+
+
+def binary_cross_entropy_gradient_scale(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                                        grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g w| ((1 - y) sigma(x) + |p_w| y sigma(-x)) in float64: the terms of
+    g w ((1 - y) sigma(x) - p_w y sigma(-x)) (:func:`exact_binary_cross_entropy_with_logits`)."""
+    shape = np.shape(logits)
+    positive, negative = _sigmoids(logits)
+    y = np.asarray(target, dtype=np.float64)
+    weights = np.abs(np.broadcast_to(1.0 if weight is None else np.asarray(weight, dtype=np.float64), shape))
+    positives = np.abs(np.broadcast_to(1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64),
+                                       shape))
+    terms = np.abs(1 - y) * positive + positives * np.abs(y) * negative
+    return _elementwise_upstream_magnitude(grad_output, reduction, shape) * weights * terms
+
+
+def quadratic_cost_gradient_scale(logits, target, *, reduction="mean", grad_output=1.0, engine="auto") -> np.ndarray:
+    """|g| (a |1 - y| + |y| (1 - a)) a (1 - a) in float64, a = sigma(x): the terms of
+    g (a (1 - y) - y (1 - a)) a (1 - a) (:func:`exact_quadratic_cost`), 1 - a = sigma(-x)."""
+    positive, negative = _sigmoids(logits)
+    y = np.asarray(target, dtype=np.float64)
+    terms = (positive * np.abs(1 - y) + np.abs(y) * negative) * positive * negative
+    return _elementwise_upstream_magnitude(grad_output, reduction, np.shape(logits)) * terms
+
+
 # ---- hinges ----------------------------------------------------------------------------------------
 
 
@@ -336,3 +445,12 @@ def exact_smooth_hinge(logits, target, *, margin=0.0, reduction="mean", grad_out
         return _softplus(u), [-s if j == label else s * next(probabilities) for j in range(classes)]
 
     return _row_losses("smooth_hinge", logits, target, reduction, grad_output, engine, row_term)
+
+
+def multiclass_hinge_gradient_scale(logits, target, *, margin=1.0, reduction="mean", grad_output=1.0,
+                                    engine="auto") -> np.ndarray:
+    """|dloss/dz| itself: the gradient is g times a count of active hinges, a single term
+    (nothing cancels), so its terms' magnitude is its own (from :func:`exact_multiclass_hinge`)."""
+    _, gradient = exact_multiclass_hinge(logits, target, margin=margin, reduction=reduction,
+                                         grad_output=grad_output, engine=engine)
+    return np.abs(gradient.hi)

@@ -82,13 +82,14 @@ def _psi_mp(c, m):
     return sign * mpmath.cos(m * theta) - 2 * branch, sign * m * mpmath.chebyu(m - 1, c)
 
 
-def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
-    """(mean loss, dx, dW) as Exact of large_margin_cross_entropy_forward_backward.
+def _large_margin_state(x, W, target, m, lambda_, normalize_weights):
+    """The mpmath quantities of the L-Softmax / SphereFace gradient, cached by the inputs.
 
-    G = dL/dz (the target column apart); dx_i = sum_{j != y} G_ij w_j + G_iy dz_y/dx_i and
-    dw_j = sum_{i: y_i != j} G_ij x_i + sum_{i: y_i = j} G_iy dz_y/dw (w = W or W / |W|),
-    with the target logit's gradient of docs/proofs/margins.md#large-margin-target-logit-gradient;
-    SphereFace's dW through W / |W| by projection.
+    A dict: ``features`` and ``weights`` (w = W / |W| or W) as mpf rows, ``raw_norms`` |W_j|,
+    ``w_norms`` (1 or |W_j|), ``losses``, ``gradient`` G = dL/dz per row with the target's
+    column set to 0, and ``target_terms`` per row (G_iy, alpha, radial, |x_i|): the target
+    logit's gradient is G_iy (alpha w_y + radial / |x_i|^2 x_i) in x and
+    G_iy (alpha x_i + radial / |w_y|^2 w_y) in w (docs/proofs/margins.md#large-margin-target-logit-gradient).
     """
 
     def compute():
@@ -97,8 +98,7 @@ def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
         weights = [[v / n for v in w] for w, n in zip(raw, raw_norms)] if normalize_weights else raw
         w_norms = [mpmath.mpf(1)] * len(raw) if normalize_weights else raw_norms
         lam = mpmath.mpf(float(lambda_))
-        rows, classes, dims = len(features), len(weights), len(features[0])
-        columns = [[w[e] for w in weights] for e in range(dims)]
+        rows = len(features)
         losses, gradient, target_terms = [], [], []
         for row, label in zip(features, target):
             norm = _mp_norm(row)
@@ -116,6 +116,27 @@ def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
             alpha = (lam + slope) / (1 + lam)
             radial = (psi - slope * c) * norm * w_norms[label] / (1 + lam)
             target_terms.append((g_target, alpha, radial, norm))
+        return dict(features=features, weights=weights, raw_norms=raw_norms, w_norms=w_norms, losses=losses,
+                    gradient=gradient, target_terms=target_terms)
+
+    return cached_result(("large-margin-state", x, W, target, m, lambda_, normalize_weights), compute)
+
+
+def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
+    """(mean loss, dx, dW) as Exact of large_margin_cross_entropy_forward_backward.
+
+    G = dL/dz (the target column apart); dx_i = sum_{j != y} G_ij w_j + G_iy dz_y/dx_i and
+    dw_j = sum_{i: y_i != j} G_ij x_i + sum_{i: y_i = j} G_iy dz_y/dw (w = W or W / |W|),
+    with the target logit's gradient of docs/proofs/margins.md#large-margin-target-logit-gradient;
+    SphereFace's dW through W / |W| by projection.
+    """
+
+    def compute():
+        state = _large_margin_state(x, W, target, m, lambda_, normalize_weights)
+        features, weights, gradient = state["features"], state["weights"], state["gradient"]
+        w_norms, target_terms = state["w_norms"], state["target_terms"]
+        rows, classes, dims = len(features), len(weights), len(features[0])
+        columns = [[w[e] for w in weights] for e in range(dims)]
         dx = []
         for i, (row, label) in enumerate(zip(features, target)):
             g_target, alpha, radial, norm = target_terms[i]
@@ -131,10 +152,10 @@ def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
             dweights[label] = [d + g_target * (alpha * row[e] + radial / w_norms[label] ** 2 * weights[label][e])
                                for e, d in enumerate(dweights[label])]
         if normalize_weights:
-            for j, (unit, n) in enumerate(zip(weights, raw_norms)):
+            for j, (unit, n) in enumerate(zip(weights, state["raw_norms"])):
                 along = mpmath.fdot(unit, dweights[j])
                 dweights[j] = [(dweights[j][e] - along * unit[e]) / n for e in range(dims)]
-        return (to_exact([mpmath.fsum(losses) / rows], ()), to_exact(dx, x.shape),
+        return (to_exact([mpmath.fsum(state["losses"]) / rows], ()), to_exact(dx, x.shape),
                 to_exact([v for w in dweights for v in w], W.shape))
 
     return cached_result((x, W, target, m, lambda_, normalize_weights), compute)
@@ -199,3 +220,95 @@ def exact_center(x, target, centers, alpha=None):
                 to_exact([v for c in dcenters for v in c], centers.shape))
 
     return cached_result((x, target, centers, alpha), compute)
+
+
+# ---- term magnitudes of the gradients (the condition-aware error of ``metrics.py``) -----------------
+
+
+def _unit_rows(matrix):
+    """(rows / their norms, the norms) in float64."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norms = np.sqrt((matrix * matrix).sum(axis=1, keepdims=True))
+    return matrix / norms, norms
+
+
+def _tangent_scale(projection_terms, unit, norm):
+    """(Q + (|u| . Q) |u|) / |v|: the terms of (P - (u . P) u) / |v| for |P| <= Q termwise."""
+    along = (np.abs(unit) * projection_terms).sum(axis=1, keepdims=True)
+    return (projection_terms + along * np.abs(unit)) / norm
+
+
+def normalized_linear_gradient_scales(x, W, grad_cos):
+    """The term magnitudes of (dx, dW) of normalized_linear_backward, in float64.
+
+    dx_i = (P_i - (x_hat_i . P_i) x_hat_i) / |x_i| with P = G W_hat, and dW likewise with
+    G^T X_hat: each matrix product is bounded by the product of absolute values (|G| |W_hat|),
+    the projection by the same with |x_hat|.
+    """
+    x_unit, x_norm = _unit_rows(x)
+    w_unit, w_norm = _unit_rows(W)
+    upstream = np.abs(np.asarray(grad_cos, dtype=np.float64))
+    dx = _tangent_scale(upstream @ np.abs(w_unit), x_unit, x_norm)
+    dW = _tangent_scale(upstream.T @ np.abs(x_unit), w_unit, w_norm)
+    return dx, dW
+
+
+def margin_gradient_scale(cos, target, s, m1, m2, m3):
+    """The term magnitudes of dcos of margin_cross_entropy (mean, grad_output 1), in float64.
+
+    dcos_ij = (s / N) a_ij off the target and (s / N) f'(c) (a_iy - 1) at it (a the
+    softmax of the margin logits, f the target's margin function): the scales are
+    (s / N) a_ij and (s / N) |f'(c)| (a_iy + 1).  Both are read off the exact gradient:
+    a_ij = N |dcos_ij| / s, and with r = 1 - a_iy = sum_{j != y} a_ij the target's is
+    |dcos_iy| (2 - r) / r; NaN where r is 0 in float64 (no term apart from the target's).
+    """
+    gradient = np.abs(exact_margin(cos, target, s, m1, m2, m3)[1].hi)
+    rows = gradient.shape[0]
+    chosen = (np.arange(rows), np.asarray(target))
+    others = gradient.copy()
+    others[chosen] = 0
+    rest = others.sum(axis=1) * rows / float(s)  # r = 1 - a_y, exact sum of positive terms to float64
+    scale = others
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale[chosen] = np.where(rest > 0, gradient[chosen] * (2 - rest) / rest, np.nan)
+    return scale
+
+
+def large_margin_gradient_scales(x, W, target, m, lambda_, normalize_weights):
+    """The term magnitudes of (dx, dW) of large_margin_cross_entropy (mean), in float64.
+
+    dx_i = sum_{j != y} G_ij w_j + G_iy (alpha w_y + radial / |x_i|^2 x_i) (the terms of
+    :func:`_large_margin_state`): every product by its absolute values, and G_iy =
+    (a_iy - 1) / N by its own terms, (a_iy + 1) / N.  dw_j likewise with the x_i; for
+    SphereFace's W / |W| the projection as in :func:`normalized_linear_gradient_scales`.
+    """
+    state = _large_margin_state(x, W, target, m, lambda_, normalize_weights)
+    rows = len(state["features"])
+    target = np.asarray(target)
+    others = np.abs(np.array([[float(g) for g in row] for row in state["gradient"]]))  # 0 at the target
+    weights = np.array([[float(v) for v in w] for w in state["weights"]])
+    w_norms = np.array([float(n) for n in state["w_norms"]])
+    features = np.abs(np.asarray(x, dtype=np.float64))
+    g_target, alpha, radial, x_norm = (np.array([float(v) for v in column]) for column in zip(*[
+        (g + mpmath.mpf(2) / rows, abs(a), abs(r), n) for g, a, r, n in state["target_terms"]]))
+    magnitudes = np.abs(weights)
+    dx = others @ magnitudes + g_target[:, None] * (alpha[:, None] * magnitudes[target]
+                                                    + (radial / x_norm**2)[:, None] * features)
+    dw = others.T @ features
+    np.add.at(dw, target, g_target[:, None] * (alpha[:, None] * features
+                                                + (radial / w_norms[target] ** 2)[:, None] * magnitudes[target]))
+    if normalize_weights:
+        dw = _tangent_scale(dw, weights, np.array([[float(n)] for n in state["raw_norms"]]))
+    return dx, dw
+
+
+def center_gradient_scales(x, target, centers):
+    """The term magnitudes of (dx, dcenters) of center_loss (mean), in float64:
+    dx_i = (x_i - c_y) / N has (|x_i| + |c_y|) / N, and dc_j = -sum_{y_i = j} (x_i - c_j) / N
+    the sum of the same over its rows."""
+    x, centers = np.abs(np.asarray(x, dtype=np.float64)), np.abs(np.asarray(centers, dtype=np.float64))
+    target = np.asarray(target)
+    dx = (x + centers[target]) / x.shape[0]
+    dcenters = np.zeros_like(centers)
+    np.add.at(dcenters, target, dx)
+    return dx, dcenters

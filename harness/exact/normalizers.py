@@ -121,3 +121,27 @@ def log_softmax_vjp(x, dy, engine: str = "auto") -> Exact:
     hi[rows.masked_rows] = 0
     lo[rows.masked_rows] = 0
     return longdouble_to_exact(hi, lo)
+
+
+# ---- term magnitudes of the VJPs (the condition-aware error of ``metrics.py``) ------------------
+
+
+def softmax_vjp_scale(x, dy, engine: str = "auto") -> np.ndarray:
+    """a_j (|dy_j| + sum_k a_k |dy_k|) in float64, a the exact softmax: the terms of dx = a (dy - sum a dy).
+
+    The sum is over the absolute values of its terms, not the absolute value of the sum:
+    a rounding error of the sum (and of the a_k it is formed from) is relative to its
+    terms (docs/proofs/softmax.md, the rounding error of the gradient).
+    """
+    x, dy = _check_gradient(x, dy)
+    probability = softmax(x, engine).hi
+    upstream = np.abs(dy.astype(np.float64))
+    return probability * (upstream + (probability * upstream).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_vjp_scale(x, dy, engine: str = "auto") -> np.ndarray:
+    """|dy_j| + a_j sum_k |dy_k| in float64, a the exact softmax: the terms of dx = dy - a sum dy."""
+    x, dy = _check_gradient(x, dy)
+    probability = softmax(x, engine).hi
+    upstream = np.abs(dy.astype(np.float64))
+    return upstream + probability * upstream.sum(axis=-1, keepdims=True)

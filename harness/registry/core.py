@@ -11,6 +11,11 @@ An entry (:class:`Operation`) holds
 * ``exact(inputs, engine) -> tuple[Exact, ...]``: the exact value of each output named
   in ``outputs`` (from ``softmaxlab.harness.exact``; ``engine`` is "auto", "mpmath-50" or
   "longdouble"; raise ``NotImplementedError`` for an engine you do not provide).
+* ``scales(inputs, engine) -> tuple[ndarray | None, ...]`` (optional): the term
+  magnitudes of each output, float64 arrays of the output's shape (None for an output
+  without one), from which the accuracy run computes the condition-aware error
+  (``metrics.py``); the functions live beside the exact references, in
+  ``softmaxlab.harness.exact``.  ``None`` (the default): no output has one.
 * ``cost((rows, classes)) -> Cost``: elements read and written once and exponentials, for
   the bytes/s and roofline columns of the speed table.
 * ``implementations``: one :class:`Implementation` per provider, built by the provider
@@ -95,6 +100,17 @@ class Operation:
     bench_shapes: tuple[tuple[int, int, str], ...] = NORMALIZER_BENCH_SHAPES
     smoke_shapes: tuple[tuple[int, int, str], ...] = SMOKE_BENCH_SHAPES
     description: str = field(default="", compare=False)
+    scales: Callable[[Mapping[str, np.ndarray], str], tuple] | None = field(default=None, compare=False)
+
+    def output_scales(self, inputs: Mapping[str, np.ndarray], engine: str) -> tuple:
+        """The term magnitudes of each output (``scales``), None for those without one."""
+        if self.scales is None:
+            return (None,) * len(self.outputs)
+        values = tuple(self.scales(inputs, engine))
+        if len(values) != len(self.outputs):
+            raise ValueError(f"scales of {self.kernel!r} gave {len(values)} arrays, the entry names "
+                             f"{len(self.outputs)} outputs")
+        return values
 
     @property
     def providers(self) -> tuple[str, ...]:

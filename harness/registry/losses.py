@@ -103,6 +103,25 @@ _LOSSES = (
 )
 
 
+# the term magnitudes of the gradients (the condition-aware error); the smooth hinge, not
+# named here, has none yet
+GRADIENT_SCALES = {
+    "cross_entropy": exact.cross_entropy_gradient_scale,
+    "distillation_loss": exact.distillation_gradient_scale,
+    "binary_cross_entropy_with_logits": exact.binary_cross_entropy_gradient_scale,
+    "quadratic_cost": exact.quadratic_cost_gradient_scale,
+    "multiclass_hinge": exact.multiclass_hinge_gradient_scale,
+}
+
+
+def _gradient_scales(name, parameters):
+    """``scales`` of a fused entry: (None for the loss, the gradient's term magnitudes)."""
+    if name not in GRADIENT_SCALES:
+        return None
+    scale = partial(GRADIENT_SCALES[name], **parameters)
+    return lambda inputs, engine: (None, scale(**inputs, engine=engine))
+
+
 def _exact_outputs(reference, with_gradient):
     def compute(inputs, engine):
         loss, grad = reference(**inputs, engine=engine)
@@ -121,6 +140,7 @@ def _loss_entry(name, reference, make_inputs, torch_formula, jax_formula, first,
         outputs=("loss", f"d{first}") if with_gradient else ("loss",),
         make_inputs=make_inputs,
         exact=_exact_outputs(partial(reference, **parameters), with_gradient),
+        scales=_gradient_scales(name, parameters) if with_gradient else None,
         cost=_row_loss_cost(reads, exps, with_gradient),
         implementations=(
             Implementation("softmaxlab", with_inputs(getattr(kernels, kernel), **parameters)),

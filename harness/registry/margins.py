@@ -23,6 +23,10 @@ regimes of ``regimes.py`` are read for cosines as:
   docs/proofs/margins.md#arcface-derivative-at-the-ends), the others 0.1 N(0, 1); for the
   feature losses x_i = 3 W_{y_i} (cos_y = 1 up to rounding).
 
+Term magnitudes of the gradients (``scales``, the condition-aware error of ``metrics.py``):
+every gradient has them (``exact.margins``): normalized_linear_backward's dx and dW, the
+cosine losses' dcos, L-Softmax / SphereFace's dx and dW, the center loss's dx and dcenters.
+
 Parameters (fixed per entry, as the frameworks' defaults): ``margin_cross_entropy`` s = 64,
 (m1, m2, m3) = (1, 0.3, 0.2) (InsightFace's combined ArcFace + CosFace); ``normface`` s = 20
 (pml's NormalizedSoftmaxLoss, temperature 0.05); ``cosface`` s = 64, m = 0.35; ``arcface``
@@ -212,6 +216,8 @@ def _normalized_linear_entries():
             make_inputs=normalized_linear_backward_inputs if backward else normalized_linear_inputs,
             exact=_exact_for(lambda inputs: exact.exact_normalized_linear(inputs["x"], inputs["W"],
                                                                           inputs.get("grad_cos"))),
+            scales=(lambda inputs, engine: exact.normalized_linear_gradient_scales(
+                inputs["x"], inputs["W"], inputs["grad_cos"])) if backward else None,
             cost=_feature_cost(backward, exps=False, outputs="gradients" if backward else "cos"),
             implementations=(
                 Implementation("softmaxlab", with_inputs(getattr(kernels, kernel))),
@@ -243,6 +249,8 @@ def _cosine_entries(name, margins):
             make_inputs=cosine_inputs,
             exact=_exact_for(lambda inputs: exact.exact_margin(inputs["cos"], inputs["target"], *margins),
                              with_gradient),
+            scales=(lambda inputs, engine: (None, exact.margin_gradient_scale(inputs["cos"], inputs["target"],
+                                                                              *margins))) if with_gradient else None,
             cost=_cosine_cost(with_gradient),
             implementations=tuple(implementations),
             description=f"{name} on cosines, {parameters}, reduction mean",
@@ -258,6 +266,9 @@ def _large_margin_entries():
             exact=_exact_for(lambda inputs: exact.exact_large_margin(
                 inputs["x"], inputs["W"], inputs["target"], LARGE_MARGIN["m"], LARGE_MARGIN["lambda_"],
                 LARGE_MARGIN["normalize_weights"]), with_gradient),
+            scales=(lambda inputs, engine: (None, *exact.large_margin_gradient_scales(
+                inputs["x"], inputs["W"], inputs["target"], LARGE_MARGIN["m"], LARGE_MARGIN["lambda_"],
+                LARGE_MARGIN["normalize_weights"]))) if with_gradient else None,
             cost=_feature_cost(with_gradient),
             implementations=(
                 Implementation("softmaxlab", with_inputs(getattr(kernels, kernel), **LARGE_MARGIN)),
@@ -281,6 +292,8 @@ def _center_entries():
             make_inputs=center_inputs,
             exact=_exact_for(lambda inputs: exact.exact_center(inputs["x"], inputs["target"], inputs["centers"]),
                              with_gradient),
+            scales=(lambda inputs, engine: (None, *exact.center_gradient_scales(
+                inputs["x"], inputs["target"], inputs["centers"]))) if with_gradient else None,
             cost=_feature_cost(with_gradient, exps=False),
             implementations=(
                 Implementation("softmaxlab", with_inputs(getattr(kernels, kernel))),

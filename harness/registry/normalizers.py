@@ -62,8 +62,9 @@ def _forward(name, output, exact_value, cost, numpy_formula, naive_formula) -> O
     )
 
 
-def _backward(op, exact_vjp, cost, forwards, numpy_backward) -> Operation:
-    """The VJP of a normalizer, from its output: ``forwards`` = (stable, naive) NumPy forwards."""
+def _backward(op, exact_vjp, vjp_scale, cost, forwards, numpy_backward) -> Operation:
+    """The VJP of a normalizer, from its output: ``forwards`` = (stable, naive) NumPy forwards;
+    ``vjp_scale`` the term magnitudes of dx (the condition-aware error)."""
     return Operation(
         kernel=f"{op}_backward",
         op=op,
@@ -71,6 +72,7 @@ def _backward(op, exact_vjp, cost, forwards, numpy_backward) -> Operation:
         outputs=("dx",),
         make_inputs=logit_and_gradient_inputs,
         exact=lambda inputs, engine: (exact_vjp(inputs["x"], inputs["dy"], engine),),
+        scales=lambda inputs, engine: (vjp_scale(inputs["x"], inputs["dy"], engine),),
         cost=cost,
         implementations=(
             Implementation("softmaxlab", from_forward_output(getattr(kernels, op), getattr(kernels, f"{op}_backward"))),
@@ -90,8 +92,8 @@ ENTRIES = (
              numpy_provider.naive_log_softmax),
     _forward("logsumexp", "lse", exact.logsumexp, _cost(1, 1, exps=True), numpy_provider.logsumexp,
              numpy_provider.naive_logsumexp),
-    _backward("softmax", exact.softmax_vjp, _cost(2, None, exps=False),
+    _backward("softmax", exact.softmax_vjp, exact.softmax_vjp_scale, _cost(2, None, exps=False),
               (numpy_provider.softmax, numpy_provider.naive_softmax), numpy_provider.softmax_backward),
-    _backward("log_softmax", exact.log_softmax_vjp, _cost(2, None, exps=True),
+    _backward("log_softmax", exact.log_softmax_vjp, exact.log_softmax_vjp_scale, _cost(2, None, exps=True),
               (numpy_provider.log_softmax, numpy_provider.naive_log_softmax), numpy_provider.log_softmax_backward),
 )

@@ -34,7 +34,7 @@ REQUIRED_GENERAL = [
     "distillation-soft-gradient", "distillation-high-temperature-limit", "normalized-linear-gradient",
     "combined-margin-derivative", "arcface-derivative-at-the-ends", "arcface-fallback",
     "sphereface-psi-monotone", "chebyshev-cos-m-theta", "center-loss-gradient", "normface-lower-bound",
-    "normface-bound-attained", "cosface-scale-bound",
+    "normface-bound-attained", "cosface-scale-bound", "softmax-vjp-rounding", "log-softmax-vjp-rounding",
 ]
 
 RNG = np.random.default_rng(20240611)

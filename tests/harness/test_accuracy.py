@@ -129,3 +129,29 @@ def test_reference_check_keeps_class_indices_valid():
     inputs = {"x": np.zeros((2, 10)), "target": np.array([9, 3])}
     cut = accuracy.subset_inputs(inputs, (2, 10), 4)
     assert cut["x"].shape == (1, 4) and cut["target"].tolist() == [1]
+
+
+def test_gradients_get_the_condition_aware_error_for_every_provider():
+    rows, checks = accuracy.accuracy_rows(SMOKE, kernels=["softmax_backward", "cross_entropy_forward_backward"],
+                                          providers=["softmaxlab", "numpy"], regime_names=["dominant"],
+                                          dtypes=["float32"], progress=False)
+    by_output = rows.set_index(["kernel", "output", "provider"])
+    gradients = by_output.loc[[("softmax_backward", "dx", "softmaxlab"), ("softmax_backward", "dx", "numpy"),
+                               ("cross_entropy_forward_backward", "dlogits", "softmaxlab")]]
+    assert np.isfinite(gradients[["max_cond", "median_cond"]].to_numpy()).all()
+    assert np.isnan(by_output.loc[("cross_entropy_forward_backward", "loss", "softmaxlab"), "max_cond"])
+    # the dominant logit: dx of the winner cancels to ~e^-30 of its terms, so the elementwise
+    # ULP error is huge while the error in u of the terms stays at the forward's few ULP
+    ours = by_output.loc[("softmax_backward", "dx", "softmaxlab")]
+    assert ours["max_ulp"] > 1e3 and ours["max_cond"] < 16
+    table = tables.accuracy_table(rows, "cond")
+    assert set(zip(table["kernel"], table["output"])) == {("softmax_backward", "dx"),
+                                                        ("cross_entropy_forward_backward", "dlogits")}
+    context = {"machine": "m", "versions": "v", "commit": "c", "timestamp": "t", "profile": "smoke"}
+    text = accuracy.accuracy_markdown(rows, checks, context)
+    assert "## Condition-aware error of the gradients" in text
+    forward_only = rows[rows["output"] == "loss"]
+    assert "## Condition-aware error" not in accuracy.accuracy_markdown(forward_only, checks, context)
+    assert tables.accuracy_table(forward_only, "cond").empty
+    # rows written before the columns existed (a committed CSV) have no condition-aware table
+    assert tables.accuracy_table(rows.drop(columns=["max_cond", "median_cond"]), "cond").empty
