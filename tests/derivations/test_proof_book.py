@@ -69,8 +69,10 @@ def _arguments(out: Path, check: bool) -> argparse.Namespace:
 def test_derive_writes_then_check_passes_and_detects_an_edit(tmp_path, records, monkeypatch, capsys):
     monkeypatch.setattr(book, "derive_all", _replay(records))
     out = tmp_path / "proofs"
-    assert book.run(_arguments(out, check=True)) == 1  # nothing there yet
+    assert book.run(_arguments(out, check=True)) == 2  # nothing there yet: not a checkout's proof book
     assert not out.exists(), "--check must write nothing"
+    out.mkdir()
+    assert book.run(_arguments(out, check=True)) == 1  # an empty proof book: every page differs
     assert book.run(_arguments(out, check=False)) == 0
     assert book.run(_arguments(out, check=True)) == 0
     edited = out / "softmax.md"

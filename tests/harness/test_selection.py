@@ -238,3 +238,22 @@ def test_device_cuda_runs_torch_on_the_gpu_beside_the_cpu_providers():
     rows = _rows(kernels=["softmax"], providers=["softmaxlab", "torch"], dtypes=["float32"], device="cuda")
     assert set(rows["provider"]) == {"softmaxlab", "torch@cuda"}
     assert (rows["n_values"] > 0).all() and (rows["max_ulp"] < 1e3).all()
+
+
+def test_the_softmaxlab_jax_provider_is_a_jitted_training_step_with_the_kernels_bits():
+    pytest.importorskip("jax")
+    from softmaxlab.harness.providers import adapters
+
+    rng = np.random.default_rng(1)
+    logits, target = rng.normal(size=(4, 7)), rng.integers(0, 7, size=4)
+    step = adapters.function_for("cross_entropy_forward_backward", "jax")
+    for options in ({"label_smoothing": 0.1, "grad_output": 2.0},
+                    {"reduction": "none", "grad_output": np.arange(4.0)}):
+        computed = step(logits, target, **options)
+        expected = kernels.cross_entropy_forward_backward(logits, target, **options)
+        for ours, theirs in zip(computed, expected):
+            assert ours.dtype == np.float64
+            np.testing.assert_array_equal(ours, theirs)
+    values = logits.astype(np.float32)
+    np.testing.assert_array_equal(adapters.function_for("softmax", "jax")(values), kernels.softmax(values))
+    assert "softmaxlab_jax" in selection.select(SMOKE, kernels=["softmax"], providers=["softmaxlab_jax"]).providers
