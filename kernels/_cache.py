@@ -229,6 +229,7 @@ def _make_locator_class():
         """Numba cache locator for this package's functions: ``cache_dir()``, stamped by ``cache_key()``."""
 
         def __init__(self, py_func, py_file):
+            self._py_file = py_file  # Numba's warning for an uncachable function names it
             self._lineno = py_func.__code__.co_firstlineno
             relative = Path(py_file).resolve().relative_to(PACKAGE_DIR).with_suffix("")
             self._module = ".".join(relative.parts)

@@ -308,3 +308,27 @@ def test_stubs_of_overloads_made_in_one_factory_are_told_apart():
     keys = {_cache._closure_bytes(kernel.py_func)
             for kernel in (_rows.exp_sum_minus_one, _rows.scaled_exp_sum, _rows.store_exp_sum)}
     assert len(keys) == 3
+
+
+def test_an_uncachable_function_of_the_package_gets_numbas_warning_not_an_attribute_error(tmp_path):
+    """A jitted function Numba cannot cache (one holding a dynamic global, e.g. a call of
+    set_parallel_chunksize) makes Numba warn, naming the file through the locator."""
+    package_file = _cache.PACKAGE_DIR / "_softmax.py"
+    code = textwrap.dedent(f"""
+        import warnings
+        from numba import njit, set_parallel_chunksize
+        from softmaxlab.kernels import _cache
+        from numba.core import caching
+        def probe(n):
+            return set_parallel_chunksize(n)
+        probe.__code__ = probe.__code__.replace(co_filename={str(package_file)!r})
+        jitted = njit(cache=True)(probe)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jitted(0)
+        assert any("Cannot cache compiled function" in str(w.message) for w in caught), caught
+        print("warned")
+    """)
+    env = {**os.environ, "SOFTMAXLAB_CACHE": "1", "SOFTMAXLAB_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "warned" in done.stdout, done.stderr[-2000:]
