@@ -34,6 +34,9 @@ REGIMES = ("normal_x3", "large_1e4", "near_ties", "dominant", "masked", "classes
 
 # The regime whose rows have 10^6 classes (its shape comes from the profile).
 MILLION_CLASSES_REGIME = "classes_1e6"
+# The fused linear cross-entropy's one row of 2^20 classes (registry/linear.py), any profile.
+LONG_ROW_REGIME = "row_2e20"
+LONG_ROW_SHAPE = (1, 1 << 20)
 
 
 def rng_for(regime: str, shape: tuple[int, ...], dtype, seed: int, stream: str = "x") -> np.random.Generator:

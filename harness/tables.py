@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-PROVIDER_ORDER = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml")
-REGIME_ORDER = ("normal_x3", "large_1e4", "near_ties", "dominant", "masked", "classes_1e6")
+PROVIDER_ORDER = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml", "torch_chunked", "cce")
+REGIME_ORDER = ("normal_x3", "large_1e4", "near_ties", "dominant", "masked", "classes_1e6", "tiny_target", "row_2e20")
 
 
 def markdown(frame: pd.DataFrame, index: bool = False) -> str:

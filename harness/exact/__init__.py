@@ -25,7 +25,9 @@ the long double engine above.  The references:
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
   ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
   magnitudes of every gradient of the family (``normalized_linear_gradient_scales``,
-  ``margin_gradient_scale``, ``large_margin_gradient_scales``, ``center_gradient_scales``).
+  ``margin_gradient_scale``, ``large_margin_gradient_scales``, ``center_gradient_scales``);
+* ``linear.py``: ``exact_linear_cross_entropy`` (mpmath: the logits x W^T + b as exact
+  sums) and ``float64_linear_cross_entropy`` (float32 outputs at any size).
 """
 
 from .engine import (
@@ -54,6 +56,7 @@ from .losses import (
     multiclass_hinge_gradient_scale,
     quadratic_cost_gradient_scale,
 )
+from .linear import exact_linear_cross_entropy, float64_linear_cross_entropy
 from .margins import (
     center_gradient_scales,
     exact_center,
@@ -85,5 +88,5 @@ __all__ = [
     "exact_quadratic_cost", "exact_multiclass_hinge", "exact_smooth_hinge",
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
     "normalized_linear_gradient_scales", "margin_gradient_scale", "large_margin_gradient_scales",
-    "center_gradient_scales",
+    "center_gradient_scales", "exact_linear_cross_entropy", "float64_linear_cross_entropy",
 ]

@@ -89,47 +89,68 @@ def exact_cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduc
         if weight is not None or label_smoothing != 0.0 or probabilities:
             raise NotImplementedError("cross_entropy's long double reference covers the default options only")
         return _longdouble_cross_entropy(logits, np.asarray(target), ignore_index, reduction, grad_output)
-    rows, classes = logits.shape
-    eps = to_mpf(label_smoothing)
     with mpmath.workdps(MPMATH_DIGITS):
-        weights = [mpmath.mpf(1)] * classes if weight is None else [to_mpf(w) for w in weight]
-        weight_total = mpmath.fsum(weights)
+        rows = [[to_mpf(v) for v in row] for row in logits]
+        total, grads = cross_entropy_mp(rows, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                        label_smoothing=label_smoothing, grad_output=grad_output)
+        return total, to_exact([value for row in grads for value in row], logits.shape)
+
+
+def cross_entropy_mp(rows, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                     grad_output=1.0, z_loss=0.0):
+    """(loss as Exact, dloss/dlogits as rows of mpf) for logits given as rows of mpf (exact
+    values that need not be floats: the fused linear cross-entropy's ``x W^T + b``), with
+    ``z_loss * LSE^2`` added to each row's loss that is not ignored (PaLM's z-loss)."""
+    classes = len(rows[0]) if rows else 0
+    count = len(rows)
+    eps = to_mpf(label_smoothing)
+    z_weight = to_mpf(z_loss)
+    probabilities = np.asarray(target).dtype.kind == "f"
+    weights = [mpmath.mpf(1)] * classes if weight is None else [to_mpf(w) for w in weight]
+    weight_total = mpmath.fsum(weights)
+    if probabilities:
+        kept = [True] * count
+        denominator = count
+    else:
+        labels = np.asarray(target).reshape(-1)
+        kept = [int(label) != ignore_index for label in labels]
+        denominator = mpmath.fsum(weights[int(label)] for label, keep in zip(labels, kept) if keep)
+    upstream = _upstream(grad_output, reduction, denominator, count)
+    losses, grads = [], []
+    for i in range(count):
+        if not kept[i]:
+            losses.append(mpmath.mpf(0))
+            grads.append([mpmath.mpf(0)] * classes)
+            continue
+        row = MpRow(rows[i])
         if probabilities:
-            kept = [True] * rows
-            denominator = rows
+            targets = [w * ((1 - eps) * to_mpf(p) + eps / classes) for w, p in zip(weights, target[i])]
+            label = None
         else:
-            labels = np.asarray(target).reshape(-1)
-            kept = [int(label) != ignore_index for label in labels]
-            denominator = mpmath.fsum(weights[int(label)] for label, keep in zip(labels, kept) if keep)
-        upstream = _upstream(grad_output, reduction, denominator, rows)
-        losses, grads = [], []
-        for i in range(rows):
-            if not kept[i]:
-                losses.append(mpmath.mpf(0))
-                grads.extend([mpmath.mpf(0)] * classes)
-                continue
-            row = MpRow([to_mpf(v) for v in logits[i]])
-            if probabilities:
-                targets = [w * ((1 - eps) * to_mpf(p) + eps / classes) for w, p in zip(weights, target[i])]
-                label = None
+            label = int(labels[i])
+            targets = [eps * w / classes for w in weights]
+            targets[label] += (1 - eps) * weights[label]
+        target_total = mpmath.fsum(targets)
+        if row.masked:
+            losses.append(mpmath.fsum(_times(t, mpmath.inf) for t in targets))
+            grads.append([mpmath.mpf(0)] * classes)
+            continue
+        loss = mpmath.fsum(_times(t, row.minus_log_probability(j)) for j, t in enumerate(targets))
+        # d(z_loss LSE^2)/dz_j = 2 z_loss LSE a_j
+        z_term = 2 * z_weight * row.lse if z_weight else mpmath.mpf(0)
+        losses.append(loss + z_weight * row.lse ** 2 if z_weight else loss)
+        gradient = []
+        for j, t in enumerate(targets):
+            if j == label:
+                # TW a_y - tw_y = TW (a_y - 1) + (TW - tw_y), TW - tw_y = eps/C (W - w_y)
+                value = target_total * row.probability_minus_one(j) + eps / classes * (weight_total - weights[j])
             else:
-                label = int(labels[i])
-                targets = [eps * w / classes for w in weights]
-                targets[label] += (1 - eps) * weights[label]
-            target_total = mpmath.fsum(targets)
-            if row.masked:
-                losses.append(mpmath.fsum(_times(t, mpmath.inf) for t in targets))
-                grads.extend([mpmath.mpf(0)] * classes)
-                continue
-            losses.append(mpmath.fsum(_times(t, row.minus_log_probability(j)) for j, t in enumerate(targets)))
-            for j, t in enumerate(targets):
-                if j == label:
-                    # TW a_y - tw_y = TW (a_y - 1) + (TW - tw_y), TW - tw_y = eps/C (W - w_y)
-                    value = target_total * row.probability_minus_one(j) + eps / classes * (weight_total - weights[j])
-                else:
-                    value = target_total * row.probability(j) - t
-                grads.append(upstream[i] * value)
-        return _reduce(losses, reduction, denominator, (rows,)), to_exact(grads, (rows, classes))
+                value = target_total * row.probability(j) - t
+            if z_weight:
+                value += z_term * row.probability(j)
+            gradient.append(upstream[i] * value)
+        grads.append(gradient)
+    return _reduce(losses, reduction, denominator, (count,)), grads
 
 
 def cross_entropy_gradient_scale(logits, target, *, weight=None, ignore_index=-100, reduction="mean",

@@ -241,3 +241,32 @@ def center(with_gradient, alpha=None):
         return runner(torch, loss_of if alpha is None else updated, (x, centers), with_gradient)
 
     return prepare
+
+
+# ---- the fused linear cross-entropy ---------------------------------------------------------------
+
+
+def _linear_loss(torch, variant):
+    """``loss_of(x, W)`` for the target of a call: the composition, torch's chunked
+    ``F.linear_cross_entropy``, or cut-cross-entropy's CPU path (``torch.compile``)."""
+    functional = torch.nn.functional
+    if variant == "composition":
+        return lambda target: (lambda x, W: functional.cross_entropy(x @ W.T, target))
+    if variant == "chunked":
+        options = torch.nn.LinearCrossEntropyOptions()
+        return lambda target: (lambda x, W: functional.linear_cross_entropy(x, W, target, options=options))
+    import cut_cross_entropy
+
+    return lambda target: (lambda x, W: cut_cross_entropy.linear_cross_entropy(x, W, target, impl="torch_compile"))
+
+
+def linear_cross_entropy(variant, with_gradient):
+    """The loss of ``x @ W.T`` against ``target`` by ``variant`` ("composition", "chunked",
+    "cce"); with the gradient, (loss, dx, dW) by autograd to x and W."""
+
+    def prepare(inputs):
+        torch = torch_module()
+        x, W, target = (tensor(torch, inputs[name]) for name in ("x", "linear_weight", "target"))
+        return runner(torch, _linear_loss(torch, variant)(target), (x, W), with_gradient)
+
+    return prepare

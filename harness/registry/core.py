@@ -40,7 +40,7 @@ from .. import regimes
 from ..metrics import Exact
 
 MODES = ("forward", "backward", "forward_backward")
-PROVIDERS = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml")
+PROVIDERS = ("softmaxlab", "torch", "jax", "numpy", "numpy_naive", "pml", "torch_chunked", "cce")
 
 # Benchmark shapes: (rows, classes, dtype).  The normalizers' matrix (docs/design.md, "Input regimes").
 NORMALIZER_BENCH_SHAPES = (

@@ -109,3 +109,65 @@ def test_quadratic_cost_reference_keeps_a_minus_y_when_a_rounds_to_one():
     expected = math.exp(-238.0)
     np.testing.assert_allclose(value(gradient), [[-expected, expected]], rtol=1e-14)
     assert math.isclose(float(value(loss)), expected, rel_tol=1e-14)
+
+
+# ---- the fused linear cross-entropy's references ----------------------------------------------------
+
+
+def test_linear_reference_is_cross_entropy_of_the_exact_logits_and_their_products():
+    from softmaxlab.harness.exact import exact_linear_cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, (4, 5)).astype(np.float64)  # integer logits: x W^T + b exact in float64
+    W = rng.integers(-2, 3, (7, 5)).astype(np.float64)
+    b = rng.integers(-2, 2, 7).astype(np.float64)
+    target = rng.integers(0, 7, 4)
+    loss, dx, dW, db = exact_linear_cross_entropy(x, W, target, linear_bias=b, label_smoothing=0.1, grad_output=3.0)
+    expected_loss, dz = exact.exact_cross_entropy(x @ W.T + b, target, label_smoothing=0.1, grad_output=3.0)
+    assert loss.hi == expected_loss.hi and loss.lo == expected_loss.lo
+    # the float64 products of the rounded dz: within a few eps of their terms' magnitudes
+    eps = np.finfo(np.float64).eps
+    assert np.all(np.abs(dx.hi - dz.hi @ W) <= 8 * eps * (np.abs(dz.hi) @ np.abs(W)))
+    assert np.all(np.abs(dW.hi - dz.hi.T @ x) <= 8 * eps * (np.abs(dz.hi).T @ np.abs(x)))
+    assert np.all(np.abs(db.hi - dz.hi.sum(axis=0)) <= 8 * eps * np.abs(dz.hi).sum(axis=0))
+
+
+@pytest.mark.parametrize("options", [{"z_loss": 1e-2}, {"softcap": 2.0}, {"z_loss": 0.1, "softcap": 3.0,
+                                                                            "reduction": "sum"}])
+def test_linear_reference_gradients_are_the_loss_derivatives(options):
+    """dx and dW against central differences of the exact loss (z-loss's and the soft cap's
+    chain rule included)."""
+    from softmaxlab.harness.exact import exact_linear_cross_entropy
+
+    rng = np.random.default_rng(1)
+    x, W, target = rng.normal(size=(3, 4)), rng.normal(size=(5, 4)) * 2, rng.integers(0, 5, 3)
+    _, dx, dW = exact_linear_cross_entropy(x, W, target, **options)
+    step = 1e-6
+
+    def loss_at(x_value, W_value):
+        return exact_linear_cross_entropy(x_value, W_value, target, **options)[0].hi
+
+    for (i, j) in [(0, 0), (2, 3), (1, 2)]:
+        shift = np.zeros_like(x)
+        shift[i, j] = step
+        numeric = (loss_at(x + shift, W) - loss_at(x - shift, W)) / (2 * step)
+        assert numeric == pytest.approx(dx.hi[i, j], rel=1e-6, abs=1e-9)
+    for (i, j) in [(0, 0), (4, 3)]:
+        shift = np.zeros_like(W)
+        shift[i, j] = step
+        numeric = (loss_at(x, W + shift) - loss_at(x, W - shift)) / (2 * step)
+        assert numeric == pytest.approx(dW.hi[i, j], rel=1e-6, abs=1e-9)
+
+
+def test_the_float64_linear_reference_agrees_with_mpmath_far_below_a_float32_ulp():
+    from softmaxlab.harness.exact import exact_linear_cross_entropy, float64_linear_cross_entropy
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    W = (rng.normal(size=(300, 16)) * 0.75).astype(np.float32)
+    target = rng.integers(0, 300, 3)
+    for truth, candidate in zip(exact_linear_cross_entropy(x, W, target), float64_linear_cross_entropy(x, W, target)):
+        relative = np.abs(candidate.hi - truth.hi) / np.abs(truth.hi).max()
+        assert relative.max() < 1e-12  # a float32 ULP is 6e-8
+    with pytest.raises(NotImplementedError, match="float32 outputs only"):
+        float64_linear_cross_entropy(x.astype(np.float64), W.astype(np.float64), target)

@@ -1,0 +1,86 @@
+"""Exact references of the fused linear cross-entropy: the logits x W^T + b taken exactly.
+
+``exact_linear_cross_entropy`` (mpmath at 50 digits): every logit z_ij = sum_k x_ik W_jk
++ b_j is an exact sum of exact products (a float32 or float64 product has at most 106
+bits, the 166 bits of 50 digits hold a sum of them), soft-capped (c tanh(z / c)) at 50
+digits, then the loss and G = dloss/dz of :func:`losses.cross_entropy_mp` (z-loss
+included), G times the soft cap's 1 - tanh^2, and dx = G W, dW = G^T x, db = sum_i G_i,
+again as exact sums.  Its cost is about 3 N C D products at 50 digits: the accuracy shapes.
+
+``float64_linear_cross_entropy``: for the shapes mpmath cannot reach (a row of 2^20
+classes), float32 inputs only: the logits as float64 dot products of exact float64
+products (relative error at most D u_64 of the sum of |x_ik W_jk|, below 1e-12 float32
+ULP for D <= 512), the loss from the long-double engine's cross-entropy
+(``losses._longdouble_cross_entropy``), dx and dW as float64 matrix products of the
+long-double G rounded to float64.  Every step's error is below 1e-6 of a float32 ULP of the
+result (the condition of the products aside, which is the kernel's too), so it serves as
+the exact value for float32 outputs; it is not used for float64 outputs.
+"""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+
+from ..metrics import Exact
+from .engine import LONGDOUBLE_ENGINE, MPMATH_DIGITS, to_exact, to_mpf, to_mpf_matrix
+from .losses import cross_entropy_mp
+
+
+def _products(left, right):
+    """rows of left (n x d) times rows of right (m x d), transposed: n x m exact sums (mpf)."""
+    return [[mpmath.fsum(a * b for a, b in zip(row, column)) for column in right] for row in left]
+
+
+def exact_linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100,
+                               reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=1.0):
+    """(loss, dx, dW[, db]) of ``kernels.linear_cross_entropy_forward_backward`` as Exact pairs."""
+    rows, features = np.shape(x)
+    classes = np.shape(linear_weight)[0]
+    with mpmath.workdps(MPMATH_DIGITS):
+        inputs = to_mpf_matrix(x)
+        weights = to_mpf_matrix(linear_weight)
+        logits = _products(inputs, weights)
+        if linear_bias is not None:
+            bias = [to_mpf(value) for value in linear_bias]
+            logits = [[value + b for value, b in zip(row, bias)] for row in logits]
+        slopes = None
+        if softcap is not None:
+            cap = to_mpf(softcap)
+            tanhs = [[mpmath.tanh(value / cap) for value in row] for row in logits]
+            logits = [[cap * t for t in row] for row in tanhs]
+            slopes = [[1 - t * t for t in row] for row in tanhs]
+        loss, grads = cross_entropy_mp(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                       label_smoothing=label_smoothing, grad_output=grad_output, z_loss=z_loss)
+        if slopes is not None:
+            grads = [[g * s for g, s in zip(row, slope)] for row, slope in zip(grads, slopes)]
+        columns = [list(column) for column in zip(*weights)]  # W^T: features x classes
+        dx = _products(grads, columns)
+        grads_t = [list(column) for column in zip(*grads)]
+        inputs_t = [list(column) for column in zip(*inputs)]
+        dW = _products(grads_t, inputs_t)
+        outputs = [loss, to_exact([v for row in dx for v in row], (rows, features)),
+                   to_exact([v for row in dW for v in row], (classes, features))]
+        if linear_bias is not None:
+            outputs.append(to_exact([mpmath.fsum(column) for column in grads_t], (classes,)))
+    return tuple(outputs)
+
+
+def float64_linear_cross_entropy(x, linear_weight, target, *, grad_output=1.0, reduction="mean"):
+    """(loss, dx, dW) for float32 inputs with the default options, at any size (see the module docstring)."""
+    from .losses import _longdouble_cross_entropy
+
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise NotImplementedError(f"the float64 reference measures float32 outputs only, got {x.dtype} inputs")
+    wide_x = x.astype(np.float64)
+    wide_w = np.asarray(linear_weight).astype(np.float64)
+    logits = wide_x @ wide_w.T
+    loss, grad = _longdouble_cross_entropy(logits, np.asarray(target), -100, reduction, grad_output)
+    g = grad.hi
+    dx, dW = g @ wide_w, g.T @ wide_x
+    zero = np.zeros
+    return (loss, Exact(dx, zero(dx.shape), LONGDOUBLE_ENGINE), Exact(dW, zero(dW.shape), LONGDOUBLE_ENGINE))
+
+
+__all__ = ["exact_linear_cross_entropy", "float64_linear_cross_entropy"]
