@@ -58,7 +58,7 @@ from .providers import as_numpy, missing_requirement, report_skip
 from .profiles import Profile, add_profile_arguments, get_profile, profile_entries
 from .selection import require_cases
 
-LIMIT_PROVIDERS = ("limit:stream", "limit:exp")
+LIMIT_PROVIDERS = ("limit:stream", "limit:exp", "limit:matmul")
 BENCH_REGIME = "normal_x3"
 PROFILE_ENVIRONMENT_VARIABLE = "SOFTMAXLAB_BENCH_PROFILE"
 
@@ -66,10 +66,11 @@ ROW_COLUMNS = (
     "kernel", "op", "mode", "provider", "rows", "classes", "dtype", "threads",
     "p20_s", "p50_s", "p80_s", "mean_s", "samples", "repeats", "first_call_s", "compile_s",
     "read_elements", "written_elements", "exp_count", "bytes", "bytes_per_s",
-    "stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit",
+    "stream_limit_s", "exp_limit_s", "matmul_limit_s", "limit_s", "bound", "fraction_of_limit",
     "spread", "other_load", "other_load_error", "spare_cpus", "flag",
 )
-_DERIVED_COLUMNS = ("stream_limit_s", "exp_limit_s", "limit_s", "bound", "fraction_of_limit", "flag")
+_DERIVED_COLUMNS = ("stream_limit_s", "exp_limit_s", "matmul_limit_s", "limit_s", "bound", "fraction_of_limit",
+                    "flag")
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,11 @@ class BenchPlan:
                 names = [provider for provider in names if self._available(entry, provider)]
             for rows, classes, dtype in profile_shapes(profile, entry):
                 block = list(names) + ["limit:stream"]
-                if entry.cost((rows, classes)).exp_count:
+                cost = entry.cost((rows, classes))
+                if cost.exp_count:
                     block.append("limit:exp")
+                if cost.matmuls:
+                    block.append("limit:matmul")
                 for repeat in range(profile.bench_repeats):
                     turn = repeat % len(block)
                     for provider in block[turn:] + block[:turn]:
@@ -161,6 +165,8 @@ class BenchPlan:
                 run = roofline.stream_runner(cost.read_elements, cost.written_elements, case.dtype)
             elif case.provider == "limit:exp":
                 run = roofline.exp_runner(entry.cost(shape).exp_count, case.dtype)
+            elif case.provider == "limit:matmul":
+                run = roofline.matmul_runner(entry.cost(shape).matmuls, case.dtype)
             else:
                 if self._inputs is None:
                     self._inputs = entry.make_inputs(BENCH_REGIME, shape, case.dtype, self.seed)
@@ -320,11 +326,12 @@ def tidy_rows(report: dict) -> pd.DataFrame:
     limits = frame[frame["provider"].isin(LIMIT_PROVIDERS)].pivot_table(
         index=block, columns="provider", values="p50_s", aggfunc="first")
     limits = limits.reindex(columns=list(LIMIT_PROVIDERS)).rename(
-        columns={"limit:stream": "stream_limit_s", "limit:exp": "exp_limit_s"})
+        columns={"limit:stream": "stream_limit_s", "limit:exp": "exp_limit_s", "limit:matmul": "matmul_limit_s"})
     limits.columns.name = None
     frame = frame.merge(limits.reset_index(), on=block, how="left")
-    frame["limit_s"] = frame[["stream_limit_s", "exp_limit_s"]].max(axis=1, skipna=True)
-    frame["bound"] = np.where(frame["exp_limit_s"].fillna(0) > frame["stream_limit_s"].fillna(0), "exp", "memory")
+    bounds = frame[["stream_limit_s", "exp_limit_s", "matmul_limit_s"]]
+    frame["limit_s"] = bounds.max(axis=1, skipna=True)
+    frame["bound"] = np.array(["memory", "exp", "matmul"])[bounds.fillna(0).to_numpy().argmax(axis=1)]
     frame["fraction_of_limit"] = frame["limit_s"] / frame["p50_s"]
     frame["flag"] = tables.cell_flags(frame)
     return frame[list(ROW_COLUMNS)]

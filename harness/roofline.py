@@ -20,7 +20,13 @@ with the providers:
   environment; the float32 kernels that scale by a temperature or a margin use the
   slower float64-evaluated one, so their fraction of this limit is lower.
 
-A row's roofline time is the larger of the two; ``fraction_of_limit`` = roofline / p50.
+* ``limit:matmul``: the matrix products of the operation's cost (``Cost.matmuls``, e.g.
+  x W^T, G W and G^T x for a fused linear loss with its gradient) as NumPy's BLAS takes
+  them (OpenBLAS, the threads pinned like every framework's), on arrays allocated before
+  timing: the arithmetic-bound time of the products alone.  Only for the entries that
+  have products.
+
+A row's roofline time is the largest of these; ``fraction_of_limit`` = roofline / p50.
 A provider cannot beat these loops by more than noise, so a fraction above 1 is a
 measurement error (a disturbed limit loop or cell, or a cost model counting work the
 kernel skips): ``tables.cell_flags`` flags it "roofline>100%" and the tables print that
@@ -107,6 +113,21 @@ def _exp_loop(buffers, outputs, count):
             sweep += 1
         partial[task] = total
     return partial.sum()
+
+
+def matmul_runner(matmuls, dtype):
+    """A zero-argument call that takes the matrix products ``matmuls`` ((m, k, n): an m x k times
+    a k x n) with NumPy, into outputs allocated here."""
+    rng = np.random.default_rng(0)
+    operands = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype),
+                 np.empty((m, n), dtype=dtype)) for m, k, n in matmuls]
+
+    def run():
+        for left, right, out in operands:
+            np.matmul(left, right, out=out)
+        return float(operands[-1][2][0, 0]) if operands else 0.0
+
+    return run
 
 
 def stream_runner(read_elements: int, written_elements: int, dtype):

@@ -59,18 +59,26 @@ SMOKE_BENCH_SHAPES = ((5, 37, "float32"),)
 
 @dataclass(frozen=True)
 class Cost:
-    """Work of one call: elements read once, elements written once, exponentials.
+    """Work of one call: elements read once, elements written once, exponentials, matrix products.
 
     The speed table counts bytes as (read + written) * itemsize: every input read once
     and every output written once, the minimum any implementation must move.
+    ``matmuls`` lists the matrix products (m, k, n) an implementation cannot avoid
+    (``x W^T`` and, with the gradient, ``G W`` and ``G^T x``): their time on this machine
+    is the third roofline, ``limit:matmul`` (``roofline.py``).
     """
 
     read_elements: int
     written_elements: int
     exp_count: int
+    matmuls: tuple = ()
 
     def bytes_moved(self, dtype) -> int:
         return (self.read_elements + self.written_elements) * np.dtype(dtype).itemsize
+
+    @property
+    def matmul_flops(self) -> int:
+        return sum(2 * m * k * n for m, k, n in self.matmuls)
 
 
 @dataclass(frozen=True)

@@ -149,22 +149,28 @@ def _cosine_cost(with_gradient):
 
 
 def _feature_cost(with_gradient, exps=True, outputs="loss"):
-    """Every input read once, every output written once (D = features_for(shape))."""
+    """Every input read once, every output written once (D = features_for(shape)); the
+    products x W^T (and G W, G^T x for the gradients) of the entries on x W^T."""
 
     def cost(shape):
         rows, classes = shape
         features = features_for(shape)
         read = (rows + classes) * features + rows
+        forward = ((rows, features, classes),)  # x W^T
+        backward = ((rows, classes, features), (classes, rows, features))  # G W, G^T x
         if outputs == "cos":
-            written = rows * classes
+            written, matmuls = rows * classes, forward
         elif outputs == "gradients":
             read += rows * classes
-            written = (rows + classes) * features
+            written, matmuls = (rows + classes) * features, backward
         elif outputs == "centers":
-            written = classes * features
+            written, matmuls = classes * features, ()
         else:
             written = rows + ((rows + classes) * features if with_gradient else 0)
-        return Cost(read_elements=read, written_elements=written, exp_count=rows * classes if exps else 0)
+            # the losses on x W^T (not the center loss, which has no product)
+            matmuls = (forward + (backward if with_gradient else ())) if exps else ()
+        return Cost(read_elements=read, written_elements=written, exp_count=rows * classes if exps else 0,
+                    matmuls=matmuls)
 
     return cost
 
