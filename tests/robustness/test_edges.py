@@ -320,6 +320,19 @@ def test_ignored_rows(dtype, options):
 
 
 @DTYPES
+def test_probability_target_ignore_index(dtype):
+    logits = rows([[1, 2, 0.5], [0, -1, 3]], dtype)
+    probabilities = rows([[0.2, 0.3, 0.5], [1, 0, 0]], dtype)
+    for call in (kernels.cross_entropy, kernels.cross_entropy_forward_backward):
+        with pytest.raises(ValueError, match="ignore_index is not supported for class-probability targets"):
+            call(logits, probabilities, ignore_index=0)
+    plain = kernels.cross_entropy_forward_backward(logits, probabilities, reduction="none")
+    negative = kernels.cross_entropy_forward_backward(logits, probabilities, reduction="none", ignore_index=-1)
+    for a, b in zip(plain, negative):
+        assert np.array_equal(a, b)
+
+
+@DTYPES
 def test_zero_norm(dtype):
     features, weights = rows([[1, 2], [0, 0]], dtype), rows([[1, 0], [0, 1], [1, 1]], dtype)
     zero_weights = rows([[1, 0], [0, 1], [0, 0]], dtype)
