@@ -23,8 +23,9 @@ from numba import njit, prange
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.reduction import reduce_losses, row_scales
 from ._margin_rows import margin_rows
-from ._normalized_linear import checked_norms, features_and_weights, product_over_classes, tangent_kernel, unit_rows
-from ._numerics.eft import fma, two_product, two_sum
+from ._normalized_linear import (checked_norms, compensated_dot, features_and_weights, product_over_classes,
+                                 tangent_kernel, unit_rows)
+from ._numerics.eft import fma, two_product
 from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
 
 __all__ = ["large_margin_cross_entropy", "large_margin_cross_entropy_forward_backward"]
@@ -74,20 +75,10 @@ def _check_large_margin(m, lambda_, normalize_weights):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _target_dots_kernel(x, W, targets, out):
-    # out_i = x_i . W_{y_i} by Dot2 (Ogita, Rump & Oishi 2005): every product split exactly
-    # (FMA) and every sum carried with its error (two_sum), as accurate as if computed in
-    # twice the working precision.  N dot products only: the target's cosine enters psi,
-    # whose slope m^2 at c = 1 would amplify a BLAS rounding 16-fold.
+    # out_i = x_i . W_{y_i} by Dot2 (compensated_dot).  N dot products only: the target's cosine
+    # enters psi, whose slope m^2 at c = 1 would amplify a BLAS rounding 16-fold.
     for i in range(x.shape[0]):
-        features = x[i]
-        weights = W[targets[i]]
-        total = 0.0
-        error = 0.0
-        for j in range(features.shape[0]):
-            product, product_error = two_product(np.float64(features[j]), np.float64(weights[j]))
-            total, sum_error = two_sum(total, product)
-            error += product_error + sum_error
-        out[i] = total + error
+        out[i] = compensated_dot(x[i], W[targets[i]])
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
