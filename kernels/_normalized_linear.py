@@ -275,7 +275,7 @@ def normalized_linear(x, W):
     are recomputed from a compensated (Dot2) dot product.  Measured against mpmath
     (``softmaxlab accuracy --kernels normalized_linear``, 32 x 1000, D = 16): float32 within
     0.5 ULP (correctly rounded); float64 within 88 ULP elementwise (the near-zero cosines
-    just above 2^-7) and 3.0 ULP of the row's largest cosine.
+    just above 2^-7) and 3.04 ULP of the row's largest cosine.
 
     Example:
         >>> import numpy as np
@@ -326,9 +326,9 @@ def normalized_linear_backward(x, W, grad_cos):
             shape), ``x``'s dtype.
 
     Returns:
-        (dx, dW) shaped like ``x`` and ``W``.  ``p`` and ``q`` are ``np.matmul`` products,
-        in float64 for float32 inputs (of float64 unit rows), in float64 for float64 inputs;
-        the projections are computed in float64 and rounded once.  Measured against mpmath
+        (dx, dW) shaped like ``x`` and ``W``.  ``p`` and ``q`` are ``np.matmul`` products in
+        float64 (for float32 inputs: of the float64 unit rows and the upstream gradient
+        converted); the projections are computed in float64 and rounded once.  Measured against mpmath
         (``softmaxlab accuracy --kernels normalized_linear_backward``, 32 x 1000, D = 16):
         float32 within 0.5 ULP (correctly rounded); float64 up to 1.0e4 (dx) and 2.7e4 (dW)
         ULP elementwise, where an entry is a small difference of the products' terms, and

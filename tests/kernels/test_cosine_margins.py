@@ -49,8 +49,8 @@ MARGINS = {
 }
 # Accuracy bounds.  float32: everything in float64, rounded once (exp_f32_wide: 1.1e-10 relative).
 # float64: the non-target logits s*c are exact pairs and z_y = s f(c) a pair, so NormFace and
-# CosFace are within a few ULP; with an angular margin the rounding of cos m, sin m and of the
-# square root (or of acos/cos for m1 != 1) enters z_y: ~s * eps absolute, i.e. ~s ULP of a.
+# CosFace are within a few ULP; with an angular margin the rounding of the square root (cos m
+# and sin m are exact pairs; acos/cos for m1 != 1) enters z_y: ~s * eps absolute, ~s ULP of a.
 ULP_FLOAT32 = 1.0
 ULP_FLOAT64_EXACT_TARGET = 8.0
 
