@@ -7,11 +7,15 @@ evaluated once per row (float64); the (rows, classes) work is the margin row ker
 (``_margin_rows.py``), which keeps the target apart from the block sums.
 
 For float64 inputs the target's ``s f(c)`` is a pair (exact for NormFace and CosFace;
-with an angular margin the rounding of cos m, sin m and the square root remains, about s
-ulp).  The measured errors against mpmath, per regime, are the accuracy tables
-(``results/accuracy.md``; the largest over the regimes in the README): in the 09492e8
-snapshot float32 loss and dcos within 0.51 ULP, float64 loss up to 25.2 ULP and dcos up
-to 26.8 ULP (ArcFace, one dominant logit).
+with an angular margin cos m and sin m are pairs too and the rounding of the square root
+remains, up to about s ulp where f(c) cancels).  The measured errors against mpmath, per
+regime, are the accuracy tables (``results/accuracy.md``; the largest over the regimes in
+the README).  Measured on branch acc after 5e99963 with ``softmaxlab accuracy --kernels
+margin_cross_entropy normface cosface arcface`` and their ``_forward_backward``: float32
+loss and dcos within 0.51 ULP; float64 loss within 1.5 ULP and dcos within 5.1 ULP (was
+25.2 and 26.8 for ArcFace's dominant logit, from cos m's rounding).  ArcFace's f'(c) near
+theta = pi - m, where it tends to 0, is within 3.8 ULP of mpmath (it was up to 4e14 ULP:
+``test_arcface_slope_near_pi_minus_m_has_no_cancellation``).
 
 Proof book: ``docs/proofs/margins.md`` (combined-margin derivative, margin cross-entropy
 gradient, the ArcFace derivative at the ends and its fallback).
@@ -20,6 +24,8 @@ gradient, the ArcFace derivative at the ends and its fallback).
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -65,8 +71,46 @@ def _sine_of_angle(c):
     return math.sqrt((1.0 - c) * (1.0 + c))
 
 
+@lru_cache(maxsize=64)
+def cosine_and_sine_pairs(angle: float) -> tuple[float, float, float, float]:
+    """(cos high, cos low, sin high, sin low): cos(angle) and sin(angle) as unevaluated pairs
+    (high + low, to about 2**-106), from their Taylor series in ``decimal`` at 40 digits (the
+    angle, a float, is exact there), each rounded twice to float64; cached per angle (about
+    0.1 ms each)."""
+    with localcontext() as context:
+        context.prec = 40
+        x = Decimal(angle)
+        pairs = []
+        for term, k in ((Decimal(1), 0), (x, 1)):  # cos: 1 - x^2/2! + ...; sin: x - x^3/3! + ...
+            total = term
+            while abs(term) > Decimal(10) ** -38:
+                k += 2
+                term = -term * x * x / (k * (k - 1))
+                total += term
+            high = float(total)
+            pairs += [high, float(total - Decimal(high))]
+        return tuple(pairs)
+
+
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _combined_margin_kernel(cosines, scale, m1, m2, m3, c_max, high, low, slopes):
+def _arc_slope(c, cos_m, cos_m_low, sin_m):
+    """ArcFace's f'(c) = cos m + sin m c / sqrt(1 - c^2) = sin(theta + m) / sin(theta).
+
+    Where c < 0 and cos m > 0 the numerator sin theta cos m + c sin m cancels as theta -> pi - m
+    (f' -> 0): where it has lost more than half of cos m it is written (cos m - c)(cos m + c) / (sin theta cos m - c sin m) (the
+    product with the conjugate is cos^2 m - c^2), whose only small factor cos m + c is exact:
+    c + cos m_high is exact (Sterbenz) and cos m's rounding is carried in cos_m_low.
+    """
+    sine = _sine_of_angle(c)
+    slope = cos_m + sin_m * c / sine
+    if c < 0.0 and cos_m > 0.0 and slope < 0.5 * cos_m:  # the sum cancels by more than half
+        near, near_low = two_sum(cos_m, c)
+        return (cos_m - c) * (near + (near_low + cos_m_low)) / (sine * cos_m - c * sin_m) / sine
+    return slope
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _combined_margin_kernel(cosines, scale, m1, m2, m3, c_max, margin_pairs, high, low, slopes):
     """Per row: z_y = s f(c) as a pair (high + low) and f'(c), for the target cosines c.
 
     * m1 = 1, m2 = 0 (NormFace, CosFace): f(c) = c - m3, f' = 1; z_y is exact (two_sum, FMA).
@@ -75,15 +119,16 @@ def _combined_margin_kernel(cosines, scale, m1, m2, m3, c_max, high, low, slopes
       f(c) = c - m2 sin m2 - m3 (f' = 1), which keeps f increasing in c
       (docs/proofs/margins.md#arcface-fallback: the value jumps by cos m2 + m2 sin m2 - 1 there);
       f'(c) = cos m2 + sin m2 c / sqrt(1 - c^2) at min(c, c_max)
-      (docs/proofs/margins.md#arcface-derivative-at-the-ends).  Products and sums are kept as
-      pairs; what remains is the rounding of cos m2, sin m2 and the square root.
+      (docs/proofs/margins.md#arcface-derivative-at-the-ends), without cancellation as
+      theta -> pi - m2 (``_arc_slope``).  Products and sums are kept as pairs, cos m2 and
+      sin m2 too (``cosine_and_sine_pairs``); what remains is the rounding of the square root.
     * otherwise: f(c) = cos(m1 arccos c + m2) - m3 and f'(c) = m1 sin(m1 theta + m2) / sin theta
       at c clamped to [-c_max, c_max] (docs/proofs/margins.md#combined-margin-derivative); no
       fallback.
 
     c is clamped to [-1, 1] first (NaN passes).  Scalar libm calls: one row at a time.
     """
-    cos_m, sin_m = math.cos(m2), math.sin(m2)
+    cos_m, cos_m_low, sin_m, sin_m_low = margin_pairs  # cos m2 and sin m2 as pairs (cosine_and_sine_pairs)
     switch = math.cos(math.pi - m2)  # InsightFace's th
     for i in range(cosines.shape[0]):
         c = cosines[i]
@@ -96,13 +141,14 @@ def _combined_margin_kernel(cosines, scale, m1, m2, m3, c_max, high, low, slopes
             value_low += extra
             slope = 1.0
         elif m1 == 1.0:
-            # f(c) = c cos m - sin m sqrt((1 - c)(1 + c)) - m3
+            # f(c) = c cos m - sin m sqrt((1 - c)(1 + c)) - m3, cos m and sin m as pairs
+            sine = _sine_of_angle(c)
             first, first_low = two_product(c, cos_m)
-            second, second_low = two_product(sin_m, _sine_of_angle(c))
+            second, second_low = two_product(sin_m, sine)
             value, value_low = two_sum(first, -second)
             value, extra = two_sum(value, -m3)
-            value_low += extra + (first_low - second_low)
-            slope = cos_m + sin_m * c_slope / _sine_of_angle(c_slope)
+            value_low += extra + (first_low - second_low) + (c * cos_m_low - sine * sin_m_low)
+            slope = _arc_slope(c_slope, cos_m, cos_m_low, sin_m)
         else:
             value = math.cos(m1 * math.acos(c) + m2) - m3
             value_low = 0.0
@@ -121,7 +167,8 @@ def combined_margin_target(cos_target, s, m1, m2, m3, c_max):
     """
     cos_target = np.ascontiguousarray(cos_target, dtype=np.float64)
     high, low, slope = (np.empty_like(cos_target) for _ in range(3))
-    _combined_margin_kernel(cos_target, float(s), float(m1), float(m2), float(m3), float(c_max), high, low, slope)
+    _combined_margin_kernel(cos_target, float(s), float(m1), float(m2), float(m3), float(c_max),
+                            cosine_and_sine_pairs(float(m2)), high, low, slope)
     return high, low, slope
 
 

@@ -49,8 +49,8 @@ MARGINS = {
 }
 # Accuracy bounds.  float32: everything in float64, rounded once (exp_f32_wide: 1.1e-10 relative).
 # float64: the non-target logits s*c are exact pairs and z_y = s f(c) a pair, so NormFace and
-# CosFace are within a few ULP; with an angular margin the rounding of cos m, sin m and of the
-# square root (or of acos/cos for m1 != 1) enters z_y: ~s * eps absolute, i.e. ~s ULP of a.
+# CosFace are within a few ULP; with an angular margin the rounding of the square root (cos m
+# and sin m are exact pairs; acos/cos for m1 != 1) enters z_y: ~s * eps absolute, ~s ULP of a.
 ULP_FLOAT32 = 1.0
 ULP_FLOAT64_EXACT_TARGET = 8.0
 
@@ -235,8 +235,14 @@ def test_target_logit_and_derivative_match_the_proven_closed_forms(dtype):
     values = np.array([-1.0, -0.99, switch - 1e-9, switch + 1e-9, -0.3, 0.0, 0.5, 0.9999, float(c_max), 1.0])
     high, low, slope = _cosine_margins.combined_margin_target(values, 1.0, 1.0, m, 0.0, c_max)
     page = closed_forms.arcface_target_logit_derivative.page
-    np.testing.assert_allclose(high + low, closed_forms.arcface_target_logit(values, m), rtol=1e-15, atol=1e-16,
+    # rtol 2e-15: the closed form, evaluated in float64, cancels in sqrt(1 - c^2) at c = 0.9999
+    # (1.1e-15 from mpmath there).  Ours against mpmath: cos m and sin m are pairs, the square
+    # root's rounding remains, ~7 ULP where f(c) cancels (c = 0.5: f = 0.024; measured 7.09)
+    np.testing.assert_allclose(high + low, closed_forms.arcface_target_logit(values, m), rtol=2e-15, atol=1e-16,
                                err_msg=closed_forms.arcface_target_logit.page)
+    with mpmath.workdps(DIGITS):
+        arc = [mpmath.cos(mpmath.acos(mpmath.mpf(float(v))) + m) for v in values if v > switch]
+    assert exact.ulp_errors((high + low)[values > switch], arc).max() <= 8.0
     with np.errstate(divide="ignore", invalid="ignore"):  # NumPy evaluates both branches of the Piecewise
         proven_slope = closed_forms.arcface_target_logit_derivative(values, m, c_max)
     # atol: near the switch f' ~ 1e-9 and the closed form's sqrt(1 - c^2) cancels (ours: sqrt((1-c)(1+c)))
@@ -342,6 +348,28 @@ def test_theta_just_below_and_above_pi_minus_m(dtype):
         ULP_FLOAT32 if dtype == np.float32 else 40.0)
     # the target logit is monotone: larger theta never gives a larger logit
     assert high[1] < high[0]
+
+
+@pytest.mark.parametrize("m", [0.3, 0.5, 1.0])
+def test_arcface_slope_near_pi_minus_m_has_no_cancellation(m):
+    # f'(c) = cos m + sin m c / sin theta -> 0 as theta -> pi - m: written directly it cancels
+    # (1e14 ULP at 1 ulp from the switch, before the conjugate form of _arc_slope); now within
+    # 4 ULP of mpmath from 1 ulp above the switch up to c = 1 (measured: at most 3.8)
+    switch = math.cos(math.pi - m)
+    rng = np.random.default_rng(int(m * 10))
+    c = np.concatenate([switch + np.spacing(abs(switch)) * np.arange(1, 40), rng.uniform(switch, 1.0, 300)])
+    c = c[c > switch]
+    _, _, slope = _cosine_margins.combined_margin_target(c, 64.0, 1.0, m, 0.0, 1 - 2.0 ** -53)
+    with mpmath.workdps(DIGITS):
+        exact_slopes = [mpmath.sin(mpmath.acos(mpmath.mpf(float(v))) + m) / mpmath.sqrt(1 - mpmath.mpf(float(v)) ** 2)
+                        for v in c]
+    assert exact.ulp_errors(slope, exact_slopes).max() <= 4.0
+    # and dcos's target column near the switch, where dcos_y = s f'(c) (a_y - 1)
+    cos = np.array([[c[k], 0.1, -0.2] for k in range(6)])
+    target = np.zeros(6, dtype=np.int64)
+    _, dcos = arcface_forward_backward(cos, target, s=64.0, m=m, reduction="none")
+    _, gradients = exact_margin(cos, target, (64.0, 1.0, m, 0.0))
+    assert exact.ulp_errors(dcos, gradients).max() <= 8.0
 
 
 def test_target_logit_is_nondecreasing_in_the_cosine_for_arcface():
