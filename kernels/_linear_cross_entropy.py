@@ -1,0 +1,526 @@
+"""Fused linear cross-entropy: ``cross_entropy(x W^T + b, target)`` without the (rows, classes) logits.
+
+``linear_cross_entropy(x, linear_weight, target, ...)`` is :func:`cross_entropy` of the
+logits ``z = x W^T + b`` (optionally soft-capped, ``c tanh(z / c)``, and with PaLM's z-loss
+``z_loss * LSE(z)^2`` added per row), computed in chunks of the logits whose size is
+bounded by ``memory_budget`` bytes; the N x C logits are never formed.
+
+Two passes over the chunks, the logits of each chunk recomputed by BLAS (NumPy's matmul,
+in the inputs' dtype):
+
+1. **statistics**: each chunk holds whole class tiles of ``block_length(itemsize)`` classes
+   (8192 float32, 4096 float64), the blocks of ``cross_entropy``'s kernel.  Per row and tile
+   the kernel ``_tile_statistics`` (parallel over rows) keeps the tile's (max, sum of
+   exponentials), the label-smoothing gap sums and the target logit, with
+   ``cross_entropy``'s own block functions; ``_merge_rows`` merges the tiles of a row in
+   tile order with ``cross_entropy``'s merge and forms its loss with its formula
+   (``_cross_entropy.index_finite_cross_entropy``).  The loss is therefore
+   ``cross_entropy``'s of the same logits, bit for bit.
+2. **gradient** (``*_forward_backward``): the logits are recomputed chunk by chunk and
+   overwritten in place by G = dloss/dz (``_chunk_gradient``, elementwise from the row's
+   statistics: G_j = g ((TW + 2 z_loss LSE) a_j - tw_j), times the soft cap's
+   1 - tanh^2; the target entry with ``a_y - 1`` free of cancellation), then
+   ``grad_input += G W`` and ``grad_linear_weight += G^T x`` (derivation:
+   ``docs/proofs/linear_cross_entropy.md``).
+
+What does not depend on the chunking (``memory_budget``) or on the thread count:
+
+* every product is taken over a fixed partition: the logits and ``G W`` per tile of
+  ``PRODUCT_TILE`` classes (all rows of a chunk in one GEMM), ``G^T x`` and the bias'
+  column sums per tile of ``ROW_TILE`` rows; the tiles' results are added in float64 in
+  tile order, so chunking adds no rounding of its own, and the outputs are rounded once;
+* the rows' statistics are merged over the fixed class tiles in tile order;
+* the Numba kernels work row by row (any thread count gives the same bits).
+
+The remaining dependence is BLAS's: a GEMM's element must not depend on how many rows the
+GEMM has (a chunk holds a varying number of rows).  OpenBLAS computes each element's dot
+product in the same order for any number of rows; it differs only in a GEMM of one
+column (its vector path), which a tile never is unless C = 1 (mod ``PRODUCT_TILE``), and
+that last tile is the same one for every budget.  Under that property the loss, the
+gradients and the per-row losses are bit-identical for every ``memory_budget`` and every
+``numba.set_num_threads`` (``tests/kernels/test_linear_cross_entropy.py``,
+``test_bits_do_not_depend_on_the_budget`` and ``..._on_the_thread_count``).  Permuting the
+rows permutes the per-row losses and the rows of ``grad_input`` bit for bit; the
+reductions, ``grad_linear_weight`` and ``grad_linear_bias`` sum over rows and may change
+in their last bits.
+
+Memory beyond the inputs and outputs: the chunk buffer (at most ``memory_budget`` bytes,
+but never less than one row of one class tile in the first pass and ``min(rows,
+ROW_TILE)`` rows of one product tile in the second), the per-row statistics (rows x
+tiles x 5 float64), the float64 accumulator of ``grad_input`` (rows x features), and, with
+more than ``ROW_TILE`` rows, a float64 accumulator of ``grad_linear_weight`` for the
+chunk's classes (inside the budget).  ``chunk_plan`` computes the sizes.
+
+Rows whose logits are not all finite (an overflow to inf, a NaN) are recomputed alone:
+that row's logits (C values) are formed and passed to :func:`cross_entropy_forward_backward`,
+so the edges are ``cross_entropy``'s (``docs/design.md``, "Semantics at the edges").
+
+References: A. Chowdhery et al., "PaLM" (z-loss), 2022; Gemma Team, "Gemma 2" (logit soft
+cap), 2024; E. Wijmans et al., "Cut your losses in large-vocabulary language models" (cut
+cross-entropy), 2024; M. Milakov & N. Gimelshein, "Online normalizer calculation for
+softmax", 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length
+from ._cross_entropy import (
+    ANCHOR,
+    GAP_WEIGHT,
+    GAPS,
+    MAX,
+    SUM,
+    WIDTH,
+    _gap_sums,
+    _merge_gaps,
+    class_index_args,
+    class_index_options,
+    cross_entropy_forward_backward,
+    index_finite_cross_entropy,
+)
+from ._driver.losses import merge_pair, target_minus_one, upstream_at
+from ._driver.reduction import reduce_losses
+from ._numerics.rows import cast_like, chunked_sum, exp_difference_for, fill, max_sum_exp_stored
+from ._softmax import logsumexp, softmax
+from ._validation import check_float_array, check_real_scalar
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_forward_backward", "chunk_plan", "DEFAULT_MEMORY_BUDGET"]
+
+PAGE = "docs/proofs/linear_cross_entropy.md"
+
+#: The default bound on the chunk buffers, in bytes (32 MiB).
+DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
+
+#: Classes per GEMM (the logits and G W): the fixed column partition of every product.
+PRODUCT_TILE = 1024
+#: Rows per product G^T x (and per column sum of G): the fixed row partition of grad_linear_weight.
+ROW_TILE = 1024
+
+# row status (``_merge_rows``)
+KEPT, IGNORED, FALLBACK = 0, 1, 2
+# columns of the per-row state
+STATE_MAX, STATE_SUM, STATE_TARGET_TOTAL, STATE_LSE = 0, 1, 2, 3
+
+Plan = namedtuple("Plan", ["tile", "rows1", "cols1", "rows2", "cols2", "split", "bytes1", "bytes2"])
+
+
+def chunk_plan(rows, classes, features, dtype, memory_budget=DEFAULT_MEMORY_BUDGET, write=True):
+    """The chunks of both passes: a ``Plan`` (tile, rows1, cols1, rows2, cols2, split, bytes1, bytes2).
+
+    Pass 1 takes ``rows1`` rows of ``cols1`` classes (whole class tiles of ``tile``); pass 2
+    ``rows2`` rows (a multiple of ``ROW_TILE``, or all) of ``cols2`` classes (a multiple of
+    ``PRODUCT_TILE``).  ``split``: more rows than ``ROW_TILE``, so that grad_linear_weight is
+    accumulated in float64.  ``bytes1`` and ``bytes2`` are the buffers each pass allocates
+    beyond the inputs, the outputs and the per-row state; each is at most ``memory_budget``
+    unless one tile alone exceeds it.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    tile = block_length(itemsize)
+    tile_cols = min(classes, tile)
+    rows1 = int(min(max(rows, 1), max(1, memory_budget // (tile_cols * itemsize))))
+    tiles1 = max(1, memory_budget // (rows1 * tile * itemsize))
+    cols1 = int(min(classes, tiles1 * tile))
+    bytes1 = rows1 * cols1 * itemsize + numba.get_num_threads() * tile_cols * itemsize
+    if not write:
+        return Plan(tile, rows1, max(cols1, 1), 0, 0, False, bytes1, 0)
+    split = rows > ROW_TILE
+    product_cols = min(classes, PRODUCT_TILE)
+    unit = min(max(rows, 1), ROW_TILE)
+
+    def pass2_bytes(row_count, col_count):
+        # the chunk (G in place of the logits), grad_linear_weight's float64 accumulator (split),
+        # the products' temporaries (G W of the chunk's rows; G^T x of one product tile when split)
+        accumulator = col_count * features * 8 if split else 0
+        product = (row_count + (min(col_count, PRODUCT_TILE) if split else 0)) * features * itemsize
+        return row_count * col_count * itemsize + accumulator + product
+
+    rows2 = max(rows, 1) if pass2_bytes(max(rows, 1), product_cols) <= memory_budget else unit
+    while rows2 < rows and rows2 + unit <= rows and pass2_bytes(rows2 + unit, product_cols) <= memory_budget:
+        rows2 += unit
+    products = 1
+    while products * PRODUCT_TILE < classes and pass2_bytes(rows2, (products + 1) * PRODUCT_TILE) <= memory_budget:
+        products += 1
+    cols2 = int(min(classes, products * PRODUCT_TILE))
+    return Plan(tile, rows1, max(cols1, 1), int(rows2), max(cols2, 1), split, bytes1, pass2_bytes(rows2, cols2))
+
+
+# ---- the kernels --------------------------------------------------------------------------------
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _capped(values, value, cap):
+    """The soft-capped logit c tanh(z / c), rounded to ``values``' dtype, as a float64."""
+    return np.float64(cast_like(values, cap * math.tanh(np.float64(value) / cap)))
+
+
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _soft_cap_in_place(logits, cap):
+    for r in prange(logits.shape[0]):
+        values = logits[r]
+        for j in range(values.shape[0]):
+            values[j] = _capped(values, values[j], cap)
+
+
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _tile_statistics(logits, row0, col0, tile, args, partial, target_logit, scratch):
+    """Per row of the chunk ``logits`` (rows row0.., classes col0..) and per class tile k:
+    ``partial[i, k]`` as ``_cross_entropy._reduce_index`` fills it for the block k, and the
+    target logit in ``target_logit[i]`` where the label is in the chunk."""
+    rows, cols = logits.shape
+    for r in prange(rows):
+        i = row0 + r
+        label = args.target[i]
+        if label != args.ignore_index:
+            for start in range(0, cols, tile):
+                stop = min(cols, start + tile)
+                values = logits[r, start:stop]
+                k = (col0 + start) // tile
+                # e_j stored in this thread's scratch, as cross_entropy stores them for the loss alone
+                largest, total = max_sum_exp_stored(values, scratch[numba.get_thread_id(), 0 : stop - start])
+                partial[i, k, MAX] = largest
+                partial[i, k, SUM] = total
+                if args.smoothing != 0.0:
+                    anchor = largest if math.isfinite(largest) else 0.0
+                    partial[i, k, ANCHOR] = anchor
+                    partial[i, k, GAPS], partial[i, k, GAP_WEIGHT] = _gap_sums(
+                        values, args.weight[col0 + start : col0 + stop], anchor, args.weighted
+                    )
+                if col0 + start <= label < col0 + stop:
+                    target_logit[i] = np.float64(values[label - col0 - start])
+
+
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _merge_rows(partial, target_logit, args, classes, z_loss, row_loss, state, status):
+    """Each row's loss from its tiles (``cross_entropy``'s merge and loss), its state for the
+    gradient (M, T, TW, LSE) and its status: KEPT, IGNORED, or FALLBACK (a max not finite)."""
+    maxima = partial[:, :, MAX]  # the merge's row argument; read only for a max not finite, never here
+    for i in prange(partial.shape[0]):
+        row_loss[i] = 0.0
+        status[i] = KEPT
+        if args.target[i] == args.ignore_index:
+            status[i] = IGNORED
+        else:
+            largest = -np.inf
+            for k in range(partial.shape[1]):
+                largest = max(largest, partial[i, k, MAX])
+            if not math.isfinite(largest):
+                status[i] = FALLBACK
+            else:
+                largest, total = merge_pair(maxima, i, partial, MAX)
+                gaps = _merge_gaps(largest, partial, i) if args.smoothing != 0.0 else 0.0
+                loss, target_total = index_finite_cross_entropy(
+                    args, args.target[i], classes, largest, target_logit[i], total, gaps
+                )
+                lse = largest + math.log1p(total)
+                if z_loss != 0.0:
+                    loss += z_loss * (lse * lse)
+                row_loss[i] = loss
+                state[i, STATE_MAX] = largest
+                state[i, STATE_SUM] = total
+                state[i, STATE_TARGET_TOTAL] = target_total
+                state[i, STATE_LSE] = lse
+
+
+@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _chunk_gradient(logits, row0, col0, classes, args, cap, z_loss, state, status):
+    """Overwrite the chunk's logits (before the soft cap) with G = dloss_i/dz_ij times the row's
+    upstream gradient (``docs/proofs/linear_cross_entropy.md``).  FALLBACK rows are left to the caller."""
+    rows, cols = logits.shape
+    capping = cap > 0.0
+    for r in prange(rows):
+        i = row0 + r
+        values = logits[r]
+        if status[i] == IGNORED:
+            fill(values, 0.0)
+        elif status[i] == KEPT:
+            largest = state[i, STATE_MAX]
+            total = state[i, STATE_SUM]
+            target_total = state[i, STATE_TARGET_TOTAL]
+            lse = state[i, STATE_LSE]
+            scale = upstream_at(args.row_scale, i)
+            # G_j = g ((TW + 2 z_loss LSE) a_j - tw_j),  a_j = exp(z_j - M) / S,  tw_j = eps w_j / C (j != y)
+            factor = scale * (target_total + 2.0 * z_loss * lse) / (1.0 + total)
+            uniform = scale * args.smoothing / classes
+            label = args.target[i]
+            inside = col0 <= label < col0 + cols
+            raw_label = values[label - col0] if inside else values[0]
+            for j in range(cols):
+                raw = np.float64(values[j])
+                logit = _capped(values, raw, cap) if capping else raw
+                gradient = factor * exp_difference_for(values, logit, largest)
+                gradient -= uniform * (args.weight[col0 + j] if args.weighted else 1.0)
+                if capping:
+                    tangent = math.tanh(raw / cap)
+                    gradient *= 1.0 - tangent * tangent  # d(c tanh(u / c))/du
+                values[j] = gradient
+            if inside:
+                # G_y = g (TW (a_y - 1) + eps/C (W - w_y) + 2 z_loss LSE a_y), a_y - 1 = -T/S where z_y = M
+                raw = np.float64(raw_label)
+                logit = _capped(values, raw, cap) if capping else raw
+                difference = target_minus_one(values, logit, largest, total)
+                label_weight = args.weight[label] if args.weighted else 1.0
+                gradient = scale * (
+                    target_total * difference
+                    + args.smoothing / classes * (args.weight_total - label_weight)
+                    + 2.0 * z_loss * lse * (difference + 1.0)
+                )
+                if capping:
+                    tangent = math.tanh(raw / cap)
+                    gradient *= 1.0 - tangent * tangent
+                values[label - col0] = gradient
+
+
+# ---- the passes -------------------------------------------------------------------------------
+
+
+def _logits_into(chunk, x_rows, linear_weight, linear_bias, col0, cap):
+    """chunk = x_rows W[col0:col0 + cols]^T (+ b), one GEMM per product tile, soft-capped if ``cap``."""
+    cols = chunk.shape[1]
+    for start in range(0, cols, PRODUCT_TILE):
+        stop = min(cols, start + PRODUCT_TILE)
+        part = chunk[:, start:stop]
+        np.matmul(x_rows, linear_weight[col0 + start : col0 + stop].T, out=part)
+        if linear_bias is not None:
+            part += linear_bias[col0 + start : col0 + stop]
+    if cap > 0.0:
+        _soft_cap_in_place(chunk, cap)
+
+
+def _row_logits(x, linear_weight, linear_bias, i, cap):
+    """The logits of row i alone (1, C), as the chunks compute them."""
+    row = np.empty((1, linear_weight.shape[0]), dtype=x.dtype)
+    _logits_into(row, x[i : i + 1], linear_weight, linear_bias, 0, cap)
+    return row
+
+
+def _fallback_row(x, linear_weight, linear_bias, target, weight, options, i, scale, z_loss, cap, write):
+    """(loss, G or None) of a row whose logits are not all finite, from its materialized logits."""
+    reduction, smoothing, ignore_index = options
+    row = _row_logits(x, linear_weight, linear_bias, i, cap)
+    loss, grad = cross_entropy_forward_backward(
+        row, target[i : i + 1], weight=weight, ignore_index=ignore_index, reduction="none",
+        label_smoothing=smoothing, grad_output=np.array([scale]),
+    )
+    loss = float(loss[0])
+    lse = float(logsumexp(row.astype(np.float64))[0])
+    if z_loss != 0.0:
+        loss += z_loss * lse * lse
+    if not write:
+        return loss, None
+    gradient = grad[0].astype(np.float64)
+    if z_loss != 0.0:
+        gradient += scale * 2.0 * z_loss * lse * softmax(row.astype(np.float64))[0]
+    if cap > 0.0:
+        raw = np.empty_like(row)
+        _logits_into(raw, x[i : i + 1], linear_weight, linear_bias, 0, 0.0)
+        gradient *= 1.0 - np.tanh(raw[0].astype(np.float64) / cap) ** 2
+    return loss, gradient.astype(x.dtype)
+
+
+def _validated(x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing, z_loss,
+               softcap, memory_budget, grad_output):
+    x = check_float_array("x", x)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (rows, features), got shape {x.shape}")
+    linear_weight = check_float_array("linear_weight", linear_weight)
+    if linear_weight.ndim != 2 or linear_weight.shape[1] != x.shape[1] or linear_weight.shape[0] < 1:
+        raise ValueError(
+            f"linear_weight must have shape (classes, {x.shape[1]}) with classes >= 1 (x has {x.shape[1]} features), "
+            f"got shape {linear_weight.shape}"
+        )
+    if linear_weight.dtype != x.dtype:
+        raise TypeError(f"linear_weight must have the dtype of x ({x.dtype}), got {linear_weight.dtype}")
+    classes = linear_weight.shape[0]
+    if linear_bias is not None:
+        linear_bias = check_float_array("linear_bias", linear_bias)
+        if linear_bias.shape != (classes,):
+            raise ValueError(f"linear_bias must have shape ({classes},) (one bias per class), got {linear_bias.shape}")
+        if linear_bias.dtype != x.dtype:
+            raise TypeError(f"linear_bias must have the dtype of x ({x.dtype}), got {linear_bias.dtype}")
+    reduction, smoothing, ignore_index, class_weight, weighted = class_index_options(
+        classes, weight, ignore_index, reduction, label_smoothing
+    )
+    z_loss = check_real_scalar("z_loss", z_loss, minimum=0.0)
+    cap = 0.0 if softcap is None else check_real_scalar("softcap", softcap, minimum=0.0, include_minimum=False)
+    budget = check_real_scalar("memory_budget", memory_budget, integer=True, minimum=1)
+    args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
+                                         grad_output, (x.shape[0],), classes)
+    return x, linear_weight, linear_bias, (reduction, smoothing, ignore_index), args, denominator, z_loss, cap, budget
+
+
+def _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing,
+                          z_loss, softcap, memory_budget, grad_output, write):
+    x, linear_weight, linear_bias, options, args, denominator, z_loss, cap, budget = _validated(
+        x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+        memory_budget, grad_output,
+    )
+    rows, features = x.shape
+    classes = linear_weight.shape[0]
+    dtype = x.dtype
+    plan = chunk_plan(rows, classes, features, dtype, budget, write)
+    tiles = max(1, -(-classes // plan.tile))
+
+    # pass 1: the tiles' statistics, merged per row
+    partial = np.zeros((rows, tiles, WIDTH))
+    target_logit = np.zeros(rows)
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=dtype)
+    buffer = np.empty(max(plan.rows1 * plan.cols1, plan.rows2 * plan.cols2), dtype=dtype)
+    for col0 in range(0, classes, plan.cols1):
+        col1 = min(classes, col0 + plan.cols1)
+        for row0 in range(0, rows, plan.rows1):
+            row1 = min(rows, row0 + plan.rows1)
+            chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
+            _logits_into(chunk, x[row0:row1], linear_weight, linear_bias, col0, cap)
+            _tile_statistics(chunk, row0, col0, plan.tile, args, partial, target_logit, scratch)
+    row_loss = np.empty(rows)
+    state = np.zeros((rows, 4))
+    status = np.empty(rows, dtype=np.int8)
+    _merge_rows(partial, target_logit, args, classes, z_loss, row_loss, state, status)
+    fallback = {}
+    for i in np.flatnonzero(status == FALLBACK):
+        row_loss[i], gradient = _fallback_row(x, linear_weight, linear_bias, target, weight, options, i,
+                                              upstream_at_py(args.row_scale, i), z_loss, cap, write)
+        if write:
+            fallback[int(i)] = gradient
+    loss = reduce_losses(row_loss, options[0], (rows,), dtype, denominator, chunked_sum(row_loss))
+    if not write:
+        return loss, None
+
+    # pass 2: G chunk by chunk, and the products
+    grad_input = np.zeros((rows, features))
+    grad_weight = np.zeros((classes, features), dtype=dtype)  # zeros: no row writes nothing
+    grad_bias = np.zeros(classes) if linear_bias is not None else None
+    for col0 in range(0, classes, plan.cols2):
+        col1 = min(classes, col0 + plan.cols2)
+        accumulator = np.zeros((col1 - col0, features)) if plan.split else None
+        for row0 in range(0, rows, plan.rows2):
+            row1 = min(rows, row0 + plan.rows2)
+            chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
+            _logits_into(chunk, x[row0:row1], linear_weight, linear_bias, col0, 0.0)
+            _chunk_gradient(chunk, row0, col0, classes, args, cap, z_loss, state, status)
+            for i, gradient in fallback.items():
+                if row0 <= i < row1:
+                    chunk[i - row0] = gradient[col0:col1]
+            _accumulate_products(chunk, x, linear_weight, row0, col0, grad_input, grad_weight, grad_bias,
+                                 accumulator)
+        if plan.split:
+            grad_weight[col0:col1] = accumulator
+    result = (loss, grad_input.astype(dtype), grad_weight)
+    if linear_bias is not None:
+        result += (grad_bias.astype(dtype),)
+    return result, True
+
+
+def upstream_at_py(row_scale, i):
+    """``losses.upstream_at`` in Python: row i's dLoss/dloss_i."""
+    return float(row_scale[i] if row_scale.shape[0] != 1 else row_scale[0])
+
+
+def _accumulate_products(chunk, x, linear_weight, row0, col0, grad_input, grad_weight, grad_bias, accumulator):
+    """grad_input += G W and G^T x into grad_weight (or the float64 ``accumulator``), per fixed tile.
+
+    G W per product tile of classes (K = the tile), added to the float64 ``grad_input`` in
+    tile order; G^T x per ``ROW_TILE`` rows (K = the row tile), whose tiles start at row 0
+    whatever the chunk, added in float64 in row-tile order (or written directly when all
+    rows are one tile); the bias' gradient, G's column sums, the same way.
+    """
+    rows, cols = chunk.shape
+    for start in range(0, cols, PRODUCT_TILE):
+        stop = min(cols, start + PRODUCT_TILE)
+        part = chunk[:, start:stop]
+        grad_input[row0 : row0 + rows] += part @ linear_weight[col0 + start : col0 + stop]
+        for tile_start in range(0, rows, ROW_TILE):
+            tile_stop = min(rows, tile_start + ROW_TILE)
+            block = part[tile_start:tile_stop]
+            x_rows = x[row0 + tile_start : row0 + tile_stop]
+            if accumulator is None:
+                np.matmul(block.T, x_rows, out=grad_weight[col0 + start : col0 + stop])
+            else:
+                accumulator[start:stop] += block.T @ x_rows
+            if grad_bias is not None:
+                grad_bias[col0 + start : col0 + stop] += block.sum(axis=0, dtype=np.float64)
+
+
+# ---- public API ---------------------------------------------------------------------------------
+
+
+def linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100,
+                         reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                         memory_budget=DEFAULT_MEMORY_BUDGET):
+    r"""Cross-entropy of the logits of a linear layer, without forming the (rows, classes) logits.
+
+    Equal to ``cross_entropy(x @ linear_weight.T + linear_bias, target, ...)`` (softmaxlab's,
+    with torch's ``F.cross_entropy`` semantics: class indices, class weights,
+    ``ignore_index``, label smoothing, reductions), with two options of large-vocabulary
+    training:
+
+    * ``softcap=c``: the logits are ``c tanh(z / c)`` before everything (Gemma 2);
+    * ``z_loss``: each row's loss gains ``z_loss * LSE(z)^2`` (PaLM's auxiliary loss), and
+      the mean divides it as it divides the cross-entropy.
+
+    The loss is :func:`cross_entropy`'s of the same logits bit for bit (the same tiles,
+    merge and formula; ``docs/design.md``'s error model applies to it).  The logits are
+    computed by BLAS in the inputs' dtype (for float32 inputs, float32 products, as
+    ``x @ W.T`` is).  Results do not depend on ``memory_budget`` or the thread count: see
+    the module's docstring for the exact guarantee.
+
+    Args:
+        x: float32 or float64 array ``(N, D)``; not modified.
+        linear_weight: array ``(C, D)`` of ``x``'s dtype, C >= 1 (a ``torch.nn.Linear``'s
+            ``weight``); not modified.
+        target: integer class indices ``(N,)`` in ``[0, C)`` or ``ignore_index``.
+        linear_bias: optional array ``(C,)`` of ``x``'s dtype.
+        weight, ignore_index, reduction, label_smoothing: as :func:`cross_entropy`.
+        z_loss: the z-loss coefficient, >= 0 (PaLM used 1e-4).
+        softcap: None, or the cap c > 0.
+        memory_budget: bytes the chunk buffers may take (default ``DEFAULT_MEMORY_BUDGET``,
+            32 MiB); at least one tile is always taken (``chunk_plan``).
+
+    Returns:
+        The loss in ``x``'s dtype: a NumPy scalar for ``"mean"`` and ``"sum"``, shape
+        ``(N,)`` for ``"none"``.
+    """
+    loss, _ = _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
+                                    label_smoothing, z_loss, softcap, memory_budget, 1.0, False)
+    return loss
+
+
+def linear_cross_entropy_forward_backward(x, linear_weight, target, *, linear_bias=None, weight=None,
+                                          ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                                          softcap=None, memory_budget=DEFAULT_MEMORY_BUDGET, grad_output=1.0):
+    r""":func:`linear_cross_entropy` and its gradients in x, the weight and the bias.
+
+    With G = dloss/dz (rows, classes), never formed whole (``docs/proofs/linear_cross_entropy.md``):
+
+    .. math::
+        G_{ij} = g_i \Big(\big(TW_i + 2\,\zeta\,\mathrm{LSE}_i\big)\, a_{ij} - \tilde w_{ij}\Big)\,
+        \big(1 - \tanh^2(u_{ij}/c)\big),\quad
+        \frac{\partial L}{\partial x} = G W,\quad
+        \frac{\partial L}{\partial W} = G^\top x,\quad
+        \frac{\partial L}{\partial b} = \textstyle\sum_i G_{i\cdot}
+
+    (u the logits before the cap, the last factor only with ``softcap``; g_i the upstream
+    gradient and the reduction's factor).  G is computed in float64 from the row's
+    statistics and rounded once to the dtype; the products are BLAS's in the dtype, per
+    fixed tile, summed in float64 and rounded once.
+
+    Args:
+        x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
+        label_smoothing, z_loss, softcap, memory_budget: as :func:`linear_cross_entropy`.
+        grad_output: the upstream gradient: a real number for ``"mean"`` and ``"sum"``; for
+            ``"none"`` a number or a float array ``(N,)``.
+
+    Returns:
+        ``(loss, grad_input, grad_linear_weight)``, and ``grad_linear_bias`` last when
+        ``linear_bias`` is given; each gradient of its input's shape and dtype.
+    """
+    result, _ = _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
+                                      label_smoothing, z_loss, softcap, memory_budget, grad_output, True)
+    return result
