@@ -6,7 +6,7 @@ logits ``z = x W^T + b`` (optionally soft-capped, ``c tanh(z / c)``, and with Pa
 bounded by ``memory_budget`` bytes; the N x C logits are never formed.
 
 Two passes, the logits recomputed by BLAS (NumPy's matmul, in the inputs' dtype: float32
-products for float32 inputs) in both:
+products for float32 inputs; in float64 with ``precision="float64"``) in both:
 
 1. **statistics**, in chunks under ``memory_budget``: each chunk holds whole class tiles of
    ``block_length(itemsize)`` classes (8192 float32, 4096 float64), the blocks of
@@ -104,6 +104,9 @@ PAGE = "docs/proofs/linear_cross_entropy.md"
 #: The default bound on the chunk buffers, in bytes (32 MiB).
 DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
 
+#: ``precision``: the inputs' dtype for the products and statistics, or float64.
+PRECISIONS = ("input", "float64")
+
 #: Classes per GEMM (the logits and G W): the fixed column partition of every product.
 PRODUCT_TILE = 1024
 #: Rows per GEMM: the fixed row partition of every product (G^T x sums over it, then over the tiles).
@@ -142,6 +145,8 @@ def chunk_plan(rows, classes, features, dtype, memory_budget=DEFAULT_MEMORY_BUDG
     split = rows > ROW_TILE
     product_cols = min(classes, PRODUCT_TILE)
     bytes2 = product + (unit + product_cols) * features * itemsize + (product_cols * features * 8 if split else 0)
+    if itemsize == 8:  # a product tile of W converted to float64 (precision="float64"; a view otherwise)
+        bytes2 += product_cols * features * itemsize
     return Plan(tile, chunk_rows, max(chunk_cols, 1), bytes1, bytes2 if write else 0)
 
 
@@ -299,7 +304,8 @@ def _logit_tile(x, linear_weight, linear_bias, rows, cols, scratch):
     GEMM of one row takes the matrix-vector routine).
     """
     tile = scratch[: (rows[1] - rows[0]) * (cols[1] - cols[0])].reshape(rows[1] - rows[0], cols[1] - cols[0])
-    np.matmul(x[rows[0] : rows[1]], np.ascontiguousarray(linear_weight[cols[0] : cols[1]]).T, out=tile)
+    weights = np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype)
+    np.matmul(x[rows[0] : rows[1]], weights.T, out=tile)
     if linear_bias is not None:
         tile += linear_bias[cols[0] : cols[1]]
     return tile
@@ -347,7 +353,7 @@ def _fallback_row(x, linear_weight, linear_bias, target, weight, options, i, sca
 
 
 def _validated(x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing, z_loss,
-               softcap, memory_budget, grad_output):
+               softcap, memory_budget, precision, grad_output):
     x = check_float_array("x", x)
     if x.ndim != 2:
         raise ValueError(f"x must have shape (rows, features), got shape {x.shape}")
@@ -372,30 +378,36 @@ def _validated(x, linear_weight, target, linear_bias, weight, ignore_index, redu
     z_loss = check_real_scalar("z_loss", z_loss, minimum=0.0)
     cap = 0.0 if softcap is None else check_real_scalar("softcap", softcap, minimum=0.0, include_minimum=False)
     budget = check_real_scalar("memory_budget", memory_budget, integer=True, minimum=1)
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        shown = repr(precision) if isinstance(precision, str) else type(precision).__name__
+        raise (ValueError if isinstance(precision, str) else TypeError)(
+            f"precision must be one of {PRECISIONS}, got {shown}")
     args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
                                          grad_output, (x.shape[0],), classes)
     return x, linear_weight, linear_bias, (reduction, smoothing, ignore_index), args, denominator, z_loss, cap, budget
 
 
 def _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing,
-                          z_loss, softcap, memory_budget, grad_output, write):
+                          z_loss, softcap, memory_budget, precision, grad_output, write):
     x, linear_weight, linear_bias, options, args, denominator, z_loss, cap, budget = _validated(
         x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-        memory_budget, grad_output,
+        memory_budget, precision, grad_output,
     )
-    x = np.ascontiguousarray(x)  # a product tile of W is made contiguous where it is taken
+    dtype = x.dtype  # the outputs'
+    # the products' and the statistics' dtype; x converted once, each tile of W where it is taken
+    work = np.dtype(np.float64) if precision == "float64" else dtype
+    x = np.ascontiguousarray(x, dtype=work)
     rows, features = x.shape
     classes = linear_weight.shape[0]
-    dtype = x.dtype
-    plan = chunk_plan(rows, classes, features, dtype, budget, write)
+    plan = chunk_plan(rows, classes, features, work, budget, write)
     tiles = max(1, -(-classes // plan.tile))
 
     # pass 1: the tiles' statistics, merged per row
     partial = np.zeros((rows, tiles, WIDTH))
     target_logit = np.zeros(rows)
-    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=dtype)
-    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), dtype)
-    buffer = np.empty(plan.rows * plan.cols, dtype=dtype)
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=work)
+    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), work)
+    buffer = np.empty(plan.rows * plan.cols, dtype=work)
     for col0, col1 in _tiles(0, classes, plan.cols):
         for row0, row1 in _tiles(0, rows, plan.rows):
             chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
@@ -447,9 +459,9 @@ def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_we
     """The products of one tile G of rows x cols: grad_input[rows] += G W[cols] in float64,
     G^T x[rows] into grad_weight[cols] (or added to the float64 ``accumulator`` when the rows
     take several tiles), the bias' gradient += G's column sums in float64."""
-    grad_input[rows[0] : rows[1]] += tile @ np.ascontiguousarray(linear_weight[cols[0] : cols[1]])
+    grad_input[rows[0] : rows[1]] += tile @ np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype)
     if accumulator is None:
-        np.matmul(tile.T, x[rows[0] : rows[1]], out=grad_weight[cols[0] : cols[1]])
+        grad_weight[cols[0] : cols[1]] = tile.T @ x[rows[0] : rows[1]]  # rounded once to the output's dtype
     else:
         accumulator += tile.T @ x[rows[0] : rows[1]]
     if grad_bias is not None:
@@ -461,7 +473,7 @@ def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_we
 
 def linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100,
                          reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                         memory_budget=DEFAULT_MEMORY_BUDGET):
+                         memory_budget=DEFAULT_MEMORY_BUDGET, precision="input"):
     r"""Cross-entropy of the logits of a linear layer, without forming the (rows, classes) logits.
 
     Equal to ``cross_entropy(x @ linear_weight.T + linear_bias, target, ...)`` (softmaxlab's,
@@ -491,19 +503,25 @@ def linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=N
         softcap: None, or the cap c > 0.
         memory_budget: bytes the chunk buffers may take (default ``DEFAULT_MEMORY_BUDGET``,
             32 MiB); at least one tile is always taken (``chunk_plan``).
+        precision: ``"input"`` (default): the logits, G and the products in the inputs'
+            dtype; ``"float64"``: for float32 inputs, x and each tile of W are converted to
+            float64 and everything is computed as for float64 inputs (the loss is then
+            ``cross_entropy`` of the float64 logits, rounded once to float32; about twice
+            the time, and x's float64 copy in memory); the outputs keep the inputs' dtype.
 
     Returns:
         The loss in ``x``'s dtype: a NumPy scalar for ``"mean"`` and ``"sum"``, shape
         ``(N,)`` for ``"none"``.
     """
     loss, _ = _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
-                                    label_smoothing, z_loss, softcap, memory_budget, 1.0, False)
+                                    label_smoothing, z_loss, softcap, memory_budget, precision, 1.0, False)
     return loss
 
 
 def linear_cross_entropy_forward_backward(x, linear_weight, target, *, linear_bias=None, weight=None,
                                           ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
-                                          softcap=None, memory_budget=DEFAULT_MEMORY_BUDGET, grad_output=1.0):
+                                          softcap=None, memory_budget=DEFAULT_MEMORY_BUDGET, precision="input",
+                                          grad_output=1.0):
     r""":func:`linear_cross_entropy` and its gradients in x, the weight and the bias.
 
     With G = dloss/dz (rows, classes), never formed whole (``docs/proofs/linear_cross_entropy.md``):
@@ -522,7 +540,7 @@ def linear_cross_entropy_forward_backward(x, linear_weight, target, *, linear_bi
 
     Args:
         x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
-        label_smoothing, z_loss, softcap, memory_budget: as :func:`linear_cross_entropy`.
+        label_smoothing, z_loss, softcap, memory_budget, precision: as :func:`linear_cross_entropy`.
         grad_output: the upstream gradient: a real number for ``"mean"`` and ``"sum"``; for
             ``"none"`` a number or a float array ``(N,)``.
 
@@ -531,5 +549,5 @@ def linear_cross_entropy_forward_backward(x, linear_weight, target, *, linear_bi
         ``linear_bias`` is given; each gradient of its input's shape and dtype.
     """
     result, _ = _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_index, reduction,
-                                      label_smoothing, z_loss, softcap, memory_budget, grad_output, True)
+                                      label_smoothing, z_loss, softcap, memory_budget, precision, grad_output, True)
     return result

@@ -452,3 +452,30 @@ def test_gradient_matches_the_proof_book_closed_form():
                                err_msg=message.format("linear-layer-gradients"))
     np.testing.assert_allclose(grad_weight, dz.T @ x, rtol=1e-12, atol=1e-14,
                                err_msg=message.format("linear-layer-gradients"))
+
+
+def test_float64_precision_of_float32_inputs():
+    classes = 37
+    x, linear_weight, linear_bias, target = _problem(6, 9, classes, np.float32, ignored=[3])
+    wide = [value.astype(np.float64) for value in (x, linear_weight, linear_bias)]
+    weight = np.linspace(0.5, 2.0, classes)
+    logits = _logits(*wide)
+    for reduction in ("mean", "sum", "none"):
+        expected = cross_entropy(logits, target, weight=weight, reduction=reduction, label_smoothing=0.1)
+        ours = linear_cross_entropy(x, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                                    reduction=reduction, label_smoothing=0.1, precision="float64")
+        # cross_entropy of the float64 logits, rounded once to float32
+        np.testing.assert_array_equal(ours, np.asarray(expected).astype(np.float32))
+        assert np.asarray(ours).dtype == np.float32
+    options = dict(weight=weight, label_smoothing=0.1, z_loss=1e-2, softcap=3.0)
+    ours = linear_cross_entropy_forward_backward(x, linear_weight, target, linear_bias=linear_bias,
+                                                 precision="float64", **options)
+    reference = _composed(*wide, target, **options)
+    _assert_matches_composition(ours, reference, np.float32, "precision float64")
+    # each gradient is the float64 one rounded once: within half a float32 ulp of the reference
+    for value, expected in zip(ours[1:], reference[1:]):
+        np.testing.assert_array_less(np.abs(value - expected), np.spacing(np.abs(expected).astype(np.float32)) * 0.5
+                                     + 1e-12 * np.abs(expected).max())
+    for bad, error in (("float32", ValueError), (None, TypeError)):
+        with pytest.raises(error, match=r"precision must be one of \('input', 'float64'\)"):
+            linear_cross_entropy(x, linear_weight, target, precision=bad)
