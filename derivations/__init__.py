@@ -1,11 +1,12 @@
 """softmaxlab.derivations: SymPy derivations that check every gradient and bound the kernels use.
 
-One module per family (``softmax``, ``cross_entropy``, ``distillation``, ``margins``,
-``bounds``); each derivation states its claim in SymPy, derives it, checks every step
-(identities simplify to zero; inequalities follow from lemmas whose hypotheses SymPy
-verifies) and returns a :class:`Derivation` record.  ``book.derive_all()`` runs them all;
-``softmaxlab derive`` writes the proof book ``docs/proofs/``.  The proven expressions are
-available lambdified for tests: ``from softmaxlab.derivations import closed_forms``.
+One module per family (``softmax``, ``cross_entropy``, ``distillation``,
+``linear_cross_entropy``, ``margins``, ``bounds``); each derivation states its claim in
+SymPy, derives it, checks every step (identities simplify to zero; inequalities follow
+from lemmas whose hypotheses SymPy verifies) and returns a :class:`Derivation` record.
+``book.derive_all()`` runs them all; ``softmaxlab derive`` writes the proof book
+``docs/proofs/``.  The proven expressions are available lambdified for tests:
+``from softmaxlab.derivations import closed_forms``.
 """
 
 from __future__ import annotations

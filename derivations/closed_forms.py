@@ -27,7 +27,7 @@ from . import _closed_form
 
 # import the family modules for their registrations, without binding their names here
 # (``closed_forms.softmax`` must be the closed form, not the module)
-for _family in ("softmax", "cross_entropy", "distillation", "margins", "bounds"):
+for _family in ("softmax", "cross_entropy", "distillation", "linear_cross_entropy", "margins", "bounds"):
     importlib.import_module(f"{__package__}.{_family}")
 del _family
 

@@ -325,6 +325,27 @@ def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
     fill(destination, 0.0 if (largest == -np.inf and total == -1.0) else np.nan)
 
 
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+def index_finite_cross_entropy(args, label, classes, largest, label_value, total, gaps):
+    """(cross-entropy, TW) of a kept row with label ``label`` whose max M is finite.
+
+    ``label_value`` is z_y as a float64, ``total`` the row's T, ``gaps`` = sum_c w_c (M - z_c)
+    (0 without smoothing); ``args`` a ``ClassIndexArgs``.  Shared by this module's kernel and
+    the fused linear cross-entropy (``_linear_cross_entropy.py``), whose loss is this one's bit for bit.
+    """
+    label_weight = args.weight[label] if args.weighted else 1.0
+    hard = (1.0 - args.smoothing) * label_weight  # tw_y without the uniform part
+    uniform = args.smoothing / classes  # eps / C, times w_c for every class
+    log_total = math.log1p(total)
+    # L = (1 - eps) w_y (LSE - z_y) + eps/C sum_c w_c (LSE - z_c),  LSE - z_c = (M - z_c) + log1p(T)
+    loss = hard * ((largest - label_value) + log_total) if hard != 0.0 else 0.0
+    # uniform, not eps: an eps below C * 2**-1074 makes eps/C 0 (as the gradient takes it), and
+    # 0 * (a masked logit's +inf gap) would be NaN
+    if uniform != 0.0:
+        loss += uniform * (gaps + args.weight_total * log_total)
+    return loss, hard + uniform * args.weight_total  # TW = sum_c tw_c
+
+
 def make_class_index_kernel(finish, plain, fused=True):
     """The class-index loss kernel (``make_loss_kernel``) whose row loss is ``finish`` of the cross-entropy.
 
@@ -341,18 +362,11 @@ def make_class_index_kernel(finish, plain, fused=True):
     def index_finite_loss(logits, args, i, largest, total, gaps):
         """(loss, TW, gradient factor) of a kept row whose max M is finite; ``gaps`` = sum_c w_c (M - z_c)."""
         label = args.target[i]
-        label_weight = args.weight[label] if args.weighted else 1.0
-        hard = (1.0 - args.smoothing) * label_weight  # tw_y without the uniform part
-        uniform = args.smoothing / logits.shape[1]  # eps / C, times w_c for every class
-        log_total = math.log1p(total)
-        # L = (1 - eps) w_y (LSE - z_y) + eps/C sum_c w_c (LSE - z_c),  LSE - z_c = (M - z_c) + log1p(T)
-        loss = hard * ((largest - np.float64(logits[i, label])) + log_total) if hard != 0.0 else 0.0
-        # uniform, not eps: an eps below C * 2**-1074 makes eps/C 0 (as the gradient takes it), and
-        # 0 * (a masked logit's +inf gap) would be NaN
-        if uniform != 0.0:
-            loss += uniform * (gaps + args.weight_total * log_total)
+        loss, target_total = index_finite_cross_entropy(
+            args, label, logits.shape[1], largest, np.float64(logits[i, label]), total, gaps
+        )
         loss, factor = finish(loss, args.margin)
-        return loss, hard + uniform * args.weight_total, factor  # TW = sum_c tw_c
+        return loss, target_total, factor
 
     @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
     def index_row(logits, args, grad, row_loss, i, write):
@@ -526,13 +540,9 @@ _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, grad_output, write):
     logits, rows, batch_shape = logit_rows(logits)
     classes = rows.shape[1]
-    reduction = check_reduction("reduction", reduction)
-    smoothing = check_real_scalar("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
-    ignore_index = check_real_scalar("ignore_index", ignore_index, integer=True, minimum=_INT64_MIN, maximum=_INT64_MAX)
-    if weight is None:
-        class_weight, weighted = NO_WEIGHT, False
-    else:
-        class_weight, weighted = check_class_weight("weight", weight, classes), True
+    reduction, smoothing, ignore_index, class_weight, weighted = class_index_options(
+        classes, weight, ignore_index, reduction, label_smoothing
+    )
     if isinstance(target, np.ndarray) and target.dtype.kind == "f":
         # class probabilities, one row per row of logits
         if target.shape != logits.shape:
@@ -551,14 +561,36 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         args = ProbabilityArgs(probabilities, class_weight, scale, smoothing, weighted)
         loss, grad = run_loss_kernel(_probability_kernel, rows, args, write, reduction, denominator, logits.shape)
     else:
-        labels, kept = check_class_indices_counted("target", target, batch_shape, classes, ignore_index)
-        labels = labels.reshape(-1)
-        denominator = float(np.sum(class_weight[labels[labels != ignore_index]])) if weighted else kept
-        scale = row_scales(grad_output, reduction, denominator, batch_shape)
-        weight_total = float(np.sum(class_weight)) if weighted else float(classes)
-        args = ClassIndexArgs(labels, class_weight, scale, np.int64(ignore_index), smoothing, weighted, weight_total, 0.0)
+        args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
+                                             grad_output, batch_shape, classes)
         loss, grad = run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
     return loss, grad
+
+
+def class_index_options(classes, weight, ignore_index, reduction, label_smoothing):
+    """Validated (reduction, smoothing, ignore_index, class weight as float64 or ``NO_WEIGHT``, weighted)."""
+    reduction = check_reduction("reduction", reduction)
+    smoothing = check_real_scalar("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
+    ignore_index = check_real_scalar("ignore_index", ignore_index, integer=True, minimum=_INT64_MIN, maximum=_INT64_MAX)
+    if weight is None:
+        return reduction, smoothing, ignore_index, NO_WEIGHT, False
+    return reduction, smoothing, ignore_index, check_class_weight("weight", weight, classes), True
+
+
+def class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction, grad_output, batch_shape,
+                     classes):
+    """(``ClassIndexArgs``, the mean's denominator) of validated class-index targets.
+
+    The denominator is the sum of w_y over the rows not ignored (their number without
+    weights); the row scales are ``reduction.row_scales`` of ``grad_output``.
+    """
+    labels, kept = check_class_indices_counted("target", target, batch_shape, classes, ignore_index)
+    labels = labels.reshape(-1)
+    denominator = float(np.sum(class_weight[labels[labels != ignore_index]])) if weighted else kept
+    scale = row_scales(grad_output, reduction, denominator, batch_shape)
+    weight_total = float(np.sum(class_weight)) if weighted else float(classes)
+    args = ClassIndexArgs(labels, class_weight, scale, np.int64(ignore_index), smoothing, weighted, weight_total, 0.0)
+    return args, denominator
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):

@@ -64,6 +64,10 @@ LOSSES = {
         kernels.large_margin_cross_entropy, kernels.large_margin_cross_entropy_forward_backward,
         lambda dtype: ((_random((ROWS, FEATURES), dtype), _random((CLASSES, FEATURES), dtype, seed=7), _labels()),
                        {"m": 2}), (ROWS,)),
+    "linear_cross_entropy": (
+        kernels.linear_cross_entropy, kernels.linear_cross_entropy_forward_backward,
+        lambda dtype: ((_random((ROWS, FEATURES), dtype), _random((CLASSES, FEATURES), dtype, seed=7), _labels()),
+                       {"z_loss": 1e-3}), (ROWS,)),
     "center_loss": (kernels.center_loss, kernels.center_loss_forward_backward,
                     lambda dtype: ((_random((ROWS, FEATURES), dtype), _labels(), _random((CLASSES, FEATURES), dtype,
                                                                                           seed=8)), {}), (ROWS,)),

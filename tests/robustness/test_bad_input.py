@@ -165,8 +165,10 @@ def _label_cases(spec, name):
         yield f"{name}-None", _set(name, None), TypeError, ("NoneType", ARRAY_EXPECTED)
 
 
-def _scalar_cases(name, out_of_range):
+def _scalar_cases(name, out_of_range, optional=False):
     for value, error, received in WRONG_SCALARS:
+        if value is None and optional:  # None is valid (linear_cross_entropy's softcap)
+            continue
         yield f"{name}={received}", _set(name, value), error, (re.escape(received), SCALAR_EXPECTED)
     for value, expected in out_of_range:
         yield f"{name}={value!r}", _set(name, value), ValueError, (rf"got {re.escape(repr(value))}", expected)
@@ -204,7 +206,7 @@ def _cases(spec):
     for name in spec.labels:
         generated += [(name, *case) for case in _label_cases(spec, name)]
     for name, out_of_range in spec.scalars.items():
-        generated += [(name, *case) for case in _scalar_cases(name, out_of_range)]
+        generated += [(name, *case) for case in _scalar_cases(name, out_of_range, name in spec.optional)]
     for label, change, error, fragments in _common_cases(spec):
         generated.append((label.split("=")[0].split("-")[0], label, change, error, fragments))
     for name, label, change, error, fragments in generated:
@@ -355,6 +357,25 @@ CENTER_UPDATE = dict(
 )
 
 
+LINEAR_CROSS_ENTROPY = dict(
+    valid=lambda: {"x": _features(), "linear_weight": _weights(), "target": LABELS.copy(),
+                   "linear_bias": np.linspace(-1.0, 1.0, CLASSES), "weight": np.linspace(0.5, 2.0, CLASSES),
+                   "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 30.0,
+                   "memory_budget": 2**20},
+    floats=("x", "linear_weight", "linear_bias", "weight"), same_dtype=("linear_weight", "linear_bias"),
+    labels=("target",), optional=("linear_bias", "weight", "softcap"),
+    scalars={"label_smoothing": ((-0.1, ">= 0.0"), (1.5, "<= 1.0")), "z_loss": ((-1.0, ">= 0.0"),),
+             "softcap": ((0.0, "> 0.0"), (-2.0, "> 0.0")), "memory_budget": ((0, ">= 1"), (1.5, "an integer"))},
+    extra=(
+        ("x-1d", _map("x", lambda x: x[0]), ValueError, (_word("x"), r"\(5,\)", r"\(rows, features\)")),
+        ("linear_weight-features", _map("linear_weight", lambda w: w[:, :-1]), ValueError,
+         (_word("linear_weight"), r"\(4, 4\)", r"\(classes, 5\)")),
+        ("linear_bias-length", _map("linear_bias", lambda b: b[:-1]), ValueError,
+         (_word("linear_bias"), r"\(3,\)", r"\(4,\)")),
+    ),
+)
+
+
 def _loss_pair(name, spec):
     """The loss and its ``_forward_backward`` share a spec (the latter also takes grad_output)."""
     return [Spec(getattr(kernels, name), **spec), Spec(getattr(kernels, f"{name}_forward_backward"), **spec)]
@@ -378,6 +399,7 @@ SPECS = [
     *_loss_pair("large_margin_cross_entropy", LARGE_MARGIN),
     *_loss_pair("center_loss", CENTER),
     Spec(kernels.center_update, **CENTER_UPDATE),
+    *_loss_pair("linear_cross_entropy", LINEAR_CROSS_ENTROPY),
 ]
 CASES = [case for spec in SPECS for case in _cases(spec)]
 
@@ -401,7 +423,7 @@ def _assert_unchanged(arguments, snapshot):
 def test_every_public_function_has_cases():
     covered = {spec.function.__name__ for spec in SPECS}
     assert covered == set(kernels.__all__)
-    assert len(kernels.__all__) == 32
+    assert len(kernels.__all__) == 34
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.function.__name__)

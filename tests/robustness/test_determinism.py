@@ -114,6 +114,10 @@ LOSSES = [
     ("large_margin_cross_entropy", "l-softmax", _large_margin(False)),
     ("large_margin_cross_entropy", "sphereface", _large_margin(True)),
     ("center_loss", "batch", _center),
+    ("linear_cross_entropy", "every option",
+     lambda inputs: {"x": inputs.features(), "linear_weight": inputs.weights(), "target": inputs.labels(),
+                     "linear_bias": inputs.array((inputs.classes,)), "label_smoothing": 0.1, "z_loss": 1e-3,
+                     "softcap": 20.0}),
 ]
 CALLS = [
     ("softmax", "x", lambda inputs: {"x": inputs.logits()}),
