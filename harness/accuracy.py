@@ -283,8 +283,8 @@ def _names_epilog() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_arguments(parser)
     add_selection_arguments(parser)
-    parser.add_argument("--regimes", nargs="+", metavar="REGIME", choices=regimes.REGIMES,
-                        help=f"only these input regimes (of {', '.join(regimes.REGIMES)})")
+    parser.add_argument("--regimes", nargs="+", metavar="REGIME", choices=regimes.ALL_REGIMES,
+                        help=f"only these input regimes (of {', '.join(regimes.ALL_REGIMES)})")
 
 
 def selection_of(args, profile):

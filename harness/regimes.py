@@ -37,6 +37,8 @@ MILLION_CLASSES_REGIME = "classes_1e6"
 # The fused linear cross-entropy's one row of 2^20 classes (registry/linear.py), any profile.
 LONG_ROW_REGIME = "row_2e20"
 LONG_ROW_SHAPE = (1, 1 << 20)
+# Every regime name an entry may run: the logits regimes above and the linear cross-entropy's own.
+ALL_REGIMES = REGIMES + ("tiny_target", LONG_ROW_REGIME)
 
 
 def rng_for(regime: str, shape: tuple[int, ...], dtype, seed: int, stream: str = "x") -> np.random.Generator:

@@ -11,7 +11,8 @@ references are ``softmaxlab.harness.exact``, the framework calls
   entry holds, documented there) and the shape tables;
 * ``normalizers.py``  softmax, log_softmax, logsumexp and their backward kernels;
 * ``losses.py``       cross-entropy, distillation, the sigmoid losses, the hinges;
-* ``margins.py``      normalized_linear, the margin losses, L-Softmax / SphereFace, center loss.
+* ``margins.py``      normalized_linear, the margin losses, L-Softmax / SphereFace, center loss;
+* ``linear.py``       the fused linear cross-entropy.
 
 Order: the entry modules in :data:`ENTRY_MODULES`' order, each module's ``ENTRIES`` in
 their own order; the entry modules import only ``core`` (never this package), so the
@@ -33,7 +34,7 @@ public kernel has no entry.
 
 from __future__ import annotations
 
-from . import losses, margins, normalizers
+from . import linear, losses, margins, normalizers
 from .core import (
     MARGIN_BENCH_SHAPES,
     MODES,
@@ -47,7 +48,7 @@ from .core import (
 )
 from .normalizers import logit_and_gradient_inputs, logit_inputs
 
-ENTRY_MODULES = (normalizers, losses, margins)
+ENTRY_MODULES = (normalizers, losses, margins, linear)
 
 REGISTRY: dict[str, Operation] = {}
 VARIANTS: dict[str, Operation] = {}

@@ -35,7 +35,7 @@ def test_entry_is_well_formed(kernel):
     assert entry.mode in MODES
     assert entry.providers[0] == "softmaxlab"
     assert set(entry.providers) <= set(PROVIDERS)
-    assert set(entry.regimes) <= set(regimes.REGIMES)
+    assert set(entry.regimes) <= set(regimes.ALL_REGIMES)
     for rows, classes, dtype in entry.bench_shapes + entry.smoke_shapes:
         cost = entry.cost((rows, classes))
         assert cost.read_elements > 0 and cost.written_elements > 0 and cost.exp_count >= 0
