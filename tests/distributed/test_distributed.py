@@ -205,3 +205,41 @@ def test_the_package_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "16.0"
+
+
+def _messages_benchmark():
+    """benchmarks/distributed_messages.py, loaded from its file (benchmarks/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_messages.py"
+    spec = importlib.util.spec_from_file_location("distributed_messages", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_the_benchmarks_formulas_are_the_counted_messages(groups, world_size):
+    formulas = _messages_benchmark().bytes_per_step
+    folder = groups[world_size]
+    ours = formulas(rows=ROWS, classes=C, procs=world_size, k=K)["softmaxlab"]
+    ports = formulas(rows=N, classes=C, procs=world_size, stat_bytes=8)  # the tests' ports run in float64
+    assert workers.load(folder, "comm_sent", world_size)[0][0] == ours
+    assert sum(workers.load(folder, "megatron_local_sent", world_size)[0]) == pytest.approx(ports["megatron"], rel=1e-15)
+    assert sum(workers.load(folder, "partial_fc_ce_sent", world_size)[0]) == pytest.approx(ports["partial_fc_loss"],
+                                                                                          rel=1e-15)
+
+
+def test_the_benchmarks_table_has_every_p_and_c_and_no_c_in_the_losses_exchanges():
+    module = _messages_benchmark()
+    lines = module.markdown_table().splitlines()
+    assert len(lines) == 4 + 4 * 3
+    for p in (2, 8, 64, 1024):
+        sent = [module.bytes_per_step(1024, c, p) for c in (10**6, 10**7, 10**8)]
+        for key in ("softmaxlab", "softmaxlab_by_owner", "megatron", "partial_fc_loss", "partial_fc_embeddings"):
+            assert sent[0][key] == sent[1][key] == sent[2][key]
+        assert sent[0]["logits_all_gather"] < sent[1]["logits_all_gather"] < sent[2]["logits_all_gather"]
+    assert module.bytes_per_step(1024, 10**6, 1024)["softmaxlab"] == 8 * 1024 * 4 * 1023  # 32 MiB: grows like P
+    with pytest.raises(ValueError, match="procs must be a positive int, got 0"):
+        module.bytes_per_step(1024, 10**6, 0)
