@@ -87,3 +87,17 @@ def run_checks(rank: int, world_size: int, out_dir: str) -> None:
         additive_margin=ADDITIVE)
     for part, value in (("loss", loss), ("grad_x", grad_x), ("grad_w", grad_w)):
         save(out_dir, f"partial_fc_{part}", rank, value)
+
+
+def fail_on_rank_one(rank: int, world_size: int) -> None:
+    """Raise on rank 1, return on the others: the helper must raise the error in the parent."""
+    if rank == 1:
+        raise ValueError(f"worker failed on purpose on rank {rank} of {world_size}")
+
+
+def sleep_forever(rank: int, world_size: int) -> None:
+    """Never return: the helper must stop the group at its timeout."""
+    import time
+
+    while True:
+        time.sleep(1)
