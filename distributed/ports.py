@@ -74,6 +74,19 @@ def _check_shard(logits_shard, target, class_start, num_classes=None):
                              f"[{int(target.min())}, {int(target.max())}]")
 
 
+def _check_features(x, weight_shard, x_name):
+    """Validate the rows ``x`` (N, D) and the class weights ``weight_shard`` (n_local, D): float tensors, same dtype."""
+    import torch
+
+    for name, value in ((x_name, x), ("weight_shard", weight_shard)):
+        if not isinstance(value, torch.Tensor) or value.dtype not in (torch.float32, torch.float64) or value.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D float32 or float64 torch.Tensor, got "
+                            f"{getattr(value, 'dtype', type(value).__name__)} of shape {tuple(getattr(value, 'shape', ()))}")
+    if x.dtype != weight_shard.dtype or x.shape[1] != weight_shard.shape[1]:
+        raise ValueError(f"weight_shard must be {x.dtype} with {x.shape[1]} columns like {x_name}, got "
+                         f"{weight_shard.dtype} with {weight_shard.shape[1]}")
+
+
 def _owned(target, class_start, n_local):
     """Which rows' targets this shard owns, and the local column of each (0 where not owned)."""
     import torch
@@ -213,6 +226,8 @@ def partial_fc_margin_logits(embeddings, weight_shard, target, *, class_start: i
     """
     import torch
 
+    _check_features(embeddings, weight_shard, "embeddings")
+    _check_shard(embeddings.new_empty((embeddings.shape[0], weight_shard.shape[0])), target, class_start)
     cos = torch.nn.functional.normalize(embeddings, dim=-1) @ torch.nn.functional.normalize(weight_shard, dim=-1).T
     owned, column = _owned(target, class_start, weight_shard.shape[0])
     rows = torch.nonzero(owned).flatten()
@@ -241,6 +256,7 @@ def megatron_forward_backward(x, weight_shard, target, *, class_start: int, num_
     Returns (loss, grad_x, grad_weight_shard); grad_x is this shard's part, whose sum over the
     processes is the gradient of x (Megatron-LM sums it with an all_reduce, not sent here).
     """
+    _check_features(x, weight_shard, "x")
     return _forward_backward(
         lambda xx, ww: megatron_cross_entropy(xx @ ww.T, target, class_start=class_start, num_classes=num_classes,
                                               label_smoothing=label_smoothing, global_smoothing=global_smoothing,
@@ -256,6 +272,7 @@ def partial_fc_forward_backward(embeddings, weight_shard, target, *, class_start
     Returns (loss, grad_embeddings, grad_weight_shard); grad_embeddings is this shard's part
     (the module docstring says what Partial FC sends around these).
     """
+    _check_features(embeddings, weight_shard, "embeddings")
     return _forward_backward(
         lambda xx, ww: partial_fc_cross_entropy(
             partial_fc_margin_logits(xx, ww, target, class_start=class_start, scale=scale,

@@ -243,3 +243,41 @@ def test_the_benchmarks_table_has_every_p_and_c_and_no_c_in_the_losses_exchanges
     assert module.bytes_per_step(1024, 10**6, 1024)["softmaxlab"] == 8 * 1024 * 4 * 1023  # 32 MiB: grows like P
     with pytest.raises(ValueError, match="procs must be a positive int, got 0"):
         module.bytes_per_step(1024, 10**6, 0)
+
+
+def _port_call(name, **changes):
+    """A call of ``ports.<name>`` on valid float64 inputs of 3 rows and a shard of classes 2:5 of 6, with ``changes``."""
+    from softmaxlab.distributed import ports
+
+    arguments = {"target": torch.tensor([0, 3, 5]), "class_start": 2}
+    if name.endswith("forward_backward") or name == "partial_fc_margin_logits":
+        arguments.update({"x" if name.startswith("megatron") else "embeddings": torch.ones(3, 4, dtype=torch.float64),
+                          "weight_shard": torch.ones(3, 4, dtype=torch.float64)})
+    else:
+        arguments["logits_shard"] = torch.zeros(3, 3, dtype=torch.float64)
+    if name.startswith("megatron"):
+        arguments["num_classes"] = 6
+    arguments.update(changes)
+    return lambda: getattr(ports, name)(**arguments)
+
+
+@pytest.mark.parametrize(("name", "changes", "error", "message"), [
+    ("megatron_cross_entropy", {"target": torch.tensor([0, 3, 6])}, ValueError, r"target must be in \[0, 6\), got values in \[0, 6\]"),
+    ("megatron_cross_entropy", {"target": torch.tensor([0, 3], dtype=torch.int64)}, ValueError,
+     r"target must be an int64 tensor of shape \(3,\), got torch.int64 of shape \(2,\)"),
+    ("megatron_cross_entropy", {"label_smoothing": 1.0}, ValueError, r"label_smoothing must be a number in \[0, 1\), got 1.0"),
+    ("megatron_cross_entropy", {"class_start": 4}, ValueError, "class_start \\+ n_local must be at most num_classes = 6, got 4 \\+ 3"),
+    ("megatron_cross_entropy", {"logits_shard": torch.zeros(3, 3, dtype=torch.float16)}, TypeError,
+     "logits_shard must be a float32 or float64 torch.Tensor, got torch.float16"),
+    ("partial_fc_cross_entropy", {"reduction": "sum"}, ValueError, r"reduction must be one of \('mean', 'none'\), got 'sum'"),
+    ("partial_fc_cross_entropy", {"class_start": -1}, ValueError, "class_start must be a nonnegative int, got -1"),
+    ("megatron_forward_backward", {"weight_shard": torch.ones(3, 5, dtype=torch.float64)}, ValueError,
+     "weight_shard must be torch.float64 with 4 columns like x, got torch.float64 with 5"),
+    ("partial_fc_margin_logits", {"embeddings": torch.ones(3, 4)}, ValueError,
+     "weight_shard must be torch.float32 with 4 columns like embeddings, got torch.float64 with 4"),
+    ("partial_fc_forward_backward", {"embeddings": [[1.0]]}, TypeError,
+     r"embeddings must be a 2-D float32 or float64 torch.Tensor, got list of shape \(\)"),
+])
+def test_the_ports_name_a_bad_argument_before_any_message(name, changes, error, message):
+    with pytest.raises(error, match=message):
+        _port_call(name, **changes)()  # no process group exists here: the checks come first
