@@ -198,8 +198,6 @@ def _partial_fc_function():
     return PartialFCCrossEntropy
 
 
-
-
 def partial_fc_cross_entropy(logits_shard, target, *, class_start: int, reduction: str = "mean",
                              group=None, log: MessageLog | None = None):
     """Partial FC's distributed cross-entropy on this shard: -log(max(p_y, 1e-30)), mean or per row.
@@ -222,7 +220,8 @@ def partial_fc_margin_logits(embeddings, weight_shard, target, *, class_start: i
 
     cos theta = <x/|x|, w/|w|>.  ArcFace (Deng et al. 2019) is m2 = 0.5, m3 = 0; CosFace
     (Wang et al. 2018) m2 = 0, m3 = 0.35.  theta = arccos of the cosine clamped to
-    [-1 + 1e-7, 1 - 1e-7], where arccos has a finite derivative.
+    [-1 + 1e-7, 1 - 1e-7], where arccos has a finite derivative.  The gradient is this
+    formula's, by autograd.
     """
     import torch
 
