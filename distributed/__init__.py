@@ -1,0 +1,19 @@
+"""softmaxlab.distributed: losses over classes sharded across processes (torch.distributed).
+
+Each process holds a slice of the classes and exchanges a few floats per row, never logits.
+This package imports torch only inside the functions that use it: ``import
+softmaxlab.distributed`` works without torch installed.
+
+* ``_comm``: the messages (``all_gather_rows``, ``all_reduce_sum_fixed_order``) and
+  ``MessageLog``, which counts the bytes each call sends under the collective-algorithm model
+  stated in ``_comm``'s docstring.
+* ``ports``: torch ports of Megatron-LM's vocab-parallel cross-entropy (Shoeybi et al. 2019)
+  and Partial FC's distributed margin softmax (An et al. 2021), written from their published
+  formulas, as comparison points.
+"""
+
+from __future__ import annotations
+
+from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order, sent_bytes
+
+__all__ = ["MessageLog", "all_gather_rows", "all_reduce_sum_fixed_order", "sent_bytes"]
