@@ -234,9 +234,9 @@ def _budgets(rows, features, classes, dtype):
 def test_bits_do_not_depend_on_the_budget(request, dtype, shape):
     if dtype == np.float64 and shape == "classes":
         # Seen in runs of this whole file (not alone, not in a script, with one Numba and one
-        # OpenBLAS thread too): grad_linear_weight and grad_linear_bias (G) differed in a last
-        # bit between two calls with the SAME budget, while the losses were equal.  The cause
-        # is not found; the module's docstring says so.
+        # OpenBLAS thread too): the gradients (G) of the first call differed in a last bit from
+        # the second call's with the SAME budget, and the one-chunk call's from both, while the
+        # losses were equal.  The cause is not found; the module's docstring says so.
         request.applymarker(pytest.mark.xfail(strict=False, reason="float64 G: a run-to-run last-bit difference "
                                                                    "seen in whole-file runs, cause not found"))
     if shape == "classes":  # three class tiles, several product tiles
