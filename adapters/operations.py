@@ -30,7 +30,7 @@ from softmaxlab import kernels
 
 # The argument kinds, written as in a torch operator schema.
 ARRAY, OPTIONAL_ARRAY = "Tensor", "Tensor?"
-SCALAR_KINDS = ("int", "float", "str", "bool")
+SCALAR_KINDS = ("int", "float", "str", "bool", "float?")  # "float?": a float or None
 
 
 class Argument(NamedTuple):
@@ -79,6 +79,10 @@ def check_scalar(argument: Argument, value):
     """A scalar argument of its kind (``bool`` is not a number), as the plain Python type;
     its range is the kernel's to check."""
     kind, name = argument
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
     if kind == "str":
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, got {type(value).__name__}")
@@ -166,10 +170,16 @@ def _map(name, arguments, differentiable, vjp, output_shape):
     return Operation(name, _parse(arguments), differentiable, getattr(kernels, name), vjp, output_shape)
 
 
-def _loss(name, arguments, differentiable, output_shape):
-    fused = getattr(kernels, f"{name}_forward_backward")
+def _loss(name, arguments, differentiable, output_shape, fused=None):
+    fused = fused or getattr(kernels, f"{name}_forward_backward")
     return Operation(name, _parse(arguments), differentiable, getattr(kernels, name), _loss_vjp(fused),
                      output_shape, fused)
+
+
+def _linear_fused(**arguments):
+    """linear_cross_entropy_forward_backward's (loss, grad_input, grad_linear_weight): the bias is a
+    constant for the adapters (a bias that requires grad is refused), its gradient left out."""
+    return kernels.linear_cross_entropy_forward_backward(**arguments)[:3]
 
 
 _MARGIN = "Tensor cos, Tensor target, float s"
@@ -204,6 +214,10 @@ OPERATIONS = (
           ("logits",), _loss_shape("logits")),
     _loss("quadratic_cost", "Tensor logits, Tensor target, str reduction",
           ("logits",), _loss_shape("logits", elementwise=True)),
+    _loss("linear_cross_entropy",
+          "Tensor x, Tensor linear_weight, Tensor target, Tensor? linear_bias, Tensor? weight, int ignore_index, "
+          "str reduction, float label_smoothing, float z_loss, float? softcap, int memory_budget, str precision",
+          ("x", "linear_weight"), _loss_shape("x"), fused=_linear_fused),
 )
 
 NAMES = tuple(operation.name for operation in OPERATIONS)

@@ -4,8 +4,9 @@ Same names and arguments as ``softmaxlab.kernels`` (the formulas are in their do
 torch tensors in and out: CPU, float32 or float64 (float16, bfloat16 and CUDA tensors
 raise a ``TypeError`` naming the argument; cast with ``.double()`` or ``.float()``).
 Integer targets may have any integer dtype.  Gradients flow to the arguments the kernels
-differentiate (``logits``, ``student``, ``cos``, ``x``, ``W``, ``centers``); a target,
-teacher or weight that requires grad is refused with a ``ValueError``.
+differentiate (``logits``, ``student``, ``cos``, ``x``, ``W``, ``centers``,
+``linear_weight``); a target, teacher, weight or ``linear_bias`` that requires grad is
+refused with a ``ValueError``.
 
 Each function is a ``torch.library.custom_op`` (``softmaxlab::<name>``) with a fake
 (meta) implementation and an autograd formula, generated from ``softmaxlab.adapters.operations``:
@@ -171,7 +172,7 @@ def _binder(operation: Operation):
 
 def _scalar_type(kind: str):
     """The type a scalar argument of ``kind`` passes ``check_scalar`` unchanged as."""
-    return {"int": int, "float": float, "str": str, "bool": bool}[kind]
+    return {"int": int, "float": float, "str": str, "bool": bool, "float?": float}[kind]
 
 
 def _define(operation: Operation):

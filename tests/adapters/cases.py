@@ -55,6 +55,12 @@ def _inputs(name: str, rng: np.random.Generator) -> dict:
         return {"logits": logits, "target": labels, "margin": 0.5}
     if name == "quadratic_cost":
         return {"logits": logits, "target": unit}
+    if name == "linear_cross_entropy":
+        labels[2] = -100  # an ignored row
+        return {"x": features_x, "linear_weight": weights_w, "target": labels,
+                "linear_bias": rng.standard_normal(classes), "weight": class_weight, "ignore_index": -100,
+                "label_smoothing": 0.1, "z_loss": 1e-2, "softcap": 5.0, "memory_budget": 4096,
+                "precision": "input"}
     raise KeyError(name)
 
 
