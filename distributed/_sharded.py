@@ -66,7 +66,7 @@ from ..kernels._numerics.rows import chunked_sum, pairwise_sum, shifted_sum
 from ..kernels._validation import check_float_array, check_real_scalar
 from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order
 
-__all__ = ["sharded_linear_cross_entropy_forward_backward", "exchange_bytes"]
+__all__ = ["sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward", "exchange_bytes"]
 
 #: Round 2's floats per row: the shard's sum, its gaps, the target logit, whether it owns the target.
 ROUND2_WIDTH = 4
@@ -243,3 +243,61 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
                                                      {}, num_classes, dtype, product)
     grad_input = all_reduce_sum_fixed_order(grad_input, group, log=log)
     return loss, grad_input.astype(dtype), grad_weight_shard
+
+
+def sharded_linear_cross_entropy(x, weight_shard, target, *, class_start, num_classes, group=None, weight=None,
+                                 ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                                 memory_budget=DEFAULT_MEMORY_BUDGET, log: MessageLog | None = None):
+    """``sharded_linear_cross_entropy_forward_backward`` for torch CPU tensors: a differentiable loss.
+
+    ``x`` (N, D) and ``weight_shard`` (S_r, D) are float32 or float64 tensors (``requires_grad``
+    as wanted), ``target`` an integer tensor (N,); the other arguments as the NumPy function.
+    The forward runs the NumPy function with ``grad_output=1`` and keeps both gradients; the
+    backward returns them times the upstream gradient g (the same bits when g = 1; for
+    ``reduction="none"`` it runs the function again with ``grad_output=g``, so every rank
+    must call backward).  x's gradient is the same on every rank (its partials are added
+    across ranks), so a model that computes x identically on every rank stays in step.
+    """
+    import torch
+
+    options = dict(class_start=class_start, num_classes=num_classes, group=group, weight=weight,
+                   ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                   memory_budget=memory_budget, log=log)
+    for name, value in (("x", x), ("weight_shard", weight_shard), ("target", target)):
+        if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+            raise TypeError(f"{name} must be a CPU torch.Tensor, got {type(value).__name__}"
+                            + (f" on {value.device}" if isinstance(value, torch.Tensor) else ""))
+    return _autograd_function().apply(x, weight_shard, target, options)
+
+
+_FUNCTION = []
+
+
+def _autograd_function():
+    """The ``torch.autograd.Function`` (built on first use: this module imports without torch)."""
+    if _FUNCTION:
+        return _FUNCTION[0]
+    import torch
+
+    class ShardedLinearCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight_shard, target, options):
+            arrays = (x.detach().numpy(), weight_shard.detach().numpy(), target.detach().numpy())
+            loss, grad_x, grad_w = sharded_linear_cross_entropy_forward_backward(*arrays, **options)
+            ctx.arrays, ctx.options = arrays, options
+            ctx.save_for_backward(torch.from_numpy(grad_x), torch.from_numpy(grad_w))
+            return torch.from_numpy(np.asarray(loss))
+
+        @staticmethod
+        def backward(ctx, grad_loss):
+            grad_x, grad_w = ctx.saved_tensors
+            if ctx.options["reduction"] == "none":
+                options = dict(ctx.options, grad_output=grad_loss.detach().numpy().astype(np.float64))
+                _, grad_x, grad_w = sharded_linear_cross_entropy_forward_backward(*ctx.arrays, **options)
+                grad_x, grad_w = torch.from_numpy(grad_x), torch.from_numpy(grad_w)
+            elif float(grad_loss) != 1.0:
+                grad_x, grad_w = grad_x * grad_loss, grad_w * grad_loss
+            return grad_x, grad_w, None, None
+
+    _FUNCTION.append(ShardedLinearCrossEntropy)
+    return ShardedLinearCrossEntropy

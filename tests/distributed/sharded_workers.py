@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .workers import save
+from .workers import load_script, save
 
 N, D = 6, 8
 EPS = 0.1  # label smoothing
@@ -108,3 +108,11 @@ def run_sharded(rank: int, world_size: int, out_dir: str) -> None:
     }
     for key, call in errors.items():
         save(out_dir, f"error_{key}", rank, _error(call))
+
+    if world_size <= 2:  # examples/train_sharded.py's training, as torchrun runs it
+        save(out_dir, "example_losses", rank, example().train(steps=4))
+
+
+def example():
+    """examples/train_sharded.py, loaded from its file."""
+    return load_script("examples", "train_sharded")

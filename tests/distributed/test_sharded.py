@@ -8,6 +8,7 @@ bit for bit where the shards are aligned blocks of 2^j class tiles, within the b
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -19,6 +20,7 @@ from softmaxlab.kernels import linear_cross_entropy_forward_backward
 from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE
 
 from . import sharded_workers as sw
+from .test_distributed import _messages_benchmark
 from .workers import load
 
 torch = pytest.importorskip("torch")
@@ -54,6 +56,7 @@ def groups(tmp_path_factory):
     return folders
 
 
+@functools.lru_cache(maxsize=None)
 def _single(name, world_size):
     x, weight, target, bounds, kwargs = sw.scenario(name, world_size)
     return (x, weight, target, bounds, kwargs), linear_cross_entropy_forward_backward(x, weight, target, **kwargs)
@@ -238,6 +241,8 @@ def test_message_log_counts_the_exchange_formula(groups, world_size):
         for rank_sent in sent:
             assert rank_sent.tolist() == expected
         assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size)
+        formula = _messages_benchmark().bytes_per_step(rows=sw.N, classes=sw.T64, procs=world_size, k=4, dim=sw.D)
+        assert sum(expected) == formula["softmaxlab_sharded"]
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -255,3 +260,44 @@ def test_bad_input_raises_the_same_error_on_every_rank(groups, world_size, key, 
     assert messages[0].startswith(("ValueError", "TypeError")), messages[0]
     for word in words:
         assert word in messages[0], (word, messages[0])
+
+
+def test_the_example_trains_with_two_processes_as_with_one(groups):
+    # examples/train_sharded.py: the shards are 2^j tiles, so every step's loss is the single process's
+    one = load(groups[1], "example_losses", 1)[0]
+    two = load(groups[2], "example_losses", 2)
+    assert _same_bits(two)
+    assert two[0].tobytes() == one.tobytes()
+    assert np.all(np.diff(one) < 0)  # it learns
+    assert sw.example().shard_bounds(2 * sw.T64, 2) == [0, sw.T64, 2 * sw.T64]
+
+
+def test_the_torch_function_gives_the_numpy_gradients_times_the_upstream_gradient(tmp_path):
+    # one process (a group of 1 over a file store): the autograd function against the NumPy call
+    import torch.distributed as dist
+
+    from softmaxlab.distributed import sharded_linear_cross_entropy, sharded_linear_cross_entropy_forward_backward
+
+    x, weight, target, bounds, kwargs = sw.scenario("aligned64_none", 1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        wt = torch.from_numpy(weight).requires_grad_(True)
+        upstream = torch.linspace(0.5, 2.0, sw.N, dtype=torch.float64)
+        loss = sharded_linear_cross_entropy(xt, wt, torch.from_numpy(target), class_start=0,
+                                            num_classes=len(weight), reduction="none")
+        (loss * upstream).sum().backward()
+        expected = sharded_linear_cross_entropy_forward_backward(
+            x, weight, target, class_start=0, num_classes=len(weight), reduction="none",
+            grad_output=upstream.numpy())
+        mean = sharded_linear_cross_entropy(xt.detach(), wt, torch.from_numpy(target), class_start=0,
+                                            num_classes=len(weight))
+        with pytest.raises(TypeError, match="weight_shard must be a CPU torch.Tensor, got ndarray"):
+            sharded_linear_cross_entropy(xt, weight, torch.from_numpy(target), class_start=0,
+                                         num_classes=len(weight))
+    finally:
+        dist.destroy_process_group()
+    assert loss.detach().numpy().tobytes() == expected[0].tobytes()
+    assert xt.grad.numpy().tobytes() == expected[1].tobytes()
+    assert wt.grad.numpy().tobytes() == expected[2].tobytes()
+    assert float(mean) == float(linear_cross_entropy_forward_backward(x, weight, target)[0])
