@@ -57,7 +57,7 @@ def train(steps: int = 5, rows: int = 64, features: int = 16, classes: int = 2 *
         with torch.no_grad():
             shard -= lr * shard.grad
         shard.grad = None
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
