@@ -190,7 +190,10 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
     Raises:
         ValueError on every rank: shards that do not tile [0, num_classes); a row not ignored
         whose max logit is not finite (an overflow or a NaN), which
-        ``linear_cross_entropy_forward_backward`` on the whole weight handles.
+        ``linear_cross_entropy_forward_backward`` on the whole weight handles.  The checks of
+        each rank's own arguments (shapes, dtypes, target, options) come before any message:
+        they raise on the ranks whose arguments fail them, and a rank whose arguments pass
+        then waits in the first all_gather until the group's timeout.
     """
     import torch.distributed as dist
 
