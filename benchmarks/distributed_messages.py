@@ -18,8 +18,13 @@ The collective-algorithm model (``softmaxlab.distributed._comm.sent_bytes``, the
 
 The exchanges, per process and step:
 
-* softmaxlab (planned): an all_gather of the N x k float64 per-row statistics, merged in rank
-  order (``all_reduce_sum_fixed_order``'s pattern): 8 N k (P - 1).  k = 4 is a placeholder.
+* softmaxlab: an all_gather of the N x k float64 per-row statistics, merged in rank order
+  (``all_reduce_sum_fixed_order``'s pattern): 8 N k (P - 1).
+* softmaxlab's ``sharded_linear_cross_entropy_forward_backward`` (every step's whole
+  exchange): all_gathers of the shard bounds (3 float64), of the rows' local max (round 1,
+  N float64), of the rows' shard sums (round 2, N x k float64, k = 4: the sum of
+  exponentials, the smoothing gaps, the target logit, the owner flag) and of grad_input's
+  float64 partials (N x D, added in rank order): 8 (P - 1) (3 + N + k N + N D).
 * Megatron-LM (Shoeybi et al. 2019): three all_reduces of N float32 (max, target logit, sum of
   exponentials): 3 x 2 (P - 1)/P 4 N.
 * Partial FC (An et al. 2021): all_gather of the embeddings (N x D float32 gathered) and the
@@ -68,7 +73,7 @@ def bytes_per_step(rows: int, classes: int, procs: int, k: int = 4, dim: int = 5
 
     ``stat_bytes`` is the itemsize of Megatron-LM's and Partial FC's per-row statistics
     (float32 in both; 8 for the float64 ports the tests run).  Keys: ``softmaxlab`` (the
-    planned all_gather of statistics), ``softmaxlab_by_owner`` (the alternative in the module
+    all_gather of statistics), ``softmaxlab_by_owner`` (the alternative in the module
     docstring), ``megatron``, ``partial_fc_loss`` (its three all_reduces),
     ``partial_fc_embeddings`` (its embeddings and labels out, gradients back),
     ``dx_all_reduce``, ``logits_all_gather``.
@@ -78,10 +83,12 @@ def bytes_per_step(rows: int, classes: int, procs: int, k: int = 4, dim: int = 5
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     stats = FLOAT64 * rows * k
+    sharded = FLOAT64 * (3 + rows + rows * k + rows * dim)
     embeddings = FLOAT32 * rows * dim
     return {
         "softmaxlab": float(_all_gather(stats, procs)),
         "softmaxlab_by_owner": 2 * _reduce_scatter(stats, procs),
+        "softmaxlab_sharded": float(_all_gather(sharded, procs)),
         "megatron": 3 * _all_reduce(stat_bytes * rows, procs),
         "partial_fc_loss": 3 * _all_reduce(stat_bytes * rows, procs),
         "partial_fc_embeddings": (_all_gather((embeddings + INT64 * rows) / procs, procs)
@@ -101,6 +108,7 @@ def _human(count: float) -> str:
 COLUMNS = {  # bytes_per_step's keys, as the table's columns, in order
     "softmaxlab": "softmaxlab: stats all_gather",
     "softmaxlab_by_owner": "softmaxlab: rows merged by owner (alternative)",
+    "softmaxlab_sharded": "softmaxlab sharded LCE: bounds, 2 rounds, dx (float64)",
     "megatron": "Megatron-LM: 3 all_reduces",
     "partial_fc_loss": "Partial FC: 3 all_reduces",
     "partial_fc_embeddings": "Partial FC: embeddings, labels, grads",

@@ -10,10 +10,16 @@ softmaxlab.distributed`` works without torch installed.
 * ``ports``: torch ports of Megatron-LM's vocab-parallel cross-entropy (Shoeybi et al. 2019)
   and Partial FC's distributed margin softmax (An et al. 2021), written from their published
   formulas, as comparison points.
+* ``_sharded``: ``sharded_linear_cross_entropy_forward_backward``, the fused linear
+  cross-entropy with the class weights sharded (two rounds of per-row statistics), with the
+  single process's bits for shards of 2^j class tiles, and ``sharded_linear_cross_entropy``,
+  its differentiable torch form for training (``examples/train_sharded.py``).
 """
 
 from __future__ import annotations
 
 from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order, sent_bytes
+from ._sharded import sharded_linear_cross_entropy, sharded_linear_cross_entropy_forward_backward
 
-__all__ = ["MessageLog", "all_gather_rows", "all_reduce_sum_fixed_order", "sent_bytes"]
+__all__ = ["MessageLog", "all_gather_rows", "all_reduce_sum_fixed_order", "sent_bytes",
+           "sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward"]

@@ -203,11 +203,7 @@ def _merge_rows(partial, target_logit, args, classes, z_loss, row_loss, state, s
     gradient (M, T, TW, LSE) and its status: KEPT, IGNORED, or FALLBACK (a max not finite)."""
     maxima = partial[:, :, MAX]  # the merge's row argument; read only for a max not finite, never here
     for i in prange(partial.shape[0]):
-        row_loss[i] = 0.0
-        status[i] = KEPT
-        if args.target[i] == args.ignore_index:
-            status[i] = IGNORED
-        else:
+        if start_row(args, i, row_loss, status):
             largest = -np.inf
             for k in range(partial.shape[1]):
                 largest = max(largest, partial[i, k, MAX])
@@ -216,17 +212,33 @@ def _merge_rows(partial, target_logit, args, classes, z_loss, row_loss, state, s
             else:
                 largest, total = merge_pair(maxima, i, partial, MAX)
                 gaps = _merge_gaps(largest, partial, i) if args.smoothing != 0.0 else 0.0
-                loss, target_total = index_finite_cross_entropy(
-                    args, args.target[i], classes, largest, target_logit[i], total, gaps
-                )
-                lse = largest + math.log1p(total)
-                if z_loss != 0.0:
-                    loss += z_loss * (lse * lse)
-                row_loss[i] = loss
-                state[i, STATE_MAX] = largest
-                state[i, STATE_SUM] = total
-                state[i, STATE_TARGET_TOTAL] = target_total
-                state[i, STATE_LSE] = lse
+                finish_row(args, i, classes, largest, target_logit[i], total, gaps, z_loss, row_loss, state)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def start_row(args, i, row_loss, status):
+    """Row i's loss set to 0 and its status to KEPT, or IGNORED (returning False) for ``ignore_index``."""
+    row_loss[i] = 0.0
+    status[i] = KEPT
+    if args.target[i] == args.ignore_index:
+        status[i] = IGNORED
+        return False
+    return True
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def finish_row(args, i, classes, largest, label_value, total, gaps, z_loss, row_loss, state):
+    """Row i's loss (``index_finite_cross_entropy``, plus the z-loss) and state (M, T, TW, LSE) from
+    its merged M, T and gaps and its target logit."""
+    loss, target_total = index_finite_cross_entropy(args, args.target[i], classes, largest, label_value, total, gaps)
+    lse = largest + math.log1p(total)
+    if z_loss != 0.0:
+        loss += z_loss * (lse * lse)
+    row_loss[i] = loss
+    state[i, STATE_MAX] = largest
+    state[i, STATE_SUM] = total
+    state[i, STATE_TARGET_TOTAL] = target_total
+    state[i, STATE_LSE] = lse
 
 
 @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -402,20 +414,9 @@ def _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_
     rows, features = x.shape
     classes = linear_weight.shape[0]
     plan = chunk_plan(rows, classes, features, work, budget, write)
-    tiles = max(1, -(-classes // plan.tile))
 
     # pass 1: the tiles' statistics, merged per row
-    partial = np.zeros((rows, tiles, WIDTH))
-    target_logit = np.zeros(rows)
-    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=work)
-    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), work)
-    buffer = np.empty(plan.rows * plan.cols, dtype=work)
-    for col0, col1 in _tiles(0, classes, plan.cols):
-        for row0, row1 in _tiles(0, rows, plan.rows):
-            chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
-            _logits_into(chunk, x, linear_weight, linear_bias, row0, col0, cap, product)
-            _tile_statistics(chunk, row0, col0, plan.tile, args, partial, target_logit, scratch)
-    del buffer
+    partial, target_logit, product = statistics_pass(x, linear_weight, linear_bias, cap, args, plan)
     row_loss = np.empty(rows)
     state = np.zeros((rows, 4))
     status = np.empty(rows, dtype=np.int8)
@@ -431,10 +432,53 @@ def _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_
         return loss, None
 
     # pass 2: G one product tile at a time, and its products
+    grad_input, grad_weight, grad_bias = gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state,
+                                                       status, fallback, classes, dtype, product)
+    result = (loss, grad_input.astype(dtype), grad_weight)
+    if linear_bias is not None:
+        result += (grad_bias.astype(dtype),)
+    return result, True
+
+
+def statistics_pass(x, linear_weight, linear_bias, cap, args, plan):
+    """Pass 1 over the classes of ``linear_weight``: (partial, target_logit, product).
+
+    ``partial[i, k]`` holds row i's statistics of class tile k (``_tile_statistics``),
+    ``target_logit[i]`` its target logit where ``args.target[i]`` is one of these classes (0
+    elsewhere); ``product`` is the aligned buffer of one product tile, for pass 2.  ``x`` is
+    contiguous in the work dtype; ``plan`` is ``chunk_plan``'s for these classes.
+    """
+    rows = x.shape[0]
+    classes = linear_weight.shape[0]
+    work = x.dtype
+    partial = np.zeros((rows, max(1, -(-classes // plan.tile)), WIDTH))
+    target_logit = np.zeros(rows)
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=work)
+    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), work)
+    buffer = np.empty(plan.rows * plan.cols, dtype=work)
+    for col0, col1 in _tiles(0, classes, plan.cols):
+        for row0, row1 in _tiles(0, rows, plan.rows):
+            chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
+            _logits_into(chunk, x, linear_weight, linear_bias, row0, col0, cap, product)
+            _tile_statistics(chunk, row0, col0, plan.tile, args, partial, target_logit, scratch)
+    return partial, target_logit, product
+
+
+def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, status, fallback, classes, dtype,
+                  product):
+    """Pass 2 over the classes of ``linear_weight``: (grad_input in float64, grad_weight in ``dtype``,
+    the bias' gradient in float64 or None).
+
+    G is formed one product tile at a time from the rows' ``state`` and ``status``
+    (``_chunk_gradient``; ``classes`` is the count eps/C divides by), the rows in ``fallback``
+    (index -> G row) taken as given; grad_input sums G W over the product tiles in tile order.
+    """
+    rows, features = x.shape
+    shard = linear_weight.shape[0]
     grad_input = np.zeros((rows, features))
-    grad_weight = np.zeros((classes, features), dtype=dtype)  # zeros: no row writes nothing
-    grad_bias = np.zeros(classes) if linear_bias is not None else None
-    for cols in _tiles(0, classes, PRODUCT_TILE):
+    grad_weight = np.zeros((shard, features), dtype=dtype)  # zeros: no row writes nothing
+    grad_bias = np.zeros(shard) if linear_bias is not None else None
+    for cols in _tiles(0, shard, PRODUCT_TILE):
         accumulator = np.zeros((cols[1] - cols[0], features)) if rows > ROW_TILE else None
         for row_tile in _tiles(0, rows, ROW_TILE):
             tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
@@ -446,10 +490,7 @@ def _linear_cross_entropy(x, linear_weight, target, linear_bias, weight, ignore_
                                  accumulator)
         if accumulator is not None:
             grad_weight[cols[0] : cols[1]] = accumulator
-    result = (loss, grad_input.astype(dtype), grad_weight)
-    if linear_bias is not None:
-        result += (grad_bias.astype(dtype),)
-    return result, True
+    return grad_input, grad_weight, grad_bias
 
 
 def upstream_at_py(row_scale, i):

@@ -423,6 +423,27 @@ def chunked_sum(values):
 
 
 @njit(**JIT_OPTIONS)
+def shifted_sum(partial, largest, first):
+    """sum_b (1 + t_b) e^(m_b - M) - [first] over the blocks' (m_b, t_b) in ``partial``, summed pairwise.
+
+    M = ``largest`` is finite and at least every m_b.  With ``first``, the first block whose
+    m_b equals M contributes t_b (its 1 e^0 is the "- 1"); without it, every block contributes
+    (1 + t_b) e^(m_b - M).  ``merge_max_sum_exp``'s T for its own M; a shard of the classes
+    (``softmaxlab.distributed``) passes the global M and ``first`` only where it holds M first.
+    """
+    blocks = partial.shape[0]
+    terms = np.empty(blocks)
+    for k in range(blocks):
+        if first and partial[k, 0] == largest:
+            terms[k] = partial[k, 1]
+            first = False
+        else:
+            high, low = two_sum(partial[k, 0], -largest)
+            terms[k] = (1.0 + partial[k, 1]) * exp64_pair(high, low)
+    return pairwise_sum(terms)
+
+
+@njit(**JIT_OPTIONS)
 def merge_max_sum_exp(x, i, partial):
     """Merge the (m_b, t_b) pairs of row i into (M, T), S = 1 + T = sum_b (1 + t_b) e^(m_b - M).
 
@@ -441,16 +462,7 @@ def merge_max_sum_exp(x, i, partial):
     if math.isfinite(largest):
         if blocks == 1:
             return largest, partial[0, 1]
-        terms = np.empty(blocks)
-        first = True
-        for k in range(blocks):
-            if first and partial[k, 0] == largest:
-                terms[k] = partial[k, 1]
-                first = False
-            else:
-                high, low = two_sum(partial[k, 0], -largest)
-                terms[k] = (1.0 + partial[k, 1]) * exp64_pair(high, low)
-        return largest, pairwise_sum(terms)
+        return largest, shifted_sum(partial, largest, True)
     row = x[i]
     count = -1.0
     for j in range(row.shape[0]):

@@ -208,15 +208,8 @@ def test_the_package_imports_without_torch():
 
 
 def _messages_benchmark():
-    """benchmarks/distributed_messages.py, loaded from its file (benchmarks/ is no package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_messages.py"
-    spec = importlib.util.spec_from_file_location("distributed_messages", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/distributed_messages.py, loaded from its file."""
+    return workers.load_script("benchmarks", "distributed_messages")
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)

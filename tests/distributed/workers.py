@@ -39,6 +39,18 @@ def loss_inputs():
     return x, weight, logits
 
 
+def load_script(folder: str, name: str):
+    """The module of the repository's ``folder/name.py``, loaded from its file (``benchmarks/``
+    and ``examples/`` are no packages)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def save(out_dir: str, name: str, rank: int, value) -> None:
     np.save(Path(out_dir) / f"{name}.rank{rank}.npy", np.asarray(value))
 
