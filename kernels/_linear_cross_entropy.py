@@ -49,7 +49,9 @@ float64 case of three class tiles gave gradients differing in a last bit between
 the test's first call and its second, with the same budget, differed, and so did the
 call whose one chunk held all the classes, while the losses were equal.  The soft cap,
 the tile statistics and the GEMMs were each checked bit-identical across data alignments;
-the cause is not found, and that case is marked as an expected failure.
+the products now write into aligned buffers as well (OpenBLAS's small-GEMM result had
+depended on an operand's alignment), and no run has shown the difference since, but the
+cause is not confirmed: that case stays marked as an expected failure.
 
 Memory beyond the inputs and outputs: the first pass's chunk (at most ``memory_budget``
 bytes, but never less than one row tile by one class tile), one product tile and its
@@ -478,6 +480,8 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
     grad_input = np.zeros((rows, features))
     grad_weight = np.zeros((shard, features), dtype=dtype)  # zeros: no row writes nothing
     grad_bias = np.zeros(shard) if linear_bias is not None else None
+    outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, product.dtype),
+               _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, product.dtype))
     for cols in _tiles(0, shard, PRODUCT_TILE):
         accumulator = np.zeros((cols[1] - cols[0], features)) if rows > ROW_TILE else None
         for row_tile in _tiles(0, rows, ROW_TILE):
@@ -487,7 +491,7 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
                 if row_tile[0] <= i < row_tile[1]:
                     tile[i - row_tile[0]] = gradient[cols[0] : cols[1]]
             _accumulate_products(tile, x, linear_weight, row_tile, cols, grad_input, grad_weight, grad_bias,
-                                 accumulator)
+                                 accumulator, outputs)
         if accumulator is not None:
             grad_weight[cols[0] : cols[1]] = accumulator
     return grad_input, grad_weight, grad_bias
@@ -498,15 +502,26 @@ def upstream_at_py(row_scale, i):
     return float(row_scale[i] if row_scale.shape[0] != 1 else row_scale[0])
 
 
-def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_weight, grad_bias, accumulator):
+def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_weight, grad_bias, accumulator,
+                         outputs):
     """The products of one tile G of rows x cols: grad_input[rows] += G W[cols] in float64,
     G^T x[rows] into grad_weight[cols] (or added to the float64 ``accumulator`` when the rows
-    take several tiles), the bias' gradient += G's column sums in float64."""
-    grad_input[rows[0] : rows[1]] += tile @ np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype)
+    take several tiles), the bias' gradient += G's column sums in float64.
+
+    Both products are written into the aligned buffers ``outputs`` (``_aligned_empty``), not
+    into arrays NumPy allocates: OpenBLAS's small-GEMM result for an element depended on
+    where its output started, which changed a last bit of G W from call to call."""
+    into_dx, into_dw = outputs
+    features = x.shape[1]
+    dx = into_dx[: (rows[1] - rows[0]) * features].reshape(rows[1] - rows[0], features)
+    np.matmul(tile, np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype), out=dx)
+    grad_input[rows[0] : rows[1]] += dx
+    dw = into_dw[: (cols[1] - cols[0]) * features].reshape(cols[1] - cols[0], features)
+    np.matmul(tile.T, x[rows[0] : rows[1]], out=dw)
     if accumulator is None:
-        grad_weight[cols[0] : cols[1]] = tile.T @ x[rows[0] : rows[1]]  # rounded once to the output's dtype
+        grad_weight[cols[0] : cols[1]] = dw  # rounded once to the output's dtype
     else:
-        accumulator += tile.T @ x[rows[0] : rows[1]]
+        accumulator += dw
     if grad_bias is not None:
         grad_bias[cols[0] : cols[1]] += tile.sum(axis=0, dtype=np.float64)
 
