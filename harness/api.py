@@ -71,9 +71,8 @@ def compare_speed(functions: Mapping[str, Callable], *, kernel: str, providers=(
                                   kernels=None, command="bench",
                                   results_dir=str(results_dir) if results_dir is not None else str(Path(scratch)))
         args.command_line = f"softmaxlab.harness.compare_speed(kernel={kernel!r})"
-        selection_profile = selection.profile
         rows, failures, _, _ = run_bench(args, progress=False, registry=selection.entries,
-                                         profile=selection_profile)
+                                         profile=selection.profile)
     if failures:
         raise RuntimeError(f"compare_speed: cases failed: {failures}")
     return rows

@@ -193,13 +193,10 @@ def test_the_softmaxlab_torch_provider_computes_what_the_kernels_compute():
     np.testing.assert_array_equal(adapters.function_for("softmax")(logits), kernels.softmax(logits))
     assert adapters.function_for("softmax_backward") is None
     assert adapters.function_for("center_update") is None
-    chosen = selection.select(SMOKE, kernels=["cross_entropy_forward_backward[label_smoothing=0.1]"],
-                              providers=["softmaxlab", "softmaxlab_torch"])
     rows = _rows(kernels=["cross_entropy_forward_backward[label_smoothing=0.1]"],
                  providers=["softmaxlab", "softmaxlab_torch"], dtypes=["float64"])
     by = rows.pivot_table(index="output", columns="provider", values="max_ulp")
     assert (by["softmaxlab_torch"] == by["softmaxlab"]).all()  # the same kernels, the same bits
-    assert "softmaxlab_torch" in chosen.entries["cross_entropy_forward_backward[label_smoothing=0.1]"].providers
 
 
 def test_check_accuracy_returns_rows_for_a_function():
@@ -257,3 +254,19 @@ def test_the_softmaxlab_jax_provider_is_a_jitted_training_step_with_the_kernels_
     values = logits.astype(np.float32)
     np.testing.assert_array_equal(adapters.function_for("softmax", "jax")(values), kernels.softmax(values))
     assert "softmaxlab_jax" in selection.select(SMOKE, kernels=["softmax"], providers=["softmaxlab_jax"]).providers
+
+
+def test_compare_speed_times_a_function_beside_the_kernel_in_one_run(tmp_path):
+    from softmaxlab.harness import compare_speed
+
+    def numpy_softmax(x, axis=-1):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+
+    rows = compare_speed({"mine": numpy_softmax}, kernel="softmax", providers=("softmaxlab",), shapes=["6x9"],
+                         profile="smoke", results_dir=tmp_path)
+    timed = rows[~rows["provider"].str.startswith("limit:")].set_index("provider")
+    assert set(timed.index) == {"softmaxlab", "mine"}
+    assert (timed["p50_s"] > 0).all() and set(timed["classes"]) == {9}
+    with pytest.raises(TypeError, match=r"functions\['mine'\] must be callable"):
+        compare_speed({"mine": None}, kernel="softmax")
