@@ -97,6 +97,7 @@ from ._cross_entropy import (
 )
 from ._driver.losses import merge_pair, target_minus_one, upstream_at
 from ._driver.reduction import reduce_losses
+from ._driver.threads import run_row_blocks
 from ._numerics.rows import cast_like, chunked_sum, exp_difference_for, fill, max_sum_exp_stored
 from ._softmax import logsumexp, softmax
 from ._validation import check_float_array, check_real_scalar
@@ -163,21 +164,23 @@ def _capped(values, value, cap):
     return np.float64(cast_like(values, cap * math.tanh(np.float64(value) / cap)))
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _soft_cap_in_place(logits, cap):
-    for r in prange(logits.shape[0]):
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _soft_cap_in_place(first, last, part, logits, cap):
+    """Rows first..last of ``logits`` soft-capped in place (``run_row_blocks``)."""
+    for r in range(first, last):
         values = logits[r]
         for j in range(values.shape[0]):
             values[j] = _capped(values, values[j], cap)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _tile_statistics(logits, row0, col0, tile, args, partial, target_logit, scratch):
-    """Per row of the chunk ``logits`` (rows row0.., classes col0..) and per class tile k:
-    ``partial[i, k]`` as ``_cross_entropy._reduce_index`` fills it for the block k, and the
-    target logit in ``target_logit[i]`` where the label is in the chunk."""
-    rows, cols = logits.shape
-    for r in prange(rows):
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _tile_statistics(first, last, part, logits, row0, col0, tile, args, partial, target_logit, scratch):
+    """Per row first..last of the chunk ``logits`` (rows row0.., classes col0..) and per class
+    tile k: ``partial[i, k]`` as ``_cross_entropy._reduce_index`` fills it for the block k, and
+    the target logit in ``target_logit[i]`` where the label is in the chunk (``run_row_blocks``;
+    ``scratch[part]`` is this block's)."""
+    cols = logits.shape[1]
+    for r in range(first, last):
         i = row0 + r
         label = args.target[i]
         if label != args.ignore_index:
@@ -186,7 +189,7 @@ def _tile_statistics(logits, row0, col0, tile, args, partial, target_logit, scra
                 values = logits[r, start:stop]
                 k = (col0 + start) // tile
                 # e_j stored in this thread's scratch, as cross_entropy stores them for the loss alone
-                largest, total = max_sum_exp_stored(values, scratch[numba.get_thread_id(), 0 : stop - start])
+                largest, total = max_sum_exp_stored(values, scratch[part, 0 : stop - start])
                 partial[i, k, MAX] = largest
                 partial[i, k, SUM] = total
                 if args.smoothing != 0.0:
@@ -243,13 +246,14 @@ def finish_row(args, i, classes, largest, label_value, total, gaps, z_loss, row_
     state[i, STATE_LSE] = lse
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _chunk_gradient(logits, row0, col0, classes, args, cap, z_loss, state, status):
-    """Overwrite the chunk's logits (before the soft cap) with G = dloss_i/dz_ij times the row's
-    upstream gradient (``docs/proofs/linear_cross_entropy.md``).  FALLBACK rows are left to the caller."""
-    rows, cols = logits.shape
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _chunk_gradient(first, last, part, logits, row0, col0, classes, args, cap, z_loss, state, status):
+    """Overwrite rows first..last of the chunk's logits (before the soft cap) with G = dloss_i/dz_ij
+    times the row's upstream gradient (``docs/proofs/linear_cross_entropy.md``; ``run_row_blocks``).
+    FALLBACK rows are left to the caller."""
+    cols = logits.shape[1]
     capping = cap > 0.0
-    for r in prange(rows):
+    for r in range(first, last):
         i = row0 + r
         values = logits[r]
         if status[i] == IGNORED:
@@ -335,7 +339,7 @@ def _logits_into(chunk, x, linear_weight, linear_bias, row0, col0, cap, scratch)
             chunk[first - row0 : last - row0, start - col0 : stop - col0] = _logit_tile(
                 x, linear_weight, linear_bias, (first, last), (start, stop), scratch)
     if cap > 0.0:
-        _soft_cap_in_place(chunk, cap)
+        run_row_blocks(_soft_cap_in_place, rows, chunk, cap)
 
 
 def _row_logits(x, linear_weight, linear_bias, i, cap):
@@ -462,7 +466,8 @@ def statistics_pass(x, linear_weight, linear_bias, cap, args, plan):
         for row0, row1 in _tiles(0, rows, plan.rows):
             chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
             _logits_into(chunk, x, linear_weight, linear_bias, row0, col0, cap, product)
-            _tile_statistics(chunk, row0, col0, plan.tile, args, partial, target_logit, scratch)
+            run_row_blocks(_tile_statistics, row1 - row0, chunk, row0, col0, plan.tile, args, partial, target_logit,
+                           scratch)
     return partial, target_logit, product
 
 
@@ -486,7 +491,8 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
         accumulator = np.zeros((cols[1] - cols[0], features)) if rows > ROW_TILE else None
         for row_tile in _tiles(0, rows, ROW_TILE):
             tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
-            _chunk_gradient(tile, row_tile[0], cols[0], classes, args, cap, z_loss, state, status)
+            run_row_blocks(_chunk_gradient, tile.shape[0], tile, row_tile[0], cols[0], classes, args, cap, z_loss, state,
+                           status)
             for i, gradient in fallback.items():
                 if row_tile[0] <= i < row_tile[1]:
                     tile[i - row_tile[0]] = gradient[cols[0] : cols[1]]
