@@ -55,6 +55,7 @@ __all__ += [
 from ._cross_entropy import cross_entropy, cross_entropy_forward_backward
 from ._distillation import distillation_loss, distillation_loss_forward_backward
 from ._linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_forward_backward
+from ._linear_margin_cross_entropy import linear_margin_cross_entropy, linear_margin_cross_entropy_forward_backward
 from ._hinge import multiclass_hinge, multiclass_hinge_forward_backward, smooth_hinge, smooth_hinge_forward_backward
 from ._quadratic import quadratic_cost, quadratic_cost_forward_backward
 from ._sigmoid import binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_forward_backward
@@ -64,6 +65,8 @@ __all__ += [
     "cross_entropy_forward_backward",
     "linear_cross_entropy",
     "linear_cross_entropy_forward_backward",
+    "linear_margin_cross_entropy",
+    "linear_margin_cross_entropy_forward_backward",
     "distillation_loss",
     "distillation_loss_forward_backward",
     "binary_cross_entropy_with_logits",

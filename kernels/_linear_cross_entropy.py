@@ -372,6 +372,14 @@ def _fallback_row(x, linear_weight, linear_bias, target, weight, options, i, sca
     return loss, gradient.astype(x.dtype)
 
 
+def check_precision(precision):
+    """``precision`` checked: one of ``PRECISIONS`` (ValueError), a string (TypeError)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        shown = repr(precision) if isinstance(precision, str) else type(precision).__name__
+        raise (ValueError if isinstance(precision, str) else TypeError)(
+            f"precision must be one of {PRECISIONS}, got {shown}")
+
+
 def _validated(x, linear_weight, target, linear_bias, weight, ignore_index, reduction, label_smoothing, z_loss,
                softcap, memory_budget, precision, grad_output):
     x = check_float_array("x", x)
@@ -398,10 +406,7 @@ def _validated(x, linear_weight, target, linear_bias, weight, ignore_index, redu
     z_loss = check_real_scalar("z_loss", z_loss, minimum=0.0)
     cap = 0.0 if softcap is None else check_real_scalar("softcap", softcap, minimum=0.0, include_minimum=False)
     budget = check_real_scalar("memory_budget", memory_budget, integer=True, minimum=1)
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        shown = repr(precision) if isinstance(precision, str) else type(precision).__name__
-        raise (ValueError if isinstance(precision, str) else TypeError)(
-            f"precision must be one of {PRECISIONS}, got {shown}")
+    check_precision(precision)
     args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
                                          grad_output, (x.shape[0],), classes)
     return x, linear_weight, linear_bias, (reduction, smoothing, ignore_index), args, denominator, z_loss, cap, budget
@@ -456,19 +461,28 @@ def statistics_pass(x, linear_weight, linear_bias, cap, args, plan):
     """
     rows = x.shape[0]
     classes = linear_weight.shape[0]
-    work = x.dtype
     partial = np.zeros((rows, max(1, -(-classes // plan.tile)), WIDTH))
     target_logit = np.zeros(rows)
-    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=work)
-    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), work)
-    buffer = np.empty(plan.rows * plan.cols, dtype=work)
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)), dtype=x.dtype)
+    product = chunk_loop(x, linear_weight, linear_bias, cap, plan, _tile_statistics, args, partial, target_logit,
+                         scratch)
+    return partial, target_logit, product
+
+
+def chunk_loop(x, linear_weight, linear_bias, cap, plan, kernel, *kernel_args):
+    """Pass 1's loop: every chunk of ``plan`` computed (``_logits_into``) and handed to
+    ``kernel(first, last, part, chunk, row0, col0, plan.tile, *kernel_args)`` over its rows
+    (``run_row_blocks``); returns the aligned buffer of one product tile, for pass 2."""
+    rows = x.shape[0]
+    classes = linear_weight.shape[0]
+    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(classes, PRODUCT_TILE), x.dtype)
+    buffer = np.empty(plan.rows * plan.cols, dtype=x.dtype)
     for col0, col1 in _tiles(0, classes, plan.cols):
         for row0, row1 in _tiles(0, rows, plan.rows):
             chunk = buffer[: (row1 - row0) * (col1 - col0)].reshape(row1 - row0, col1 - col0)
             _logits_into(chunk, x, linear_weight, linear_bias, row0, col0, cap, product)
-            run_row_blocks(_tile_statistics, row1 - row0, chunk, row0, col0, plan.tile, args, partial, target_logit,
-                           scratch)
-    return partial, target_logit, product
+            run_row_blocks(kernel, row1 - row0, chunk, row0, col0, plan.tile, *kernel_args)
+    return product
 
 
 def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, status, fallback, classes, dtype,
@@ -480,6 +494,21 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
     (``_chunk_gradient``; ``classes`` is the count eps/C divides by), the rows in ``fallback``
     (index -> G row) taken as given; grad_input sums G W over the product tiles in tile order.
     """
+    return product_loop(x, linear_weight, linear_bias, dtype, product, _chunk_gradient,
+                        (classes, args, cap, z_loss, state, status), fallback)
+
+
+def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_args, fallback=None, finish=None):
+    """Pass 2's loop: (grad_input in float64, grad_weight in ``dtype``, the bias' gradient in
+    float64 or None).
+
+    For each product tile (class tiles outer, row tiles inner) the tile's logits are
+    recomputed and ``kernel(first, last, part, tile, row0, col0, *kernel_args)`` overwrites
+    them with G over its rows (``run_row_blocks``), the rows in ``fallback`` (index -> G row)
+    taken as given; then grad_input += G W (float64, in tile order) and G^T x summed over the
+    row tiles in float64.  A class tile's float64 sum is rounded into grad_weight, or, with
+    ``finish``, handed to ``finish(cols, sum, grad_weight[cols])``.
+    """
     rows, features = x.shape
     shard = linear_weight.shape[0]
     grad_input = np.zeros((rows, features))
@@ -488,17 +517,19 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
     outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, product.dtype),
                _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, product.dtype))
     for cols in _tiles(0, shard, PRODUCT_TILE):
-        accumulator = np.zeros((cols[1] - cols[0], features)) if rows > ROW_TILE else None
+        summed = rows > ROW_TILE or finish is not None
+        accumulator = np.zeros((cols[1] - cols[0], features)) if summed else None
         for row_tile in _tiles(0, rows, ROW_TILE):
             tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
-            run_row_blocks(_chunk_gradient, tile.shape[0], tile, row_tile[0], cols[0], classes, args, cap, z_loss, state,
-                           status)
-            for i, gradient in fallback.items():
+            run_row_blocks(kernel, tile.shape[0], tile, row_tile[0], cols[0], *kernel_args)
+            for i, gradient in (fallback or {}).items():
                 if row_tile[0] <= i < row_tile[1]:
                     tile[i - row_tile[0]] = gradient[cols[0] : cols[1]]
             _accumulate_products(tile, x, linear_weight, row_tile, cols, grad_input, grad_weight, grad_bias,
                                  accumulator, outputs)
-        if accumulator is not None:
+        if finish is not None:
+            finish(cols, accumulator, grad_weight[cols[0] : cols[1]])
+        elif accumulator is not None:
             grad_weight[cols[0] : cols[1]] = accumulator
     return grad_input, grad_weight, grad_bias
 

@@ -219,6 +219,15 @@ def checked_norms(name: str, values: np.ndarray) -> np.ndarray:
     return norms
 
 
+def row_norms(name: str, values: np.ndarray) -> np.ndarray:
+    """``checked_norms``, compensated for float64 rows: their rounding would be an ulp or two of
+    every cosine."""
+    norms = checked_norms(name, values)
+    if values.dtype == np.float64:
+        _compensated_row_norms_kernel(values, norms)
+    return norms
+
+
 def unit_rows(values: np.ndarray, norms: np.ndarray) -> np.ndarray:
     out = np.empty_like(values)
     _normalize_rows_kernel(values, norms, out)
@@ -287,16 +296,13 @@ def normalized_linear(x, W):
     2017; docs/proofs/margins.md#normalized-linear-gradient.
     """
     rows, W, leading = features_and_weights(x, W)
-    x_norms, w_norms = checked_norms("x", rows), checked_norms("W", W)
+    x_norms, w_norms = row_norms("x", rows), row_norms("W", W)
     if rows.dtype == np.float32:
         # float64 products of float32 values are exact and cannot overflow: one float64 product
         dots = np.matmul(rows.astype(np.float64), W.astype(np.float64).T)
         cosines = np.empty(dots.shape, dtype=np.float32)
         _cosines_from_dots_kernel(dots, x_norms, w_norms, cosines)
     else:
-        # the norms compensated: their rounding would be one or two ulp of every cosine
-        _compensated_row_norms_kernel(rows, x_norms)
-        _compensated_row_norms_kernel(W, w_norms)
         scaled_x, scaled_x_norms = _scaled_rows(rows, x_norms)
         scaled_w, scaled_w_norms = _scaled_rows(W, w_norms)
         cosines = np.matmul(scaled_x, scaled_w.T)

@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 DTYPES = [np.float32, np.float64]
+
+# (s, m1, m2, m3): NormFace, CosFace, ArcFace, ArcFace + CosFace, a multiplicative margin
+MARGINS = {
+    "normface": (16.0, 1.0, 0.0, 0.0),
+    "cosface": (64.0, 1.0, 0.0, 0.35),
+    "arcface": (64.0, 1.0, 0.5, 0.0),
+    "arc+cos": (30.0, 1.0, 0.3, 0.2),
+    "m1=1.35": (10.0, 1.35, 0.0, 0.0),
+}
 # A single class, an ordinary batch, leading batch axes with an odd class count.
 LOSS_SHAPES = [(1, 1), (6, 7), (2, 3, 17)]
 # Tolerance against a float64 torch reference, in units of the dtype's epsilon (the measured

@@ -36,17 +36,10 @@ from softmaxlab.kernels import _cosine_margins, _margin_rows
 from softmaxlab.kernels._config import block_length
 
 from . import exact
+from ._shared import MARGINS
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 1), (3, 7), (4, 257), (2, 3, 17)]
-# (s, m1, m2, m3): NormFace, CosFace, ArcFace, ArcFace + CosFace, a multiplicative margin
-MARGINS = {
-    "normface": (16.0, 1.0, 0.0, 0.0),
-    "cosface": (64.0, 1.0, 0.0, 0.35),
-    "arcface": (64.0, 1.0, 0.5, 0.0),
-    "arc+cos": (30.0, 1.0, 0.3, 0.2),
-    "m1=1.35": (10.0, 1.35, 0.0, 0.0),
-}
 # Accuracy bounds.  float32: everything in float64, rounded once (exp_f32_wide: 1.1e-10 relative).
 # float64: the non-target logits s*c are exact pairs and z_y = s f(c) a pair, so NormFace and
 # CosFace are within a few ULP; with an angular margin the rounding of the square root (cos m

@@ -1,0 +1,310 @@
+"""Fused margin cross-entropy on cosine logits: ``margin_cross_entropy(normalized_linear(x, W), target)``
+without the (rows, classes) cosines.
+
+The face-recognition losses (NormFace, CosFace / AM-Softmax, ArcFace and InsightFace's
+combination) at class counts where the cosines and their gradient would be the largest
+arrays of the step.  The two passes and the fixed product tiles of the fused linear
+cross-entropy (``_linear_cross_entropy.chunk_loop`` and ``product_loop``) with the margin
+row kernel's arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
+
+* the products P_ij = x_i . W_j are BLAS's, per fixed tile, in the inputs' dtype (float64
+  with ``precision="float64"``), and the cosines c_ij = P_ij (1/|x_i|) (1/|W_j|) are formed
+  in float64 inside the kernels and clamped to [-1, 1], as :func:`normalized_linear`'s are;
+* the target's cosine is not taken from the tile: it is x_i . W_y by Dot2 (compensated,
+  ``_normalized_linear.compensated_dot``) divided by |x_i| |W_y| with the product as an
+  exact pair, the error of ``normalized_linear``'s float64 path, because f(c) and f'(c)
+  (ArcFace's slope near theta = pi - m) amplify an error of c;
+* pass 1 keeps, per row and class tile, the largest non-target logit s c and the sum of
+  e^(s c - m) over the non-target classes (``_margin_rows._reduce_without_target``'s pair);
+  the tiles are merged in tile order (``_merge_without_target``) and the target joined
+  (``_with_target``): loss and a_y - 1 without cancellation;
+* pass 2 overwrites each product tile with A_ij = dL/dc_ij / (|x_i| |W_j|), where
+  dL/dc_ij = g s a_ij (j != y) and g s f'(c_iy) (a_iy - 1); then
+  v_i = sum_j A_ij W_j and u_j = sum_i A_ij x_i (the tiles' products summed in float64),
+  and the gradients through the two normalizations are their tangent parts
+  (``docs/proofs/linear_cross_entropy.md``, ``docs/proofs/margins.md#normalized-linear-gradient``):
+
+      dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
+
+What does not depend on ``memory_budget`` or the thread count is what the fused linear
+cross-entropy guarantees (its module docstring): the same fixed product tiles, the same
+tile-order merges and float64 sums, kernels that compute each row alone; the tests check
+bit-identity over budgets and thread counts.
+
+The norms are ``normalized_linear``'s (float64, scaled by a power of two; compensated for
+float64 inputs).  A zero row of ``x`` or ``linear_weight`` raises ValueError (its cosines are
+undefined); NaN in the inputs gives NaN in the rows it reaches.
+
+References: F. Wang et al., "NormFace", 2017; H. Wang et al., "CosFace", 2018; J. Deng et
+al., "ArcFace", 2019 (the combined margin); E. Wijmans et al., "Cut your losses in
+large-vocabulary language models", 2024 (the fused, chunked loss).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numba
+import numpy as np
+from numba import njit
+
+from ._config import JIT_OPTIONS, STRICT_FASTMATH
+from ._cosine_margins import _check_margins, combined_margin_target, derivative_limit
+from ._driver.reduction import reduce_losses, row_scales
+from ._driver.threads import run_row_blocks
+from ._linear_cross_entropy import (
+    DEFAULT_MEMORY_BUDGET,
+    check_precision,
+    chunk_loop,
+    chunk_plan,
+    product_loop,
+)
+from ._margin_rows import _merge_without_target, _with_target, exp_scaled_difference
+from ._normalized_linear import _divide_by_product, _dot64, compensated_dot, features_and_weights, row_norms
+from ._numerics.rows import block_max, has_nan
+from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
+
+__all__ = ["linear_margin_cross_entropy", "linear_margin_cross_entropy_forward_backward"]
+
+PAGE = "docs/proofs/linear_cross_entropy.md"
+
+#: What the tile kernels read per row and class: labels, 1/|x_i|, 1/|W_j|, the scale s.
+Cosines = namedtuple("Cosines", ["targets", "x_inverse", "w_inverse", "scale"])
+
+# per-row state of pass 2: the logits' shift M, 1/S, a_y - 1, and dL/dz_y's factor g s f'(c_y)
+STATE_SHIFT, STATE_INVERSE_TOTAL, STATE_TARGET_MINUS_ONE, STATE_TARGET_FACTOR = 0, 1, 2, 3
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _cosine(product, x_inverse, w_inverse):
+    """c = P (1/|x|) (1/|W|) in float64, clamped to [-1, 1] (NaN passes)."""
+    c = np.float64(product) * x_inverse * w_inverse
+    return 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosines, partial, scratch):
+    """Per row first..last of the chunk ``products`` (rows row0.., classes col0..) and class tile
+    k: partial[i, k] = (s m, sum_j e^(s c_j - s m)) over the tile's non-target classes, m their
+    largest cosine ((-inf, 0) for none; ``_margin_rows._reduce_without_target``'s pair).
+    ``scratch[part]`` holds a tile's cosines."""
+    cols = products.shape[1]
+    scale = cosines.scale
+    for r in range(first, last):
+        i = row0 + r
+        x_inverse = cosines.x_inverse[i]
+        label = cosines.targets[i] - col0
+        values = products[r]
+        for start in range(0, cols, tile):
+            stop = min(cols, start + tile)
+            row = scratch[part, : stop - start]
+            for j in range(start, stop):
+                row[j - start] = -np.inf if j == label else _cosine(values[j], x_inverse,
+                                                                      cosines.w_inverse[col0 + j])
+            k = (col0 + start) // tile
+            largest = block_max(row)
+            if largest == -np.inf:  # nothing but the target, or NaN: the sum carries it
+                partial[i, k, 0] = largest
+                partial[i, k, 1] = np.nan if has_nan(row) else 0.0
+                continue
+            shift = scale * largest
+            total = 0.0
+            for j in range(stop - start):
+                if row[j] != -np.inf:
+                    total += exp_scaled_difference(values, row[j], scale, shift)
+            partial[i, k, 0] = shift
+            partial[i, k, 1] = total
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _merge_margin_rows(first, last, part, partial, target_high, target_low, losses, state):
+    """Row i's loss and state from its tiles' pairs and its target logit z_y = high + low."""
+    for i in range(first, last):
+        others_shift, others_total = _merge_without_target(partial, i, partial[i])
+        shift, inverse_total, loss, target_minus_one = _with_target(others_shift, others_total, target_high[i],
+                                                                    target_low[i])
+        losses[i] = loss
+        state[i, STATE_SHIFT] = shift
+        state[i, STATE_INVERSE_TOTAL] = inverse_total
+        state[i, STATE_TARGET_MINUS_ONE] = target_minus_one
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _cosine_tile_gradient(first, last, part, products, row0, col0, cosines, upstream, state):
+    """Overwrite rows first..last of the product tile with A_ij = dL/dc_ij (1/|x_i|) (1/|W_j|):
+    dL/dc_ij = g_i s a_ij (j != y), g_i s f'(c_y) (a_y - 1) (``docs/proofs/margins.md``)."""
+    cols = products.shape[1]
+    scale = cosines.scale
+    for r in range(first, last):
+        i = row0 + r
+        x_inverse = cosines.x_inverse[i]
+        shift = state[i, STATE_SHIFT]
+        factor = upstream[i] * scale * state[i, STATE_INVERSE_TOTAL]
+        values = products[r]
+        for j in range(cols):
+            w_inverse = cosines.w_inverse[col0 + j]
+            c = _cosine(values[j], x_inverse, w_inverse)
+            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse
+        label = cosines.targets[i] - col0
+        if 0 <= label < cols:
+            values[label] = (upstream[i] * state[i, STATE_TARGET_FACTOR] * state[i, STATE_TARGET_MINUS_ONE]
+                             * x_inverse * cosines.w_inverse[col0 + label])
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _tangent_part(first, last, part, projected, rows, inverse_norms, out):
+    """out_i = p_i - (vhat_i . p_i) vhat_i, vhat_i = rows_i / |rows_i|: p_i without its radial part
+    (float64, rounded once to ``out``'s dtype)."""
+    for i in range(first, last):
+        inverse = inverse_norms[i]
+        radial = _dot64(rows[i], projected[i]) * inverse
+        for e in range(out.shape[1]):
+            out[i, e] = projected[i, e] - radial * (np.float64(rows[i, e]) * inverse)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _target_cosines(first, last, part, x, W, targets, x_norms, w_norms, out):
+    """c_iy = (x_i . W_y by Dot2) / (|x_i| |W_y|), clamped to [-1, 1]."""
+    for i in range(first, last):
+        label = targets[i]
+        c = _divide_by_product(compensated_dot(x[i], W[label]), x_norms[i], w_norms[label])
+        out[i] = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
+
+
+def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduction, memory_budget, precision,
+                                 grad_output, write):
+    s, m1, m2, m3 = _check_margins(s, m1, m2, m3)
+    reduction = check_reduction("reduction", reduction)
+    check_precision(precision)
+    budget = check_real_scalar("memory_budget", memory_budget, integer=True, minimum=1)
+    x = check_float_array("x", x)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (rows, features), got shape {x.shape}")
+    x, linear_weight, _ = features_and_weights(x, linear_weight, "x", "linear_weight")
+    rows, features = x.shape
+    if rows < 1:
+        raise ValueError(f"x must have at least one row, got shape {x.shape}")
+    classes = linear_weight.shape[0]
+    targets = check_class_indices("target", target, (rows,), classes)
+    upstream = row_scales(grad_output, reduction, rows, (rows,), per_row=True) if write else np.zeros(rows)
+    dtype = x.dtype
+    x_norms, w_norms = row_norms("x", x), row_norms("linear_weight", linear_weight)
+
+    # the target's cosine, f(c) as a pair and f'(c) (``_cosine_margins.combined_margin_target``)
+    target_cos = np.empty(rows)
+    run_row_blocks(_target_cosines, rows, x, linear_weight, targets, x_norms, w_norms, target_cos)
+    high, low, slope = combined_margin_target(target_cos, s, m1, m2, m3, derivative_limit(dtype))
+
+    work = np.dtype(np.float64) if precision == "float64" else dtype
+    x_work = np.ascontiguousarray(x, dtype=work)
+    plan = chunk_plan(rows, classes, features, work, budget, write)
+    cosines = Cosines(targets, 1.0 / x_norms, 1.0 / w_norms, s)
+
+    # pass 1: per row and class tile the non-target pairs, merged per row with the target
+    partial = np.zeros((rows, max(1, -(-classes // plan.tile)), 2))
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)))
+    product = chunk_loop(x_work, linear_weight, None, 0.0, plan, _cosine_tile_statistics, cosines, partial, scratch)
+    losses = np.empty(rows)
+    state = np.empty((rows, 4))
+    run_row_blocks(_merge_margin_rows, rows, partial, high, low, losses, state)
+    loss = reduce_losses(losses, reduction, (rows,), dtype, rows)
+    if not write:
+        return loss, None
+
+    # pass 2: A per product tile; v = A W and u = A^T x in float64, then their tangent parts
+    state[:, STATE_TARGET_FACTOR] = s * slope
+
+    def finish(cols, summed, out):
+        run_row_blocks(_tangent_part, cols[1] - cols[0], summed, linear_weight[cols[0] : cols[1]],
+                       cosines.w_inverse[cols[0] : cols[1]], out)
+
+    projected, grad_weight, _ = product_loop(x_work, linear_weight, None, dtype, product, _cosine_tile_gradient,
+                                             (cosines, upstream, state), finish=finish)
+    grad_input = np.empty_like(x)
+    run_row_blocks(_tangent_part, rows, projected, x, cosines.x_inverse, grad_input)
+    return loss, (grad_input, grad_weight)
+
+
+def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, m3=0.0, reduction="mean",
+                                memory_budget=DEFAULT_MEMORY_BUDGET, precision="input"):
+    r"""Margin cross-entropy of the cosines between features and class weights, without forming them.
+
+    Equal to ``margin_cross_entropy(normalized_linear(x, linear_weight), target, s=s, m1=m1,
+    m2=m2, m3=m3, reduction=reduction)``:
+
+    .. math::
+        \ell_i = -\log \frac{e^{s f(c_{iy_i})}}{e^{s f(c_{iy_i})} + \sum_{j \ne y_i} e^{s c_{ij}}},\quad
+        c_{ij} = \frac{x_i \cdot W_j}{\|x_i\|\,\|W_j\|},\quad f(c) = \cos(m_1 \arccos c + m_2) - m_3
+
+    The presets: NormFace (m2 = m3 = 0), CosFace / AM-Softmax (m3 > 0, e.g. s = 64,
+    m3 = 0.35), ArcFace (m2 > 0, e.g. s = 64, m2 = 0.5, with InsightFace's fallback where
+    theta + m2 > pi, as :func:`arcface`).  Computed in chunks of classes under
+    ``memory_budget`` bytes as :func:`linear_cross_entropy` is; the products x_i . W_j are
+    BLAS's in the inputs' dtype (float32 products for float32 inputs) or, with
+    ``precision="float64"``, in float64; the target's cosine is a compensated dot product.
+    Results do not depend on ``memory_budget`` or the thread count (the module docstring).
+
+    Args:
+        x: features, float32 or float64, shape (N, D); not modified.
+        linear_weight: class weights (C, D) of ``x``'s dtype (a ``torch.nn.Linear``'s
+            ``weight``); not modified.
+        target: integer class indices (N,) in [0, C).
+        s: the scale, > 0.
+        m1, m2, m3: the multiplicative angular (m1 > 0), additive angular (0 <= m2 < pi)
+            and additive cosine margins.
+        reduction: "mean" (over the rows), "sum" or "none".
+        memory_budget: bytes the chunk buffers may take (default 32 MiB), as
+            :func:`linear_cross_entropy`'s.
+        precision: "input" (default) or "float64", the dtype of the products.
+
+    Returns:
+        The loss in ``x``'s dtype: a 0-d array for "mean" and "sum", shape (N,) for "none".
+
+    Raises:
+        ValueError if a row of ``x`` or ``linear_weight`` has norm 0 (its cosines are undefined).
+
+    Example:
+        >>> import numpy as np
+        >>> from softmaxlab.kernels import linear_margin_cross_entropy
+        >>> x = np.array([[3.0, 4.0]])
+        >>> W = np.array([[1.0, 0.0], [0.0, -2.0]])
+        >>> print(f"{float(linear_margin_cross_entropy(x, W, np.array([0]), s=10.0, m3=0.3)):.6e}")
+        1.670156e-05
+
+    Reference: Deng et al. 2019 (ArcFace); Wang et al. 2018 (CosFace); Wang et al. 2017
+    (NormFace); docs/proofs/linear_cross_entropy.md.
+    """
+    loss, _ = _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduction, memory_budget,
+                                           precision, 1.0, False)
+    return loss
+
+
+def linear_margin_cross_entropy_forward_backward(x, linear_weight, target, *, s, m1=1.0, m2=0.0, m3=0.0,
+                                                 reduction="mean", memory_budget=DEFAULT_MEMORY_BUDGET,
+                                                 precision="input", grad_output=1.0):
+    r""":func:`linear_margin_cross_entropy` and its gradients in ``x`` and ``linear_weight``.
+
+    With g_ij = dL/dc_ij (:func:`margin_cross_entropy_forward_backward`'s) and
+    A_ij = g_ij / (|x_i| |W_j|), never formed whole:
+
+    .. math::
+        v_i = \sum_j A_{ij} W_j,\quad u_j = \sum_i A_{ij} x_i,\qquad
+        \frac{\partial L}{\partial x_i} = v_i - (\hat x_i \cdot v_i)\,\hat x_i,\quad
+        \frac{\partial L}{\partial W_j} = u_j - (\hat W_j \cdot u_j)\,\hat W_j
+
+    (:func:`normalized_linear_backward`'s gradients, docs/proofs/linear_cross_entropy.md).
+    A is rounded once to the products' dtype; v and u are the tiles' BLAS products summed in
+    float64, and the tangent parts are formed in float64 and rounded once.
+
+    Args:
+        x, linear_weight, target, s, m1, m2, m3, reduction, memory_budget, precision: as
+            :func:`linear_margin_cross_entropy`.
+        grad_output: dL/dloss: a real number ("mean", "sum"), or an array (N,) ("none").
+
+    Returns:
+        ``(loss, grad_input, grad_linear_weight)``, the gradients shaped like ``x`` and
+        ``linear_weight`` in their dtype.
+    """
+    loss, gradients = _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduction,
+                                                   memory_budget, precision, grad_output, True)
+    return (loss,) + gradients
