@@ -11,7 +11,7 @@ products for float32 inputs; in float64 with ``precision="float64"``) in both:
 1. **statistics**, in chunks under ``memory_budget``: each chunk holds whole class tiles of
    ``block_length(itemsize)`` classes (8192 float32, 4096 float64), the blocks of
    ``cross_entropy``'s kernel, and whole row tiles.  Per row and class tile the kernel
-   ``_tile_statistics`` (parallel over rows) keeps the tile's (max, sum of exponentials),
+   ``_tile_statistics`` (its rows split over threads) keeps the tile's (max, sum of exponentials),
    the label-smoothing gap sums and the target logit, with ``cross_entropy``'s own block
    functions; ``_merge_rows`` merges the tiles of a row in tile order with
    ``cross_entropy``'s merge and forms its loss with its formula
@@ -37,6 +37,11 @@ construction:
   sums add no rounding of their own beyond the tiles';
 * the rows' statistics are merged over the fixed class tiles in tile order, and the Numba
   kernels work row by row (any thread count gives the same bits).
+
+Threads: BLAS's own for the products; the tile kernels are serial ``nogil`` Numba
+functions whose rows are split over ``numba.get_num_threads()`` Python threads
+(``_driver/threads.py``), not a ``prange``: GNU OpenMP's workers spin after a parallel
+region, and the next GEMM shared the cores with them (about half the step's time).
 
 Tested (``tests/kernels/test_linear_cross_entropy.py``): the loss is ``cross_entropy`` of
 ``x @ W.T + b`` bit for bit; every output is bit-identical for budgets from one tile to
@@ -188,7 +193,7 @@ def _tile_statistics(first, last, part, logits, row0, col0, tile, args, partial,
                 stop = min(cols, start + tile)
                 values = logits[r, start:stop]
                 k = (col0 + start) // tile
-                # e_j stored in this thread's scratch, as cross_entropy stores them for the loss alone
+                # e_j stored in this block's scratch, as cross_entropy stores them for the loss alone
                 largest, total = max_sum_exp_stored(values, scratch[part, 0 : stop - start])
                 partial[i, k, MAX] = largest
                 partial[i, k, SUM] = total
