@@ -375,6 +375,20 @@ LINEAR_CROSS_ENTROPY = dict(
     ),
 )
 
+LINEAR_MARGIN = dict(
+    valid=lambda: {"x": _features(), "linear_weight": _weights(), "target": LABELS.copy(), "s": 8.0, "m1": 1.0,
+                   "m2": 0.3, "m3": 0.1, "reduction": "mean", "memory_budget": 2**20},
+    floats=("x", "linear_weight"), same_dtype=("linear_weight",), labels=("target",),
+    scalars={**SCALE, "m1": ((0.0, "> 0.0"),), "m2": ARC_MARGIN, "m3": (), "memory_budget": ((0, ">= 1"),)},
+    extra=(
+        ("x-1d", _map("x", lambda x: x[0]), ValueError, (_word("x"), r"\(5,\)", r"\(rows, features\)")),
+        ("linear_weight-columns", _set("linear_weight", _random((CLASSES, FEATURES + 1), 8)), ValueError,
+         (_word("linear_weight"), r"\(4, 6\)", "5 columns")),
+        ("linear_weight-zero-row", _map("linear_weight", lambda w: np.concatenate([w[:1] * 0, w[1:]])), ValueError,
+         (_word("linear_weight"), "row 0", "norm 0")),
+    ),
+)
+
 
 def _loss_pair(name, spec):
     """The loss and its ``_forward_backward`` share a spec (the latter also takes grad_output)."""
@@ -400,6 +414,7 @@ SPECS = [
     *_loss_pair("center_loss", CENTER),
     Spec(kernels.center_update, **CENTER_UPDATE),
     *_loss_pair("linear_cross_entropy", LINEAR_CROSS_ENTROPY),
+    *_loss_pair("linear_margin_cross_entropy", LINEAR_MARGIN),
 ]
 CASES = [case for spec in SPECS for case in _cases(spec)]
 
@@ -423,7 +438,7 @@ def _assert_unchanged(arguments, snapshot):
 def test_every_public_function_has_cases():
     covered = {spec.function.__name__ for spec in SPECS}
     assert covered == set(kernels.__all__)
-    assert len(kernels.__all__) == 34
+    assert len(kernels.__all__) == 36
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.function.__name__)

@@ -118,6 +118,9 @@ LOSSES = [
      lambda inputs: {"x": inputs.features(), "linear_weight": inputs.weights(), "target": inputs.labels(),
                      "linear_bias": inputs.array((inputs.classes,)), "label_smoothing": 0.1, "z_loss": 1e-3,
                      "softcap": 20.0}),
+    ("linear_margin_cross_entropy", "arcface",
+     lambda inputs: {"x": inputs.features(), "linear_weight": inputs.weights(), "target": inputs.labels(),
+                     "s": 64.0, "m2": 0.5}),
 ]
 CALLS = [
     ("softmax", "x", lambda inputs: {"x": inputs.logits()}),
