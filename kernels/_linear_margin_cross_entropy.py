@@ -31,6 +31,17 @@ cross-entropy guarantees (its module docstring): the same fixed product tiles, t
 tile-order merges and float64 sums, kernels that compute each row alone; the tests check
 bit-identity over budgets and thread counts.
 
+Error bound in terms of the inputs.  A BLAS product P_ij in a dtype of unit roundoff u,
+accumulated over D features in any order, is within gamma_D sum_k |x_ik W_jk| <= gamma_D
+|x_i| |W_j| of x_i . W_j (gamma_D = D u / (1 - D u); Higham 2002, Accuracy and Stability of
+Numerical Algorithms, section 3.1, and Cauchy-Schwarz), so every non-target cosine is within
+delta = gamma_D + 4 u_64 of the exact one (the reciprocals and the two products in float64
+add the 4 u_64); the target's is within a few u_64 (Dot2).  The loss is a function of the
+logits s c whose partial derivatives sum to at most 2 in absolute value, so it is within
+2 s delta of the margin cross-entropy of the exact cosines, beyond the margin row kernel's own
+rounding (``_margin_rows``); ``tests/kernels/test_linear_margin_cross_entropy.py`` checks
+this and the gradients' corresponding bound against the unfused composition.
+
 The norms are ``normalized_linear``'s (float64, scaled by a power of two; compensated for
 float64 inputs).  A zero row of ``x`` or ``linear_weight`` raises ValueError (its cosines are
 undefined); NaN in the inputs gives NaN in the rows it reaches.
