@@ -132,12 +132,19 @@ def _merge_margin_rows(first, last, part, partial, target_high, target_low, loss
     """Row i's loss and state from its tiles' pairs and its target logit z_y = high + low."""
     for i in range(first, last):
         others_shift, others_total = _merge_without_target(partial, i, partial[i])
-        shift, inverse_total, loss, target_minus_one = _with_target(others_shift, others_total, target_high[i],
-                                                                    target_low[i])
-        losses[i] = loss
-        state[i, STATE_SHIFT] = shift
-        state[i, STATE_INVERSE_TOTAL] = inverse_total
-        state[i, STATE_TARGET_MINUS_ONE] = target_minus_one
+        join_target(i, others_shift, others_total, target_high, target_low, losses, state)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def join_target(i, others_shift, others_total, target_high, target_low, losses, state):
+    """Row i's loss and state (M, 1/S, a_y - 1) from its non-target (M_o, S_o) and z_y = high + low
+    (``_margin_rows._with_target``)."""
+    shift, inverse_total, loss, target_minus_one = _with_target(others_shift, others_total, target_high[i],
+                                                                target_low[i])
+    losses[i] = loss
+    state[i, STATE_SHIFT] = shift
+    state[i, STATE_INVERSE_TOTAL] = inverse_total
+    state[i, STATE_TARGET_MINUS_ONE] = target_minus_one
 
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -182,12 +189,57 @@ def _target_cosines(first, last, part, x, W, targets, x_norms, w_norms, out):
         out[i] = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
 
 
-def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduction, memory_budget, precision,
-                                 grad_output, write):
+def target_cosines(x, linear_weight, targets, x_norms, w_norms):
+    """c_iy for the rows' targets (``_target_cosines``), float64 (rows,); ``targets`` index
+    ``linear_weight``'s rows."""
+    out = np.empty(x.shape[0])
+    run_row_blocks(_target_cosines, x.shape[0], x, linear_weight, targets, x_norms, w_norms, out)
+    return out
+
+
+def cosine_statistics(x_work, linear_weight, cosines, plan):
+    """Pass 1: (partial, product): per row and class tile of ``linear_weight`` the non-target
+    pair (``_cosine_tile_statistics``; ``cosines.targets`` index these classes, -1 for none),
+    and the aligned product buffer for pass 2."""
+    rows = x_work.shape[0]
+    classes = linear_weight.shape[0]
+    partial = np.zeros((rows, max(1, -(-classes // plan.tile)), 2))
+    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)))
+    product = chunk_loop(x_work, linear_weight, None, 0.0, plan, _cosine_tile_statistics, cosines, partial, scratch)
+    return partial, product
+
+
+def cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state):
+    """Pass 2: (v in float64, grad_linear_weight in ``dtype``): A per product tile
+    (``_cosine_tile_gradient``), v = A W summed over the class tiles, and each class tile's
+    u = A^T x reduced to its tangent part (``tangent_part``)."""
+
+    def finish(cols, summed, out):
+        tangent_part(summed, linear_weight[cols[0] : cols[1]], cosines.w_inverse[cols[0] : cols[1]], out)
+
+    projected, grad_weight, _ = product_loop(x_work, linear_weight, None, dtype, product, _cosine_tile_gradient,
+                                             (cosines, upstream, state), finish=finish)
+    return projected, grad_weight
+
+
+def tangent_part(projected, rows, inverse_norms, out):
+    """out_i = p_i - (vhat_i . p_i) vhat_i for vhat_i = rows_i / |rows_i| (``_tangent_part``)."""
+    run_row_blocks(_tangent_part, projected.shape[0], projected, rows, inverse_norms, out)
+    return out
+
+
+def margin_options(s, m1, m2, m3, reduction, precision, memory_budget):
+    """The checked (s, m1, m2, m3, reduction, budget)."""
     s, m1, m2, m3 = _check_margins(s, m1, m2, m3)
     reduction = check_reduction("reduction", reduction)
     check_precision(precision)
     budget = check_real_scalar("memory_budget", memory_budget, integer=True, minimum=1)
+    return s, m1, m2, m3, reduction, budget
+
+
+def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduction, memory_budget, precision,
+                                 grad_output, write):
+    s, m1, m2, m3, reduction, budget = margin_options(s, m1, m2, m3, reduction, precision, memory_budget)
     x = check_float_array("x", x)
     if x.ndim != 2:
         raise ValueError(f"x must have shape (rows, features), got shape {x.shape}")
@@ -202,19 +254,14 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
     x_norms, w_norms = row_norms("x", x), row_norms("linear_weight", linear_weight)
 
     # the target's cosine, f(c) as a pair and f'(c) (``_cosine_margins.combined_margin_target``)
-    target_cos = np.empty(rows)
-    run_row_blocks(_target_cosines, rows, x, linear_weight, targets, x_norms, w_norms, target_cos)
-    high, low, slope = combined_margin_target(target_cos, s, m1, m2, m3, derivative_limit(dtype))
-
-    work = np.dtype(np.float64) if precision == "float64" else dtype
-    x_work = np.ascontiguousarray(x, dtype=work)
-    plan = chunk_plan(rows, classes, features, work, budget, write)
+    high, low, slope = combined_margin_target(target_cosines(x, linear_weight, targets, x_norms, w_norms), s, m1,
+                                              m2, m3, derivative_limit(dtype))
+    x_work = np.ascontiguousarray(x, dtype=np.float64 if precision == "float64" else dtype)
     cosines = Cosines(targets, 1.0 / x_norms, 1.0 / w_norms, s)
 
     # pass 1: per row and class tile the non-target pairs, merged per row with the target
-    partial = np.zeros((rows, max(1, -(-classes // plan.tile)), 2))
-    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)))
-    product = chunk_loop(x_work, linear_weight, None, 0.0, plan, _cosine_tile_statistics, cosines, partial, scratch)
+    partial, product = cosine_statistics(x_work, linear_weight, cosines,
+                                         chunk_plan(rows, classes, features, x_work.dtype, budget, write))
     losses = np.empty(rows)
     state = np.empty((rows, 4))
     run_row_blocks(_merge_margin_rows, rows, partial, high, low, losses, state)
@@ -224,16 +271,8 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
 
     # pass 2: A per product tile; v = A W and u = A^T x in float64, then their tangent parts
     state[:, STATE_TARGET_FACTOR] = s * slope
-
-    def finish(cols, summed, out):
-        run_row_blocks(_tangent_part, cols[1] - cols[0], summed, linear_weight[cols[0] : cols[1]],
-                       cosines.w_inverse[cols[0] : cols[1]], out)
-
-    projected, grad_weight, _ = product_loop(x_work, linear_weight, None, dtype, product, _cosine_tile_gradient,
-                                             (cosines, upstream, state), finish=finish)
-    grad_input = np.empty_like(x)
-    run_row_blocks(_tangent_part, rows, projected, x, cosines.x_inverse, grad_input)
-    return loss, (grad_input, grad_weight)
+    projected, grad_weight = cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state)
+    return loss, (tangent_part(projected, x, cosines.x_inverse, np.empty_like(x)), grad_weight)
 
 
 def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, m3=0.0, reduction="mean",

@@ -144,6 +144,14 @@ def _merge_without_target(logits, i, partial):
     for k in range(blocks):
         if partial[k, 0] > largest:
             largest = partial[k, 0]
+    return largest, others_sum(partial, largest)
+
+
+@njit(**JIT_OPTIONS)
+def others_sum(partial, largest):
+    """sum_b t_b e^(m_b - M) over the blocks' (m_b, t_b), pairwise, for M = ``largest`` >= every m_b
+    (a shard of the classes passes the global M: ``softmaxlab.distributed``)."""
+    blocks = partial.shape[0]
     terms = np.empty(blocks)
     for k in range(blocks):
         if partial[k, 0] == -np.inf or not math.isfinite(largest):
@@ -151,7 +159,7 @@ def _merge_without_target(logits, i, partial):
         else:
             high, low = two_sum(partial[k, 0], -largest)
             terms[k] = partial[k, 1] * exp64_pair(high, low)
-    return largest, pairwise_sum(terms)
+    return pairwise_sum(terms)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
