@@ -154,8 +154,11 @@ def others_sum(partial, largest):
     blocks = partial.shape[0]
     terms = np.empty(blocks)
     for k in range(blocks):
-        if partial[k, 0] == -np.inf or not math.isfinite(largest):
+        if not math.isfinite(largest):
             terms[k] = partial[k, 1] if largest == -np.inf else np.nan
+        elif partial[k, 0] == -np.inf:
+            # a block of nothing but the target (t = 0) or with a NaN (t = NaN): e^(-inf) t = t
+            terms[k] = partial[k, 1]
         else:
             high, low = two_sum(partial[k, 0], -largest)
             terms[k] = partial[k, 1] * exp64_pair(high, low)

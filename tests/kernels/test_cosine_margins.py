@@ -155,6 +155,21 @@ def test_long_rows_split_across_blocks_match_exact_reference(rows, dtype):
     assert exact.ulp_errors(dcos[:, sample], gradients).max() <= bound
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_block_holding_only_the_target_adds_nothing(dtype):
+    # the last block of a split row is one class, the target's: its pair is (-inf, 0) and must add
+    # nothing (it gave NaN: its e^(m_b - M) was taken as undefined)
+    classes = 2 * block_length(np.dtype(dtype).itemsize) + 1
+    cos = _cosines((2, classes), dtype, seed=3)
+    target = np.array([classes - 1, 3])
+    margins = MARGINS["arcface"]
+    loss, dcos = arcface_forward_backward(cos, target, s=64.0, m=0.5, reduction="none")
+    sample = sorted(set(range(0, classes, 97)) | set(target.tolist()))
+    losses, gradients = exact_margin(cos, target, margins, sample=sample)
+    bound = ULP_FLOAT32 if dtype == np.float32 else float64_bound(margins)
+    assert exact.ulp_errors(loss, losses).max() <= bound
+    assert exact.ulp_errors(dcos[:, sample], gradients).max() <= bound
+
 def test_presets_are_the_combined_margin():
     cos, target = _cosines((5, 23), np.float64, seed=9), _targets((5, 23), 23, seed=9)
     pairs = [
