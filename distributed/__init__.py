@@ -14,12 +14,16 @@ softmaxlab.distributed`` works without torch installed.
   cross-entropy with the class weights sharded (two rounds of per-row statistics), with the
   single process's bits for shards of 2^j class tiles, and ``sharded_linear_cross_entropy``,
   its differentiable torch form for training (``examples/train_sharded.py``).
+* ``_sharded_margin``: ``sharded_linear_margin_cross_entropy_forward_backward``, the fused
+  margin cross-entropy (NormFace, CosFace, ArcFace) over the same shards.
 """
 
 from __future__ import annotations
 
 from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order, sent_bytes
 from ._sharded import sharded_linear_cross_entropy, sharded_linear_cross_entropy_forward_backward
+from ._sharded_margin import sharded_linear_margin_cross_entropy_forward_backward
 
 __all__ = ["MessageLog", "all_gather_rows", "all_reduce_sum_fixed_order", "sent_bytes",
-           "sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward"]
+           "sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward",
+           "sharded_linear_margin_cross_entropy_forward_backward"]
