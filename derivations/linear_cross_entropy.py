@@ -1,16 +1,19 @@
 """The fused linear cross-entropy: its gradient in the logits (weighted target, z-loss), the
-soft cap's chain rule, and the linear layer's gradients dx = G W, dW = G^T x, db = G.
+soft cap's chain rule, and the linear layer's gradients dx = G W, dW = G^T x, db = G; and the
+fused margin loss's gradients through the cosine layer cos_ij = x_i . W_j / (|x_i| |W_j|).
 
 .. math::
     u_j = \\sum_d x_d W_{jd} + b_j,\\quad z_j = c \\tanh(u_j / c),\\quad
     L = \\sum_l \\tilde w_l (\\mathrm{LSE}(z) - z_l) + \\zeta\\, \\mathrm{LSE}(z)^2
 
 These are the facts ``kernels/_linear_cross_entropy.py`` computes its gradient G = dL/du
-and the products from.  General numbers of classes ``K`` and features ``D``.
+and the products from, and ``kernels/_linear_margin_cross_entropy.py`` its gradients through
+the row normalizations.  General numbers of rows ``N``, classes ``K`` and features ``D``.
 
 References: A. Chowdhery et al., "PaLM", 2022 (the z-loss); Gemma Team, "Gemma 2", 2024 (the
 logit soft cap); E. Wijmans et al., "Cut your losses in large-vocabulary language models",
-2024 (the fused linear cross-entropy).
+2024 (the fused linear cross-entropy); F. Wang et al., "NormFace", 2017 (the cosine layer's
+gradient).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sympy as sp
 
 from . import _closed_form as closed_forms
 from ._closed_form import ClosedForm
-from ._proof import PROVEN_SYMBOLIC, derivation, eq, evaluate_sums, label, proven_for
+from ._proof import PROVEN_SYMBOLIC, derivation, eq, evaluate_sums, label, linearize_sums, proven_for
 from ._symbols import K, a, i, l, logsumexp_of, softmax_of, z
 
 FAMILY = "linear_cross_entropy"
@@ -33,7 +36,9 @@ $\\tilde w$ (one-hot, class-weighted and label-smoothed targets are all of this 
 the cross-entropy page) plus PaLM's z-loss $\\zeta\\,\\mathrm{LSE}(z)^2$.  The kernel never
 forms $u$ for all classes at once; these statements are what lets it form $G = \\partial L /
 \\partial u$ chunk by chunk from per-row statistics and accumulate $G W$ and $G^\\top x$.
-General $K$ and $D$.
+The last statement is the same for the cosines $c_{ij} = x_i \\cdot W_j / (\\|x_i\\|\\,\\|W_j\\|)$
+of the fused margin loss (`linear_margin_cross_entropy`): its gradient through both row
+normalizations, in the form the kernel accumulates.  General $N$, $K$ and $D$.
 """
 
 D = sp.Symbol("D", integer=True, positive=True)  # features
@@ -48,8 +53,13 @@ zeta = sp.Symbol("zeta", nonnegative=True)  # the z-loss coefficient
 cap = sp.Symbol("c", positive=True)  # the soft cap
 logit = sp.Symbol("u", real=True)
 
+N = sp.Symbol("N", integer=True, positive=True)  # rows, for the cosine layer's statement
+n, r = sp.symbols("n r", integer=True, nonnegative=True)  # row indices (n summed, r free)
+g = sp.IndexedBase("g", real=True)  # dL/dcos, for the cosine layer's statement
+
 CLASS_RANGES = {i: K, j: K, l: K}
 FEATURE_RANGES = {d: D, e: D}
+BATCH_RANGES = {n: N, r: N, j: K, l: K, d: D, e: D}
 
 
 def loss_of_logits(logits=z):
@@ -73,6 +83,43 @@ def capped(value):
     return cap * sp.tanh(value / cap)
 
 
+def row_norm(matrix, row):
+    """``|M_row| = sqrt(sum_d M_row,d^2)``."""
+    return sp.sqrt(sp.Sum(matrix[row, d] ** 2, (d, 0, D - 1)))
+
+
+def batch_cosine(row, column):
+    """``c_row,column = x_row . W_column / (|x_row| |W_column|)`` (x is N x D here, W is K x D)."""
+    return sp.Sum(x[row, d] * W[column, d], (d, 0, D - 1)) / (row_norm(x, row) * row_norm(W, column))
+
+
+def cosine_weight(row, column):
+    """``A_row,column = g_row,column / (|x_row| |W_column|)``."""
+    return g[row, column] / (row_norm(x, row) * row_norm(W, column))
+
+
+def accumulated(column, vectors, outer, size):
+    """``v_f = sum_outer A_outer,column vectors_outer,f`` as a function of ``f`` (the sums the kernel
+    accumulates: ``sum_j A_rj W_j`` for dx_r, ``sum_n A_nl x_n`` for dW_l)."""
+    return lambda f: sp.Sum(column(outer) * vectors[outer, f], (outer, 0, size - 1))
+
+
+def tangent_projection(vector, matrix, row, index=e):
+    """Component ``index`` of ``(I - u u^T) v`` with ``u = M_row / |M_row|`` and ``v_d = vector(d)``."""
+    along = sp.Sum(matrix[row, d] * vector(d), (d, 0, D - 1)) / row_norm(matrix, row) ** 2
+    return vector(index) - along * matrix[row, index]
+
+
+def cosine_layer_grad_x(row=r):
+    """``dx_row = (I - xhat xhat^T) sum_j A_row,j W_j``, component e."""
+    return tangent_projection(accumulated(lambda column: cosine_weight(row, column), W, j, K), x, row)
+
+
+def cosine_layer_grad_w(column=l):
+    """``dW_column = (I - What What^T) sum_n A_n,column x_n``, component e."""
+    return tangent_projection(accumulated(lambda row: cosine_weight(row, column), x, n, N), W, column)
+
+
 # ---- closed forms ------------------------------------------------------------------------------
 
 
@@ -82,6 +129,23 @@ def _logit_gradient_closed_form():
                       {z: (K,), tw: (K,)}, outputs=[(i, K)],
                       page=f"{PAGE}#z-loss-and-target-weights-gradient",
                       formula="dL/dz_i = (sum_l tw_l + 2 zeta LSE(z)) a_i - tw_i")
+
+
+_COSINE_LAYER_SHAPES = {x: (N, D), W: (K, D), g: (N, K)}
+
+
+@closed_forms.register("linear_margin_cross_entropy_grad_x")
+def _cosine_layer_grad_x_closed_form():
+    return ClosedForm("linear_margin_cross_entropy_grad_x", cosine_layer_grad_x(), [x, W, g], _COSINE_LAYER_SHAPES,
+                      outputs=[(r, N), (e, D)], page=f"{PAGE}#cosine-layer-gradients",
+                      formula="dx_r = (I - xhat_r xhat_r^T) sum_j A_rj W_j, A_rj = g_rj / (|x_r| |W_j|)")
+
+
+@closed_forms.register("linear_margin_cross_entropy_grad_W")
+def _cosine_layer_grad_w_closed_form():
+    return ClosedForm("linear_margin_cross_entropy_grad_W", cosine_layer_grad_w(), [x, W, g], _COSINE_LAYER_SHAPES,
+                      outputs=[(l, K), (e, D)], page=f"{PAGE}#cosine-layer-gradients",
+                      formula="dW_l = (I - What_l What_l^T) sum_n A_nl x_n, A_nl = g_nl / (|x_n| |W_l|)")
 
 
 # ---- derivations ----------------------------------------------------------------------------------
@@ -175,8 +239,78 @@ def linear_layer_gradients(proof):
                "products in float64, so neither $G$ nor the logits are ever whole.")
 
 
+@derivation(FAMILY, "cosine-layer-gradients",
+            "the cosine layer c_ij = x_i . W_j / (|x_i| |W_j|): dL/dx_i = (I - xhat_i xhat_i^T) sum_j A_ij W_j, "
+            "dL/dW_j = (I - What_j What_j^T) sum_i A_ij x_i, A_ij = g_ij / (|x_i| |W_j|)",
+            reference="Wang et al. 2017 (NormFace), section 3.2, eqs. (6)-(7); the margins page",
+            scope=proven_for("N", "K", "D"))
+def cosine_layer_gradients(proof):
+    sum_x, sum_w = label("\\sum_j A_{rj} W_j"), label("\\sum_n A_{nl} x_n")
+    proof.state(sp.And(eq(label("\\nabla_{x_r} L"), label("(I - \\hat x_r \\hat x_r^\\top)") * sum_x),
+                       eq(label("\\nabla_{W_l} L"), label("(I - \\hat W_l \\hat W_l^\\top)") * sum_w),
+                       eq(label("A_{nj}"), g[n, j] / (label("\\|x_n\\|") * label("\\|W_j\\|")))),
+                "$x \\in \\mathbb{R}^{N\\times D}$, $W \\in \\mathbb{R}^{K\\times D}$, no zero row; "
+                "$c_{nj} = x_n \\cdot W_j / (\\|x_n\\|\\,\\|W_j\\|)$, $g_{nj} = \\partial L / \\partial c_{nj}$ "
+                "for any differentiable $L(c)$ (margin_cross_entropy's on the margins page); "
+                "$\\hat x_r = x_r / \\|x_r\\|$, $\\hat W_l = W_l / \\|W_l\\|$; general $N$, $K$, $D$")
+    proof.step("definition", eq(label("c_{nj}"), batch_cosine(n, j)))
+    dot = sp.Sum(x[n, d] * W[j, d], (d, 0, D - 1))
+    # per variable: its row index in c_nj and that index's range, the free row it is differentiated
+    # at, the other matrix and its index, the claimed gradient, and A as a function of the other index
+    sides = ((x, n, N, r, W, j, K, cosine_layer_grad_x(), lambda column: cosine_weight(r, column), "x_re"),
+             (W, j, K, l, x, n, N, cosine_layer_grad_w(), lambda row: cosine_weight(row, l), "W_le"))
+    for own, index, size, free, other, outer, outer_size, claimed, weight, name in sides:
+        # c_nj depends on x only through its row x_n, and on W only through W_j
+        term = (other[outer, e] - dot / row_norm(own, index) ** 2 * own[index, e]) / (row_norm(x, n) * row_norm(W, j))
+        derivative = evaluate_sums(sp.diff(batch_cosine(n, j), own[free, e]), BATCH_RANGES)
+        delta = sp.KroneckerDelta(index, free)
+        proof.require_identity(f"differentiate with respect to {name} and sift: only {index} = {free} depends on it",
+                               derivative, delta * term,
+                               display=eq(sp.Derivative(label("c_{nj}"), own[free, e]), delta * term))
+        # the chain rule: the finite double sum over n and j, the sifted index outermost
+        chain = evaluate_sums(sp.Sum(delta * sp.Sum(g[n, j] * term, (outer, 0, outer_size - 1)),
+                                     (index, 0, size - 1)), BATCH_RANGES)
+        proof.step(f"chain rule: dL/d{name} = sum_n sum_j g_nj dc_nj/d{name}; sift {index} = {free}",
+                   eq(sp.Derivative(sp.Symbol("L"), own[free, e]), chain))
+        # (I - u u^T) sum_j A_j v_j = sum_j A_j (I - u u^T) v_j: the projection is linear, i.e. the
+        # finite sums over the feature d and the class j (or the row n) exchange
+        along = sp.Sum(own[free, d] * accumulated(weight, other, outer, outer_size)(d), (d, 0, D - 1))
+        double = sp.Sum(own[free, d] * weight(outer) * other[outer, d], (outer, 0, outer_size - 1), (d, 0, D - 1))
+        exchanged = double.reorder_limit(0, 1)
+        proof.require_identity(f"exchange the finite sums over d and {outer} in the projection of the {name} "
+                               "gradient (linearity, then SymPy's reorder_limit of the double sum)",
+                               along, double, prepare=lambda difference: sp.expand(linearize_sums(difference)),
+                               display=eq(along, exchanged))
+        if not claimed.has(along):
+            proof.fail(f"the projected form of the {name} gradient has no sum {sp.sstr(along)}")
+        nested = sp.Sum(sp.Sum(exchanged.function, exchanged.limits[0]), exchanged.limits[1])
+        proof.require_identity(f"the chain rule's dL/d{name} equals the projected form",
+                               chain, claimed.xreplace({along: nested}),
+                               prepare=lambda difference: sp.expand(linearize_sums(difference)))
+        proof.check_fixed_sizes(f"extra check: the unsifted dL/d{name} = sum_n sum_j g_nj dc_nj/d{name} equals the "
+                                "projected form",
+                                sp.diff(sp.Sum(g[n, j] * batch_cosine(n, j), (j, 0, K - 1), (n, 0, N - 1)),
+                                        own[free, e]),
+                                claimed, [x, W, g], _COSINE_LAYER_SHAPES, outputs=[(free, size), (e, D)],
+                                sizes=range(2, 5))
+    proof.require_identity(
+        "each term is normalized_linear's d cos_j / dx_e (margins page) times g_rj",
+        cosine_weight(r, j) * (W[j, e] - sp.Sum(x[r, d] * W[j, d], (d, 0, D - 1)) / row_norm(x, r) ** 2 * x[r, e]),
+        g[r, j] * (W[j, e] / (row_norm(x, r) * row_norm(W, j))
+                   - batch_cosine(r, j) * x[r, e] / row_norm(x, r) ** 2))
+    proof.note("So the fused kernel computes the same gradient as `normalized_linear_backward` after "
+               "`margin_cross_entropy_forward_backward`, rearranged: it scales each tile of $g = \\partial L / "
+               "\\partial c$ by the reciprocal norms into $A$, accumulates $A W$ and $A^\\top x$ as the linear "
+               "cross-entropy accumulates $G W$ and $G^\\top x$ (the statement above), and projects each row "
+               "of the sums once at the end, $v - (\\hat u \\cdot v)\\,\\hat u$.  The cosines are clamped to "
+               "$[-1, 1]$ against rounding; in exact arithmetic $|c_{nj}| \\le 1$ (Cauchy-Schwarz), so the "
+               "clamp does not change the function differentiated here.")
+    proof.closed_form(closed_forms.get("linear_margin_cross_entropy_grad_x"))
+
+
 DERIVATIONS = [
     z_loss_and_target_weights_gradient,
     soft_cap_chain_rule,
     linear_layer_gradients,
+    cosine_layer_gradients,
 ]

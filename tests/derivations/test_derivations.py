@@ -292,6 +292,28 @@ def test_normalized_linear_gradients_match_central_differences():
     assert_close(cosines, direct, page, rtol=1e-13)
 
 
+def test_cosine_layer_gradients_are_normalized_linears_over_a_batch_and_match_central_differences():
+    features, weights = RNG.standard_normal((3, 4)), RNG.standard_normal((5, 4))
+    upstream = RNG.standard_normal((3, 5))
+    page = closed_forms.linear_margin_cross_entropy_grad_x.page
+    dx = closed_forms.linear_margin_cross_entropy_grad_x(features, weights, upstream)
+    dW = closed_forms.linear_margin_cross_entropy_grad_W(features, weights, upstream)
+    assert dx.shape == features.shape and dW.shape == weights.shape
+    # the per-row statement of the margins page, summed over the rows for dW
+    assert_close(dx, closed_forms.normalized_linear_grad_x(features, weights, upstream), page, rtol=1e-13, atol=1e-15)
+    assert_close(dW, closed_forms.normalized_linear_grad_W(features, weights, upstream).sum(0), page, rtol=1e-13,
+                 atol=1e-15)
+    loss = lambda x: (closed_forms.normalized_linear(x, weights) * upstream).sum(-1)  # noqa: E731
+    assert_close(dx, central_difference(loss, features), page)
+    def loss_of_weights(flat):
+        return (closed_forms.normalized_linear(features, flat.reshape(5, 4)) * upstream).sum()
+
+    assert_close(dW, central_difference(loss_of_weights, weights.reshape(1, -1)).reshape(5, 4), page)
+    # tangent: each row's gradient is orthogonal to its own row (the cosines are scale-invariant)
+    np.testing.assert_allclose((dx * features).sum(-1), 0.0, atol=1e-14)
+    np.testing.assert_allclose((dW * weights).sum(-1), 0.0, atol=1e-14)
+
+
 def _one_hot(labels, classes):
     return np.eye(classes)[labels]
 
