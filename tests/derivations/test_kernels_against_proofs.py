@@ -5,9 +5,10 @@ overflow guard, so they are evaluated on logits shifted by their row maximum, wh
 shift-invariance statement allows (docs/proofs/softmax.md#softmax-shift-invariance).
 A kernel that disagrees fails with the page and anchor of the statement it breaks.
 
-Only the five normalizers exist as kernels today; the loss and margin kernels will be
-tested against ``closed_forms`` (cross_entropy, distillation_loss, arcface_cross_entropy,
-...) by their authors.
+The five normalizers, and the fused margin loss ``linear_margin_cross_entropy`` against the
+cosine layer's gradients (docs/proofs/linear_cross_entropy.md#cosine-layer-gradients); the
+other loss and margin kernels are tested against ``closed_forms`` in their own test files
+(tests/kernels/).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import numpy as np
 import pytest
 
 from softmaxlab.derivations import closed_forms
-from softmaxlab.kernels import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
+from softmaxlab.kernels import (
+    linear_margin_cross_entropy_forward_backward,
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    softmax,
+    softmax_backward,
+)
 
 RNG = np.random.default_rng(7)
 PAGE = "docs/proofs/softmax.md"
@@ -136,3 +144,53 @@ def test_the_comparison_catches_a_backward_without_the_jacobians_minus_a_i_term(
     with pytest.raises(AssertionError, match="softmax-vjp"):
         assert_within(probabilities * upstream, closed_forms.softmax_backward(probabilities, upstream), scale,
                       "softmax-vjp")
+
+
+# (s, m1, m2, m3): NormFace, CosFace, ArcFace (the target cosines stay above cos(pi - m2), where
+# the combined margin's closed form, which has no fallback, is the kernel's function)
+COSINE_MARGINS = {"normface": (16.0, 1.0, 0.0, 0.0), "cosface": (16.0, 1.0, 0.0, 0.35),
+                  "arcface": (16.0, 1.0, 0.5, 0.0)}
+
+
+@pytest.mark.parametrize("preset", COSINE_MARGINS)
+def test_linear_margin_cross_entropy_matches_the_proven_cosine_layer_gradients(preset):
+    s, m1, m2, m3 = COSINE_MARGINS[preset]
+    rows, classes, features = 5, 7, 6
+    rng = np.random.default_rng(11)
+    weights = rng.standard_normal((classes, features)) * rng.uniform(0.5, 2.0, (classes, 1))
+    target = rng.integers(0, classes, rows)
+    x = (0.5 * weights[target] / np.linalg.norm(weights[target], axis=1, keepdims=True)
+         + 0.5 * rng.standard_normal((rows, features))) * rng.uniform(0.5, 3.0, (rows, 1))
+    loss, grad_x, grad_w = linear_margin_cross_entropy_forward_backward(x, weights, target, s=s, m1=m1, m2=m2, m3=m3)
+    cosines = closed_forms.normalized_linear(x, weights)
+    assert cosines[np.arange(rows), target].min() > np.cos(np.pi - m2)
+    one_hot = np.eye(classes)[target]
+    # the closed form forms a_iy - 1 with cancellation (an absolute error of a few u): rows whose
+    # target probability stays below 0.95 keep that within the bound below
+    logits = s * cosines
+    logits[np.arange(rows), target] = s * closed_forms.combined_margin_target_logit(
+        cosines[np.arange(rows), target], 1.0, m1, m2, m3)
+    assert closed_forms.softmax(logits)[np.arange(rows), target].max() < 0.95
+    # dL/dc of the mean loss (margins.md#margin-cross-entropy-gradient), then the cosine layer
+    upstream = closed_forms.combined_margin_cross_entropy_gradient(cosines, one_hot, s, m1, m2, m3) / rows
+    proven_loss = closed_forms.combined_margin_cross_entropy(cosines, one_hot, s, m1, m2, m3).mean()
+    proven_x = closed_forms.linear_margin_cross_entropy_grad_x(x, weights, upstream)
+    proven_w = closed_forms.linear_margin_cross_entropy_grad_W(x, weights, upstream)
+    # Bound: the kernel's cosines differ from exact ones by delta <= (D + 2) u (BLAS products
+    # times float64 inverse norms), which moves each a_ij and so each g_ij by at most 2 s delta
+    # relatively (4 s delta with the target's f'); the products, sums and projection add (D + 8) u
+    # of the terms, at most 2 sum_j |g_ij| / |x_i| per entry of dx_i (|W_j / |W_j|| <= 1
+    # componentwise, the projection at most doubles), likewise per class for dW_j.
+    u = np.finfo(np.float64).eps / 2
+    relative = 4 * s * (features + 2) * u + (features + 8) * u
+    page = closed_forms.linear_margin_cross_entropy_grad_x.page
+    bound_x = 2 * relative * np.abs(upstream).sum(axis=1) / np.linalg.norm(x, axis=1)
+    bound_w = 2 * relative * np.abs(upstream).sum(axis=0) / np.linalg.norm(weights, axis=1)
+    for name, ours, proven, bound in (("grad_input", grad_x, proven_x, bound_x[:, None]),
+                                      ("grad_linear_weight", grad_w, proven_w, bound_w[:, None])):
+        error = np.abs(ours - proven)
+        assert np.all(error <= bound), (f"{name} breaks the statement proven in {page}: largest error "
+                                        f"{error.max():.3g}, allowed {np.broadcast_to(bound, error.shape).min():.3g}")
+    assert abs(float(loss) - proven_loss) <= relative * (1 + abs(proven_loss)), (
+        f"the loss {float(loss)!r} differs from the proven composition's {proven_loss!r} "
+        f"({closed_forms.combined_margin_cross_entropy.page})")
