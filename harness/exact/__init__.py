@@ -23,11 +23,14 @@ the long double engine above.  The references:
   ``exact_quadratic_cost``, ``exact_multiclass_hinge``, ``exact_smooth_hinge``, and the
   term magnitudes of their gradients (``*_gradient_scale``; not the smooth hinge's);
 * ``margins.py``: ``exact_normalized_linear``, ``exact_margin`` (and its per-row
-  ``margin_rows_mp``), ``exact_large_margin``, ``exact_center`` (mpmath only), and the term
+  ``margin_rows_mp`` and per-target ``margin_target_mp``), ``exact_large_margin``,
+  ``exact_center`` (mpmath only), and the term
   magnitudes of every gradient of the family (``normalized_linear_gradient_scales``,
   ``margin_gradient_scale``, ``large_margin_gradient_scales``, ``center_gradient_scales``);
 * ``linear.py``: ``exact_linear_cross_entropy`` (mpmath: the logits x W^T + b as exact
-  sums) and ``float64_linear_cross_entropy`` (float32 outputs at any size).
+  sums) and ``float64_linear_cross_entropy`` (float32 outputs at any size); the same pair for
+  the fused margin loss, ``exact_linear_margin_cross_entropy`` (the margin references on exact
+  cosines) and ``float64_linear_margin_cross_entropy``.
 """
 
 from .engine import (
@@ -56,7 +59,12 @@ from .losses import (
     multiclass_hinge_gradient_scale,
     quadratic_cost_gradient_scale,
 )
-from .linear import exact_linear_cross_entropy, float64_linear_cross_entropy
+from .linear import (
+    exact_linear_cross_entropy,
+    exact_linear_margin_cross_entropy,
+    float64_linear_cross_entropy,
+    float64_linear_margin_cross_entropy,
+)
 from .margins import (
     center_gradient_scales,
     exact_center,
@@ -66,6 +74,7 @@ from .margins import (
     large_margin_gradient_scales,
     margin_gradient_scale,
     margin_rows_mp,
+    margin_target_mp,
     normalized_linear_gradient_scales,
 )
 from .normalizers import (
@@ -89,4 +98,5 @@ __all__ = [
     "exact_normalized_linear", "exact_margin", "margin_rows_mp", "exact_large_margin", "exact_center",
     "normalized_linear_gradient_scales", "margin_gradient_scale", "large_margin_gradient_scales",
     "center_gradient_scales", "exact_linear_cross_entropy", "float64_linear_cross_entropy",
+    "margin_target_mp", "exact_linear_margin_cross_entropy", "float64_linear_margin_cross_entropy",
 ]

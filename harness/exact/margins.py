@@ -30,26 +30,33 @@ def _softmax_row(logits):
 
 
 
-def margin_rows_mp(cos, target, s, m1, m2, m3):
-    """Per-row losses and d loss_i / d cos_i (lists of mpf) of margin_cross_entropy, at the
-    caller's mpmath precision; ``cos`` (rows, classes), ``target`` (rows,).
+def margin_target_mp(c, dtype, m1, m2, m3):
+    """(f(c), f'(c)) of the target's cosine ``c`` (an mpf) at the caller's mpmath precision, with
+    the definitions of kernels/_cosine_margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the
+    arc branch where c > cos(pi - m2), else c - m2 sin m2 - m3; f' at c clamped to [-c_max, c_max],
+    c_max = nextafter(1, 0) in ``dtype`` (the kernel's input dtype)."""
+    mult, add, sub = (mpmath.mpf(float(v)) for v in (m1, m2, m3))
+    dtype = np.dtype(dtype)
+    c_max = mpmath.mpf(float(np.nextafter(dtype.type(1), dtype.type(0))))
+    c = min(max(c, mpmath.mpf(-1)), mpmath.mpf(1))
+    c_slope = min(max(c, -c_max), c_max)
+    if mult == 1 and (add == 0 or float(c) <= math.cos(math.pi - float(m2))):
+        return c - add * mpmath.sin(add) - sub, mpmath.mpf(1)
+    value = mpmath.cos(mult * mpmath.acos(c) + add) - sub
+    return value, mult * mpmath.sin(mult * mpmath.acos(c_slope) + add) / mpmath.sqrt(1 - c_slope ** 2)
 
-    The definitions of kernels/_cosine_margins.py: c clamped to [-1, 1]; with m1 = 1 and m2 > 0 the arc
-    branch where c > cos(pi - m2), else c - m2 sin m2 - m3; f' at c clamped to
-    [-c_max, c_max], c_max = nextafter(1, 0) in the input dtype.
-    """
-    scale, mult, add, sub = (mpmath.mpf(float(v)) for v in (s, m1, m2, m3))
-    c_max = mpmath.mpf(float(np.nextafter(cos.dtype.type(1), cos.dtype.type(0))))
-    switch = math.cos(math.pi - float(m2))
+
+def margin_rows_mp(cos, target, s, m1, m2, m3, dtype=None):
+    """Per-row losses and d loss_i / d cos_i (lists of mpf) of margin_cross_entropy, at the
+    caller's mpmath precision; ``cos`` (rows, classes): an array, or rows of mpf (exact
+    cosines) with ``dtype`` the kernel's input dtype; ``target`` (rows,).  The target's
+    f and f' are :func:`margin_target_mp`'s."""
+    scale = mpmath.mpf(float(s))
+    dtype = cos.dtype if dtype is None else dtype
+    rows = cos if isinstance(cos, list) else to_mpf_matrix(cos)
     losses, gradients = [], []
-    for row, label in zip(to_mpf_matrix(cos), target):
-        c = min(max(row[label], mpmath.mpf(-1)), mpmath.mpf(1))
-        c_slope = min(max(c, -c_max), c_max)
-        if mult == 1 and (add == 0 or float(c) <= switch):
-            value, slope = c - add * mpmath.sin(add) - sub, mpmath.mpf(1)
-        else:
-            value = mpmath.cos(mult * mpmath.acos(c) + add) - sub
-            slope = mult * mpmath.sin(mult * mpmath.acos(c_slope) + add) / mpmath.sqrt(1 - c_slope ** 2)
+    for row, label in zip(rows, target):
+        value, slope = margin_target_mp(row[label], dtype, m1, m2, m3)
         logits = [scale * v for v in row]
         logits[label] = scale * value
         lse, probabilities = _softmax_row(logits)
@@ -161,33 +168,49 @@ def exact_large_margin(x, W, target, m, lambda_, normalize_weights):
     return cached_result((x, W, target, m, lambda_, normalize_weights), compute)
 
 
+def units_and_norms(matrix):
+    """(rows / their norms, the norms) of a matrix of mpf rows, at the caller's precision."""
+    norms = [_mp_norm(v) for v in matrix]
+    return [[v / n for v in row] for row, n in zip(matrix, norms)], norms
+
+
+def normalized_linear_backward_mp(features, weights, upstream):
+    """(dx, dW) flat (C order) lists of mpf of normalized_linear's backward: mpf rows of x, W and
+    of the upstream gradient g = dL/dcos; dx_i = (P_i - (xhat_i . P_i) xhat_i) / |x_i| with
+    P = g W_hat, and dW likewise with g^T X_hat."""
+    (x_units, x_norms), (w_units, w_norms) = units_and_norms(features), units_and_norms(weights)
+    dims = len(features[0])
+
+    def tangent(projection, unit, norm):
+        along = mpmath.fdot(unit, projection)
+        return [(p - along * u) / norm for p, u in zip(projection, unit)]
+
+    dx = []
+    for i, unit in enumerate(x_units):
+        projection = [mpmath.fdot(upstream[i], [w[e] for w in w_units]) for e in range(dims)]
+        dx.extend(tangent(projection, unit, x_norms[i]))
+    dW = []
+    for j, unit in enumerate(w_units):
+        column = [row[j] for row in upstream]
+        projection = [mpmath.fdot(column, [u[e] for u in x_units]) for e in range(dims)]
+        dW.extend(tangent(projection, unit, w_norms[j]))
+    return dx, dW
+
+
+def cosines_mp(features, weights):
+    """The cosines x_i . W_j / (|x_i| |W_j|) of mpf rows, as rows of mpf, at the caller's precision."""
+    x_units, w_units = units_and_norms(features)[0], units_and_norms(weights)[0]
+    return [[mpmath.fdot(u, w) for w in w_units] for u in x_units]
+
+
 def exact_normalized_linear(x, W, grad_cos=None):
     """cos as Exact, or (dx, dW) as Exact when ``grad_cos`` is given."""
 
     def compute():
         features, weights = to_mpf_matrix(x), to_mpf_matrix(W)
-        x_norms = [_mp_norm(v) for v in features]
-        w_norms = [_mp_norm(v) for v in weights]
-        x_units = [[v / n for v in row] for row, n in zip(features, x_norms)]
-        w_units = [[v / n for v in row] for row, n in zip(weights, w_norms)]
         if grad_cos is None:
-            return to_exact([mpmath.fdot(u, w) for u in x_units for w in w_units], (x.shape[0], W.shape[0]))
-        upstream = to_mpf_matrix(grad_cos)
-        dims = x.shape[1]
-
-        def tangent(projection, unit, norm):
-            along = mpmath.fdot(unit, projection)
-            return [(p - along * u) / norm for p, u in zip(projection, unit)]
-
-        dx = []
-        for i, unit in enumerate(x_units):
-            projection = [mpmath.fdot(upstream[i], [w[e] for w in w_units]) for e in range(dims)]
-            dx.extend(tangent(projection, unit, x_norms[i]))
-        dW = []
-        for j, unit in enumerate(w_units):
-            column = [row[j] for row in upstream]
-            projection = [mpmath.fdot(column, [u[e] for u in x_units]) for e in range(dims)]
-            dW.extend(tangent(projection, unit, w_norms[j]))
+            return to_exact([c for row in cosines_mp(features, weights) for c in row], (x.shape[0], W.shape[0]))
+        dx, dW = normalized_linear_backward_mp(features, weights, to_mpf_matrix(grad_cos))
         return to_exact(dx, x.shape), to_exact(dW, W.shape)
 
     key = (x, W) if grad_cos is None else (x, W, grad_cos)

@@ -41,15 +41,16 @@ def on_cosines(loss_class, with_gradient, **parameters):
     return prepare
 
 
-def on_embeddings(loss_class, with_gradient, **parameters):
-    """pml's ``loss_class(**parameters)`` on (x, target), weights W^T; (loss, dx, dW) with the gradient."""
+def on_embeddings(loss_class, with_gradient, weight="W", **parameters):
+    """pml's ``loss_class(**parameters)`` on (x, target), weights W^T (the input ``weight`` is W);
+    (loss, dx, dW) with the gradient."""
 
     def prepare(inputs):
         torch = torch_module()
         from pytorch_metric_learning import losses
 
         x, target = torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["target"])
-        W = inputs["W"]
+        W = inputs[weight]
         with warnings.catch_warnings():  # pml calls scipy.special.binom on tensors (a NumPy 2 deprecation)
             warnings.filterwarnings("ignore", message="__array_wrap__ must accept context", category=DeprecationWarning)
             loss_function = getattr(losses, loss_class)(num_classes=W.shape[0], embedding_size=W.shape[1],

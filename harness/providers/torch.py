@@ -159,15 +159,16 @@ def margin(s, m1, m2, m3, with_gradient):
     return prepare
 
 
-def margin_from_embeddings(s, m1, m2, m3):
-    """(loss, dx, dW) of the margin loss on cos = F.linear(F.normalize(x), F.normalize(W)), autograd to x and W."""
+def margin_from_embeddings(s, m1, m2, m3, with_gradient=True, weight="W"):
+    """The margin loss on cos = F.linear(F.normalize(x), F.normalize(W)) (the input ``weight`` is W):
+    the loss, or (loss, dx, dW) by autograd to x and W."""
 
     def prepare(inputs):
         torch = torch_module()
-        x, W, target = (tensor(torch, inputs[name]) for name in ("x", "W", "target"))
+        x, W, target = (tensor(torch, inputs[name]) for name in ("x", weight, "target"))
         rows = torch.arange(x.shape[0])
         return runner(torch, lambda features, weights: _margin_loss(
-            torch, _normalized_linear(torch, features, weights), rows, target, s, m1, m2, m3), (x, W), True)
+            torch, _normalized_linear(torch, features, weights), rows, target, s, m1, m2, m3), (x, W), with_gradient)
 
     return prepare
 

@@ -12,7 +12,7 @@ references are ``softmaxlab.harness.exact``, the framework calls
 * ``normalizers.py``  softmax, log_softmax, logsumexp and their backward kernels;
 * ``losses.py``       cross-entropy, distillation, the sigmoid losses, the hinges;
 * ``margins.py``      normalized_linear, the margin losses, L-Softmax / SphereFace, center loss;
-* ``linear.py``       the fused linear cross-entropy.
+* ``linear.py``       the fused linear cross-entropy and the fused margin loss (ArcFace on x W^T's cosines).
 
 Order: the entry modules in :data:`ENTRY_MODULES`' order, each module's ``ENTRIES`` in
 their own order; the entry modules import only ``core`` (never this package), so the

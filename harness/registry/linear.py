@@ -1,4 +1,5 @@
-"""Registry entries of the fused linear cross-entropy: ``linear_cross_entropy`` and its forward-backward.
+"""Registry entries of the fused linear losses: ``linear_cross_entropy``, ``linear_margin_cross_entropy``
+and their forward-backwards.
 
 Inputs.  ``shape = (rows, classes)``: ``x`` (rows, D), ``linear_weight`` (classes, D),
 ``target`` (rows,) int64, with D = 512 at the benchmark shapes (>= 10^6 logits) and D = 16
@@ -21,15 +22,41 @@ Providers: ``softmaxlab``; ``torch``, the composition ``F.cross_entropy(x @ W.T,
 with autograd to x and W; ``torch_chunked``, torch's own ``F.linear_cross_entropy`` with
 ``LinearCrossEntropyOptions()`` (its chunked path); ``cce``, Apple's cut-cross-entropy
 (``impl="torch_compile"``, its CPU implementation) where it installs.
+
+``linear_margin_cross_entropy``: ArcFace (s = 64, m = 0.5, InsightFace's fallback where
+theta + m > pi) on the cosines c_ij = x_i . W_j / (|x_i| |W_j|), same shapes and D.  Its
+regimes set the cosines, not the logits' magnitude (the cosines do not depend on it):
+
+* ``normal_x3``    x ~ N(0, 1), W ~ N(0, 1) with row norms in [0.5, 2]: c ~ N(0, 1 / D).  The
+  benchmarks' input.
+* ``dominant``     x_i = W_{y_i} / |W_{y_i}| + 0.05 noise: the target's cosine about 0.999 (ArcFace's
+  slope f'(c) about 10), its probability near 1.
+* ``tiny_target``  x_i = -W_{y_i} / |W_{y_i}| + 0.05 noise: the target's cosine near -1, on
+  InsightFace's fallback c - m sin m, its logit about -79: a probability below e^-79.
+* ``row_2e20``     one row of 2^20 classes, normal_x3's distribution, float32 only: its reference
+  is ``exact.float64_linear_margin_cross_entropy`` (float64 cosines and products, the
+  long-double cross-entropy; its error bound in ``exact/linear.py``).
+
+The small shapes' references are ``exact.exact_linear_margin_cross_entropy`` (the margin
+family's mpmath references on exact cosines).  Variants: ``[precision=float64]`` of both.
+Benchmark shapes (512, 10575) and (512, 93431) at D = 512 (CASIA-WebFace's and Glint360K's
+partial-FC shard class counts, the margin family's matrix).  Providers: ``softmaxlab``;
+``torch``, ``F.normalize`` of the rows of x and W, ``x_hat @ W_hat.T``, the margin and
+``F.cross_entropy`` as the margin family's torch provider builds them, autograd to x and W;
+``pml``, pytorch-metric-learning's ``ArcFaceLoss`` on (x, target) with its weights W^T (no
+fallback: it differs in ``tiny_target``).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from softmaxlab import kernels
 
 from .. import exact, regimes
+from ..providers import pml as pml_provider
 from ..providers import torch as torch_provider
 from ..providers.softmaxlab import with_inputs
 from .core import Cost, Implementation, Operation, forward_and_fused
@@ -41,6 +68,10 @@ LINEAR_SMOKE_SHAPES = ((5, 37, "float32"),)
 BENCH_FEATURES = 512
 ACCURACY_FEATURES = 16
 _TORCH = ("torch",)
+# ArcFace, the margin the fused margin entries run with
+ARCFACE = dict(s=64.0, m1=1.0, m2=0.5, m3=0.0)
+MARGIN_REGIMES = ("normal_x3", "dominant", "tiny_target", regimes.LONG_ROW_REGIME)
+MARGIN_BENCH_SHAPES = ((512, 10575, "float32"), (512, 93431, "float32"))
 
 
 def features_for(shape) -> int:
@@ -69,12 +100,30 @@ def linear_inputs(regime: str, shape, dtype, seed: int) -> dict:
     return {"x": x.astype(dtype), "linear_weight": weight.astype(dtype), "target": target.astype(np.int64)}
 
 
-def _exact(with_gradient):
+def linear_margin_inputs(regime: str, shape, dtype, seed: int) -> dict:
+    """{"x": (rows, D), "linear_weight": (classes, D), "target": (rows,) int64} for a cosine regime."""
+    rows, classes = shape
+    features = features_for(shape)
+    rng = regimes.rng_for(regime, shape, dtype, seed, "linear_margin")
+    target = rng.integers(0, classes, size=rows)
+    weight = rng.standard_normal((classes, features)) * rng.uniform(0.5, 2.0, (classes, 1))
+    x = rng.standard_normal((rows, features))
+    if regime in ("dominant", "tiny_target"):
+        chosen = weight[target] / np.linalg.norm(weight[target], axis=1, keepdims=True)
+        x = (1.0 if regime == "dominant" else -1.0) * chosen + 0.05 * x / np.sqrt(features)
+    elif regime not in ("normal_x3", regimes.LONG_ROW_REGIME):
+        raise ValueError(f"regime must be one of {MARGIN_REGIMES} for the linear margin cross-entropy, got {regime!r}")
+    return {"x": x.astype(dtype), "linear_weight": weight.astype(dtype), "target": target.astype(np.int64)}
+
+
+def _exact(with_gradient, mpmath_reference=exact.exact_linear_cross_entropy,
+           float64_reference=exact.float64_linear_cross_entropy, **options):
+    """``exact(inputs, engine)``: the mpmath reference, or the float64 one for the long-double engine
+    (the long row), on x, linear_weight and target with ``options``."""
+
     def compute(inputs, engine):
-        if engine == exact.LONGDOUBLE_ENGINE:
-            result = exact.float64_linear_cross_entropy(inputs["x"], inputs["linear_weight"], inputs["target"])
-        else:
-            result = exact.exact_linear_cross_entropy(inputs["x"], inputs["linear_weight"], inputs["target"])
+        reference = float64_reference if engine == exact.LONGDOUBLE_ENGINE else mpmath_reference
+        result = reference(inputs["x"], inputs["linear_weight"], inputs["target"], **options)
         return result if with_gradient else result[:1]
 
     return compute
@@ -125,6 +174,36 @@ def _entries(precision=None):
         )
 
 
-ENTRIES = tuple(_entries())
-# the float64 mode (logits, G and products of float32 inputs in float64), run when named
-VARIANTS = tuple(_entries("float64"))
+def _margin_entries(precision=None):
+    options = {} if precision is None else {"precision": precision}
+    for kernel, mode, with_gradient in forward_and_fused("linear_margin_cross_entropy"):
+        yield Operation(
+            kernel=kernel if precision is None else f"{kernel}[precision={precision}]",
+            op="linear_margin_cross_entropy", mode=mode,
+            outputs=("loss", "dx", "dW") if with_gradient else ("loss",),
+            make_inputs=linear_margin_inputs,
+            exact=_exact(with_gradient, exact.exact_linear_margin_cross_entropy,
+                         exact.float64_linear_margin_cross_entropy, **ARCFACE),
+            # the products of the fused linear cross-entropy: x W^T, and A W and A^T x with the gradient
+            cost=_cost(with_gradient),
+            implementations=(
+                Implementation("softmaxlab", with_inputs(getattr(kernels, kernel), **ARCFACE, **options)),
+                Implementation("torch", torch_provider.margin_from_embeddings(**ARCFACE, with_gradient=with_gradient,
+                                                                              weight="linear_weight"),
+                               requires=_TORCH, description="F.normalize(x) @ F.normalize(W).T, the ArcFace target "
+                                                            "logit, F.cross_entropy; autograd to x, W"),
+                Implementation("pml", pml_provider.on_embeddings("ArcFaceLoss", with_gradient, weight="linear_weight",
+                                                                 margin=math.degrees(ARCFACE["m2"]),
+                                                                 scale=ARCFACE["s"]),
+                               requires=pml_provider.REQUIRES, description="pml ArcFaceLoss(margin=28.6 degrees, "
+                                                                           "scale=64), weights W^T"),
+            ),
+            regimes=MARGIN_REGIMES, bench_shapes=MARGIN_BENCH_SHAPES, smoke_shapes=LINEAR_SMOKE_SHAPES,
+            description="ArcFace (s = 64, m = 0.5) on the cosines of x and W in tiles of classes; D = 512 at "
+                        "the benchmark shapes",
+        )
+
+
+ENTRIES = (*_entries(), *_margin_entries())
+# the float64 mode (products of float32 inputs in float64), run when named
+VARIANTS = (*_entries("float64"), *_margin_entries("float64"))

@@ -171,3 +171,68 @@ def test_the_float64_linear_reference_agrees_with_mpmath_far_below_a_float32_ulp
         assert relative.max() < 1e-12  # a float32 ULP is 6e-8
     with pytest.raises(NotImplementedError, match="float32 outputs only"):
         float64_linear_cross_entropy(x.astype(np.float64), W.astype(np.float64), target)
+
+
+# ---- the fused margin loss's references -------------------------------------------------------------
+
+ARCFACE, COSFACE = (64.0, 1.0, 0.5, 0.0), (30.0, 1.0, 0.0, 0.35)
+
+
+@pytest.mark.parametrize("margins", [ARCFACE, COSFACE])
+def test_linear_margin_reference_gradients_are_the_loss_derivatives(margins):
+    """dx and dW against central differences of the exact loss: the chain rule through both
+    normalizations and the margin, with a target on ArcFace's fallback (row 2)."""
+    from softmaxlab.harness.exact import exact_linear_margin_cross_entropy
+
+    rng = np.random.default_rng(3)
+    W, target = rng.normal(size=(5, 4)), np.array([0, 3, 2])
+    x = W[target] / np.linalg.norm(W[target], axis=1, keepdims=True) + 0.6 * rng.normal(size=(3, 4))
+    x[2] = -W[2] / np.linalg.norm(W[2]) + 0.05 * rng.normal(size=4)  # cos_y near -1: the fallback branch
+    _, dx, dW = exact_linear_margin_cross_entropy(x, W, target, *margins)
+    step = 1e-6
+
+    def loss_at(x_shift, W_shift):
+        return exact_linear_margin_cross_entropy(x + x_shift, W + W_shift, target, *margins)[0].hi
+
+    for which, gradient, points in ((0, dx, [(0, 0), (1, 3), (2, 1)]), (1, dW, [(0, 0), (3, 2), (2, 1), (4, 3)])):
+        for point in points:
+            shifts = [np.zeros_like(x), np.zeros_like(W)]
+            shifts[which][point] = step
+            numeric = (loss_at(*shifts) - loss_at(-shifts[0], -shifts[1])) / (2 * step)
+            assert numeric == pytest.approx(gradient.hi[point], rel=1e-6, abs=1e-9), (which, point)
+
+
+def test_linear_margin_reference_is_the_margin_reference_of_its_cosines():
+    """Loss and dx, dW equal exact_margin on the cosines rounded to float64 and
+    exact_normalized_linear's backward of its dcos, to the rounding of the cosines (s u)."""
+    from softmaxlab.harness.exact import exact_linear_margin_cross_entropy
+
+    rng = np.random.default_rng(4)
+    x, W, target = rng.normal(size=(3, 6)), rng.normal(size=(7, 6)), rng.integers(0, 7, 3)
+    loss, dx, dW = exact_linear_margin_cross_entropy(x, W, target, *ARCFACE)
+    cosines = exact.exact_normalized_linear(x, W).hi
+    expected_loss, dcos = exact.exact_margin(cosines, target, *ARCFACE)
+    expected_dx, expected_dW = exact.exact_normalized_linear(x, W, dcos.hi)
+    # a cosine rounded to float64 moves the logits by s u, the loss and dcos by a few s u relatively
+    tolerance = 8 * ARCFACE[0] * np.finfo(np.float64).eps
+    assert float(loss.hi) == pytest.approx(float(expected_loss.hi), rel=tolerance)
+    np.testing.assert_allclose(dx.hi, expected_dx.hi, rtol=0, atol=tolerance * np.abs(expected_dx.hi).max())
+    np.testing.assert_allclose(dW.hi, expected_dW.hi, rtol=0, atol=tolerance * np.abs(expected_dW.hi).max())
+
+
+def test_the_float64_linear_margin_reference_agrees_with_mpmath_far_below_a_float32_ulp():
+    from softmaxlab.harness.exact import exact_linear_margin_cross_entropy, float64_linear_margin_cross_entropy
+
+    rng = np.random.default_rng(5)
+    W = (rng.normal(size=(300, 16)) * rng.uniform(0.5, 2.0, (300, 1))).astype(np.float32)
+    target = rng.integers(0, 300, 3)
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    x[1] = -W[target[1]]  # a target on ArcFace's fallback
+    for margins in (ARCFACE, COSFACE):
+        pairs = zip(exact_linear_margin_cross_entropy(x, W, target, *margins),
+                    float64_linear_margin_cross_entropy(x, W, target, *margins))
+        for truth, candidate in pairs:
+            relative = np.abs(candidate.hi - truth.hi) / np.abs(truth.hi).max()
+            assert relative.max() < 1e-12  # a float32 ULP is 6e-8
+    with pytest.raises(NotImplementedError, match="float32 outputs only"):
+        float64_linear_margin_cross_entropy(x.astype(np.float64), W.astype(np.float64), target, *ARCFACE)
