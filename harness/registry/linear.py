@@ -43,8 +43,8 @@ Benchmark shapes (512, 10575) and (512, 93431) at D = 512 (CASIA-WebFace's and G
 partial-FC shard class counts, the margin family's matrix).  Providers: ``softmaxlab``;
 ``torch``, ``F.normalize`` of the rows of x and W, ``x_hat @ W_hat.T``, the margin and
 ``F.cross_entropy`` as the margin family's torch provider builds them, autograd to x and W;
-``pml``, pytorch-metric-learning's ``ArcFaceLoss`` on (x, target) with its weights W^T (no
-fallback: it differs in ``tiny_target``).
+``pml``, pytorch-metric-learning's ``ArcFaceLoss`` on (x, target) with its weights W^T (the
+same fallback).
 """
 
 from __future__ import annotations
