@@ -218,6 +218,10 @@ OPERATIONS = (
           "Tensor x, Tensor linear_weight, Tensor target, Tensor? linear_bias, Tensor? weight, int ignore_index, "
           "str reduction, float label_smoothing, float z_loss, float? softcap, int memory_budget, str precision",
           ("x", "linear_weight"), _loss_shape("x"), fused=_linear_fused),
+    _loss("linear_margin_cross_entropy",
+          "Tensor x, Tensor linear_weight, Tensor target, float s, float m1, float m2, float m3, str reduction, "
+          "int memory_budget, str precision",
+          ("x", "linear_weight"), _loss_shape("x")),
 )
 
 NAMES = tuple(operation.name for operation in OPERATIONS)

@@ -61,6 +61,9 @@ def _inputs(name: str, rng: np.random.Generator) -> dict:
                 "linear_bias": rng.standard_normal(classes), "weight": class_weight, "ignore_index": -100,
                 "label_smoothing": 0.1, "z_loss": 1e-2, "softcap": 5.0, "memory_budget": 4096,
                 "precision": "input"}
+    if name == "linear_margin_cross_entropy":  # ArcFace + CosFace (InsightFace's combined margin)
+        return {"x": features_x, "linear_weight": weights_w, "target": labels, "s": 8.0, "m1": 1.0, "m2": 0.3,
+                "m3": 0.1, "memory_budget": 4096, "precision": "input"}
     raise KeyError(name)
 
 

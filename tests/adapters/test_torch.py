@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -196,12 +197,22 @@ def _reference(case_id, tensors):
     if name == "center_loss":
         losses = 0.5 * ((tensors["x"] - tensors["centers"][tensors["target"]]) ** 2).sum(-1)
         return {"mean": losses.mean(), "sum": losses.sum(), "none": losses}[tensors["reduction"]]
+    if name == "linear_margin_cross_entropy":  # F.normalize, x_hat @ W_hat.T, the target logit for m1 = 1
+        target, rows = tensors["target"], torch.arange(tensors["x"].shape[0])
+        cos = F.normalize(tensors["x"], dim=-1) @ F.normalize(tensors["linear_weight"], dim=-1).T
+        m2, m3 = tensors["m2"], tensors["m3"]
+        chosen = cos[rows, target]
+        arc = torch.cos(torch.arccos(chosen) + m2) - m3
+        logits = cos.index_put((rows, target), torch.where(chosen > math.cos(math.pi - m2), arc,
+                                                           chosen - m2 * math.sin(m2) - m3))
+        return F.cross_entropy(tensors["s"] * logits, target, reduction=tensors["reduction"])
     raise KeyError(name)
 
 
 @pytest.mark.parametrize("case_id", ["softmax", "log_softmax", "logsumexp", "normalized_linear",
                                      "cross_entropy-mean", "cross_entropy-none", "cross_entropy_probabilities-sum",
-                                     "binary_cross_entropy_with_logits-mean", "cosface-none", "center_loss-mean"])
+                                     "binary_cross_entropy_with_logits-mean", "cosface-none", "center_loss-mean",
+                                     "linear_margin_cross_entropy-mean", "linear_margin_cross_entropy-none"])
 def test_gradients_equal_torch_autograd_of_the_formula(case_id):
     operation, arguments = operation_of(case_id), case(case_id)
     ours, theirs = _tensors(arguments, operation.differentiable), _tensors(arguments, operation.differentiable)
