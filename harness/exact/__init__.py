@@ -30,7 +30,8 @@ the long double engine above.  The references:
 * ``linear.py``: ``exact_linear_cross_entropy`` (mpmath: the logits x W^T + b as exact
   sums) and ``float64_linear_cross_entropy`` (float32 outputs at any size); the same pair for
   the fused margin loss, ``exact_linear_margin_cross_entropy`` (the margin references on exact
-  cosines) and ``float64_linear_margin_cross_entropy``.
+  cosines) and ``float64_linear_margin_cross_entropy``, and its gradients' term magnitudes
+  ``linear_margin_gradient_scales``.
 """
 
 from .engine import (
@@ -64,6 +65,7 @@ from .linear import (
     exact_linear_margin_cross_entropy,
     float64_linear_cross_entropy,
     float64_linear_margin_cross_entropy,
+    linear_margin_gradient_scales,
 )
 from .margins import (
     center_gradient_scales,
@@ -99,4 +101,5 @@ __all__ = [
     "normalized_linear_gradient_scales", "margin_gradient_scale", "large_margin_gradient_scales",
     "center_gradient_scales", "exact_linear_cross_entropy", "float64_linear_cross_entropy",
     "margin_target_mp", "exact_linear_margin_cross_entropy", "float64_linear_margin_cross_entropy",
+    "linear_margin_gradient_scales",
 ]

@@ -30,6 +30,9 @@ for D <= 16, the accuracy shapes' D), the target's f(c) and f'(c) at 50 digits
 A = s dL/dz (f'(c_y) at the target) / (|x_i| |W_j|) with its products and tangent parts in
 float64 (a relative error of at most (C + D + 8) u_64 of their terms, 1.2e-10 for a row of
 2^20 classes).  Every error is below 0.01 of a float32 ULP of the result's terms.
+
+``linear_margin_gradient_scales``: the term magnitudes of dx and dW (the condition-aware
+error of ``metrics.py``), normalized_linear_backward's for the reference's dL/dcos.
 """
 
 from __future__ import annotations
@@ -38,9 +41,15 @@ import mpmath
 import numpy as np
 
 from ..metrics import Exact
-from .engine import LONGDOUBLE_ENGINE, MPMATH_DIGITS, cached_result, to_exact, to_mpf, to_mpf_matrix
+from .engine import LONGDOUBLE_ENGINE, MPMATH_DIGITS, MPMATH_ENGINE, cached_result, to_exact, to_mpf, to_mpf_matrix
 from .losses import cross_entropy_mp
-from .margins import cosines_mp, margin_rows_mp, margin_target_mp, normalized_linear_backward_mp
+from .margins import (
+    cosines_mp,
+    margin_rows_mp,
+    margin_target_mp,
+    normalized_linear_backward_mp,
+    normalized_linear_gradient_scales,
+)
 
 
 def _products(left, right):
@@ -99,9 +108,8 @@ def float64_linear_cross_entropy(x, linear_weight, target, *, grad_output=1.0, r
     return (loss, Exact(dx, zero(dx.shape), LONGDOUBLE_ENGINE), Exact(dW, zero(dW.shape), LONGDOUBLE_ENGINE))
 
 
-def exact_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3):
-    """(mean loss, dx, dW) as Exact of ``kernels.linear_margin_cross_entropy_forward_backward``
-    (reduction "mean", grad_output 1): the margin references on exact cosines."""
+def _linear_margin_mp(x, linear_weight, target, s, m1, m2, m3):
+    """(mean loss, dx, dW, dL/dcos) as Exact: the margin references on exact cosines, cached."""
 
     def compute():
         features, weights = to_mpf_matrix(x), to_mpf_matrix(linear_weight)
@@ -110,9 +118,15 @@ def exact_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3):
         upstream = [[g / rows for g in row] for row in gradients]
         dx, dW = normalized_linear_backward_mp(features, weights, upstream)
         return (to_exact([mpmath.fsum(losses) / rows], ()), to_exact(dx, x.shape),
-                to_exact(dW, linear_weight.shape))
+                to_exact(dW, linear_weight.shape), to_exact([g for row in upstream for g in row], (rows, len(weights))))
 
     return cached_result(("linear-margin", x, linear_weight, target, s, m1, m2, m3), compute)
+
+
+def exact_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3):
+    """(mean loss, dx, dW) as Exact of ``kernels.linear_margin_cross_entropy_forward_backward``
+    (reduction "mean", grad_output 1): the margin references on exact cosines."""
+    return _linear_margin_mp(x, linear_weight, target, s, m1, m2, m3)[:3]
 
 
 def _tangent_part(vectors, matrix, norms):
@@ -121,15 +135,15 @@ def _tangent_part(vectors, matrix, norms):
     return vectors - (units * vectors).sum(axis=1, keepdims=True) * units
 
 
-def float64_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3):
-    """(mean loss, dx, dW) for float32 inputs at any size (see the module docstring)."""
+def _float64_margin_upstream(x, linear_weight, target, s, m1, m2, m3):
+    """(mean loss as Exact, dL/dcos in float64) of float32 inputs: the first steps of
+    :func:`float64_linear_margin_cross_entropy` (the module docstring)."""
     from .losses import _longdouble_cross_entropy
 
-    x, linear_weight, target = np.asarray(x), np.asarray(linear_weight), np.asarray(target)
     if x.dtype != np.float32:
         raise NotImplementedError(f"the float64 reference measures float32 outputs only, got {x.dtype} inputs")
     wide_x, wide_w = x.astype(np.float64), linear_weight.astype(np.float64)
-    x_norms, w_norms = np.sqrt((wide_x * wide_x).sum(axis=1)), np.sqrt((wide_w * wide_w).sum(axis=1))
+    x_norms, w_norms = np.linalg.norm(wide_x, axis=1), np.linalg.norm(wide_w, axis=1)
     cosines = np.clip(wide_x @ wide_w.T / x_norms[:, None] / w_norms, -1.0, 1.0)
     with mpmath.workdps(MPMATH_DIGITS):  # the target's cosine from exact sums, its f and f' at 50 digits
         targets = [margin_target_mp(cosines_mp(to_mpf_matrix(x[[i]]), to_mpf_matrix(linear_weight[[label]]))[0][0],
@@ -140,6 +154,15 @@ def float64_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3)
     loss, grad = _longdouble_cross_entropy(logits, target, -100, "mean", 1.0)
     upstream = float(s) * grad.hi  # dL/dc: s dL/dz, times f'(c) at the target
     upstream[chosen] *= [float(slope) for _, slope in targets]
+    return loss, upstream
+
+
+def float64_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3):
+    """(mean loss, dx, dW) for float32 inputs at any size (see the module docstring)."""
+    x, linear_weight, target = np.asarray(x), np.asarray(linear_weight), np.asarray(target)
+    loss, upstream = _float64_margin_upstream(x, linear_weight, target, s, m1, m2, m3)
+    wide_x, wide_w = x.astype(np.float64), linear_weight.astype(np.float64)
+    x_norms, w_norms = np.linalg.norm(wide_x, axis=1), np.linalg.norm(wide_w, axis=1)
     scaled = upstream / x_norms[:, None] / w_norms  # A
     dx = _tangent_part(scaled @ wide_w, wide_x, x_norms)
     dW = _tangent_part(scaled.T @ wide_x, wide_w, w_norms)
@@ -147,5 +170,17 @@ def float64_linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3)
     return (loss, Exact(dx, zero(dx.shape), LONGDOUBLE_ENGINE), Exact(dW, zero(dW.shape), LONGDOUBLE_ENGINE))
 
 
+def linear_margin_gradient_scales(x, linear_weight, target, s, m1, m2, m3, engine=MPMATH_ENGINE):
+    """The term magnitudes of (dx, dW) of the fused margin loss (mean), in float64: those of
+    normalized_linear_backward (``margins.normalized_linear_gradient_scales``) for its upstream
+    gradient dL/dcos, the mpmath reference's, or the float64 one's for the long-double engine."""
+    x, linear_weight, target = np.asarray(x), np.asarray(linear_weight), np.asarray(target)
+    if engine == LONGDOUBLE_ENGINE:
+        upstream = _float64_margin_upstream(x, linear_weight, target, s, m1, m2, m3)[1]
+    else:
+        upstream = _linear_margin_mp(x, linear_weight, target, s, m1, m2, m3)[3].hi
+    return normalized_linear_gradient_scales(x, linear_weight, upstream)
+
+
 __all__ = ["exact_linear_cross_entropy", "float64_linear_cross_entropy", "exact_linear_margin_cross_entropy",
-           "float64_linear_margin_cross_entropy"]
+           "float64_linear_margin_cross_entropy", "linear_margin_gradient_scales"]

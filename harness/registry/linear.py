@@ -38,9 +38,11 @@ regimes set the cosines, not the logits' magnitude (the cosines do not depend on
   long-double cross-entropy; its error bound in ``exact/linear.py``).
 
 The small shapes' references are ``exact.exact_linear_margin_cross_entropy`` (the margin
-family's mpmath references on exact cosines).  Variants: ``[precision=float64]`` of both.
-Benchmark shapes (512, 10575) and (512, 93431) at D = 512 (CASIA-WebFace's and Glint360K's
-partial-FC shard class counts, the margin family's matrix).  Providers: ``softmaxlab``;
+family's mpmath references on exact cosines); dx and dW have term magnitudes (``scales``,
+``exact.linear_margin_gradient_scales``: normalized_linear_backward's for the exact dL/dcos).
+Variants: ``[precision=float64]`` of both.  Benchmark shapes (512, 10575) and (512, 93431)
+at D = 512: the margin family's class counts (10575: CASIA-WebFace's identities), 512 rows
+at both.  Providers: ``softmaxlab``;
 ``torch``, ``F.normalize`` of the rows of x and W, ``x_hat @ W_hat.T``, the margin and
 ``F.cross_entropy`` as the margin family's torch provider builds them, autograd to x and W;
 ``pml``, pytorch-metric-learning's ``ArcFaceLoss`` on (x, target) with its weights W^T (the
@@ -184,6 +186,9 @@ def _margin_entries(precision=None):
             make_inputs=linear_margin_inputs,
             exact=_exact(with_gradient, exact.exact_linear_margin_cross_entropy,
                          exact.float64_linear_margin_cross_entropy, **ARCFACE),
+            scales=(lambda inputs, engine: (None, *exact.linear_margin_gradient_scales(
+                inputs["x"], inputs["linear_weight"], inputs["target"], engine=engine, **ARCFACE)))
+            if with_gradient else None,
             # the products of the fused linear cross-entropy: x W^T, and A W and A^T x with the gradient
             cost=_cost(with_gradient),
             implementations=(

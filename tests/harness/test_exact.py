@@ -236,3 +236,19 @@ def test_the_float64_linear_margin_reference_agrees_with_mpmath_far_below_a_floa
             assert relative.max() < 1e-12  # a float32 ULP is 6e-8
     with pytest.raises(NotImplementedError, match="float32 outputs only"):
         float64_linear_margin_cross_entropy(x.astype(np.float64), W.astype(np.float64), target, *ARCFACE)
+
+
+def test_linear_margin_gradient_scales_bound_the_gradients_on_both_engines():
+    from softmaxlab.harness.exact import exact_linear_margin_cross_entropy, linear_margin_gradient_scales
+
+    rng = np.random.default_rng(6)
+    x, W = rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    target = rng.integers(0, 40, 3)
+    gradients = exact_linear_margin_cross_entropy(x, W, target, *ARCFACE)[1:]
+    by_engine = [linear_margin_gradient_scales(x, W, target, *ARCFACE, engine=engine) for engine in ENGINES]
+    for scales in by_engine:
+        for gradient, scale in zip(gradients, scales):
+            assert scale.shape == gradient.hi.shape
+            assert np.all(scale >= np.abs(gradient.hi) * (1 - 1e-12))  # a term magnitude bounds the sum
+    for mpmath_scale, float64_scale in zip(*by_engine):  # the float64 dL/dcos is the mpmath one to 1e-12
+        np.testing.assert_allclose(float64_scale, mpmath_scale, rtol=1e-12)

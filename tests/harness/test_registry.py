@@ -213,11 +213,13 @@ def _as_float64(output):
 @pytest.mark.parametrize("regime", ["normal_x3", "dominant", "tiny_target"])
 def test_the_fused_margin_entries_run_and_the_kernel_agrees_with_the_references(kernel, regime):
     """Every provider runs and returns the entry's outputs in the input's shapes; softmaxlab's are within
-    the cosines' bound of the (mpmath) reference."""
+    the cosines' bound of the (mpmath) reference; the gradients' term magnitudes bound them."""
     entry = LINEAR_MARGIN_ENTRIES[kernel]
     for dtype in ("float32", "float64"):
         inputs = entry.make_inputs(regime, (4, 23), dtype, 1)
         references = entry.exact(inputs, exact.MPMATH_ENGINE)
+        for scale, reference in zip(entry.output_scales(inputs, exact.MPMATH_ENGINE), references):
+            assert scale is None or np.all(scale >= np.abs(reference.hi) * (1 - 1e-12))  # a term magnitude
         shapes = {"loss": (), "dx": inputs["x"].shape, "dW": inputs["linear_weight"].shape}
         for implementation in entry.implementations:
             if providers.missing_requirement(implementation.requires):
