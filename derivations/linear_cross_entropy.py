@@ -98,10 +98,10 @@ def cosine_weight(row, column):
     return g[row, column] / (row_norm(x, row) * row_norm(W, column))
 
 
-def accumulated(column, vectors, outer, size):
-    """``v_f = sum_outer A_outer,column vectors_outer,f`` as a function of ``f`` (the sums the kernel
+def accumulated(weight, vectors, outer, size):
+    """``v_f = sum_outer weight(outer) vectors_outer,f`` as a function of ``f`` (the sums the kernel
     accumulates: ``sum_j A_rj W_j`` for dx_r, ``sum_n A_nl x_n`` for dW_l)."""
-    return lambda f: sp.Sum(column(outer) * vectors[outer, f], (outer, 0, size - 1))
+    return lambda f: sp.Sum(weight(outer) * vectors[outer, f], (outer, 0, size - 1))
 
 
 def tangent_projection(vector, matrix, row, index=e):
@@ -264,7 +264,8 @@ def cosine_layer_gradients(proof):
         term = (other[outer, e] - dot / row_norm(own, index) ** 2 * own[index, e]) / (row_norm(x, n) * row_norm(W, j))
         derivative = evaluate_sums(sp.diff(batch_cosine(n, j), own[free, e]), BATCH_RANGES)
         delta = sp.KroneckerDelta(index, free)
-        proof.require_identity(f"differentiate with respect to {name} and sift: only {index} = {free} depends on it",
+        proof.require_identity(f"differentiate with respect to {name} and sift: c_nj depends on it only where "
+                               f"{index} = {free}",
                                derivative, delta * term,
                                display=eq(sp.Derivative(label("c_{nj}"), own[free, e]), delta * term))
         # the chain rule: the finite double sum over n and j, the sifted index outermost
