@@ -4,7 +4,9 @@ Each process holds a slice of the classes and exchanges a few floats per row, ne
 This package imports torch only inside the functions that use it: ``import
 softmaxlab.distributed`` works without torch installed.
 
-* ``_comm``: the messages (``all_gather_rows``, ``all_reduce_sum_fixed_order``) and
+* ``_comm``: the messages (``all_gather_rows``, ``all_reduce_sum_fixed_order``, and
+  ``all_reduce_rows_by_owner``, the same rank-order sum as a reduce-scatter to the rows'
+  owners and an all_gather, whose bytes per process do not grow with P) and
   ``MessageLog``, which counts the bytes each call sends under the collective-algorithm model
   stated in ``_comm``'s docstring.
 * ``ports``: torch ports of Megatron-LM's vocab-parallel cross-entropy (Shoeybi et al. 2019)
@@ -18,8 +20,10 @@ softmaxlab.distributed`` works without torch installed.
 
 from __future__ import annotations
 
-from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order, sent_bytes
+from ._comm import (MessageLog, all_gather_rows, all_reduce_rows_by_owner, all_reduce_sum_fixed_order, row_blocks,
+                    sent_bytes)
 from ._sharded import sharded_linear_cross_entropy, sharded_linear_cross_entropy_forward_backward
 
-__all__ = ["MessageLog", "all_gather_rows", "all_reduce_sum_fixed_order", "sent_bytes",
+__all__ = ["MessageLog", "all_gather_rows", "all_reduce_rows_by_owner", "all_reduce_sum_fixed_order", "row_blocks",
+           "sent_bytes",
            "sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward"]

@@ -19,10 +19,16 @@ The exchange, per call:
    ``index_finite_cross_entropy`` (C and the class weights' total global);
 5. pass 2 (``gradient_pass``) on the shard: G from the global row state, grad_weight_shard
    = G^T x per product tile, and the float64 partial G W_shard of grad_input; the partials are
-   added in rank order (``all_reduce_sum_fixed_order``, an all_gather of N x D float64) and
-   rounded once.
+   added in rank order and rounded once by ``all_reduce_rows_by_owner``: rank r owns the
+   rows block [N r // P, N (r + 1) // P) of R_r rows, receives the other ranks' partials of
+   those rows (an all_to_all of the N x D float64 partial), adds them in rank order in
+   float64, rounds them to x's dtype (s bytes), and every rank receives every rounded block
+   (an all_gather of R_r x D).
 
-Bytes one process sends (``_comm``'s model, all_gathers): 8 (P - 1) (3 + N + 4 N + N D).
+Bytes process r sends (``_comm``'s model): all_gathers of 3, N and 4 N float64, 8 (P - 1)
+(3 + 5 N), and grad_input's 8 D (N - R_r) + s D R_r (P - 1); in the mean over ranks
+8 (P - 1) (3 + 5 N) + (8 + s) N D (P - 1)/P (``exchange_bytes``).  The statistics grow like
+P, grad_input's exchange does not.
 
 When the bits are ``linear_cross_entropy_forward_backward``'s on the concatenated weights.
 ``pairwise_sum`` halves a list of n terms level by level, so its node at level L sums the
@@ -64,7 +70,7 @@ from ..kernels._linear_cross_entropy import (
 from ..kernels._driver.reduction import reduce_losses
 from ..kernels._numerics.rows import chunked_sum, pairwise_sum, shifted_sum
 from ..kernels._validation import check_float_array, check_real_scalar
-from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order
+from ._comm import MessageLog, all_gather_rows, all_reduce_rows_by_owner, row_blocks
 
 __all__ = ["sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward", "exchange_bytes"]
 
@@ -73,10 +79,19 @@ ROUND2_WIDTH = 4
 SHARD_SUM, SHARD_GAPS, SHARD_TARGET, SHARD_OWNS = range(ROUND2_WIDTH)
 
 
-def exchange_bytes(rows: int, features: int, world_size: int) -> float:
-    """Bytes one process sends per call: all_gathers of 3 (bounds), N (round 1), 4 N (round 2)
-    and N D (grad_input) float64, each B (P - 1) for B bytes (``_comm.sent_bytes``)."""
-    return 8.0 * (world_size - 1) * (3 + rows + ROUND2_WIDTH * rows + rows * features)
+def exchange_bytes(rows: int, features: int, world_size: int, itemsize: int = 8, rank: int | None = None) -> float:
+    """Bytes process ``rank`` sends per call (None: the mean over ranks), x's dtype ``itemsize`` bytes.
+
+    All_gathers of 3 (bounds), N (round 1) and 4 N (round 2) float64, B (P - 1) each for B
+    bytes, and grad_input by owner (``_comm.all_reduce_rows_by_owner``): 8 D (N - R_r)
+    + s D R_r (P - 1) for the rank's R_r rows, 8 + s times N D (P - 1)/P in the mean.
+    """
+    statistics = 8.0 * (world_size - 1) * (3 + rows + ROUND2_WIDTH * rows)
+    if rank is None:
+        return statistics + (8 + itemsize) * rows * features * (world_size - 1) / world_size
+    bounds = row_blocks(rows, world_size)
+    own = bounds[rank + 1] - bounds[rank]
+    return statistics + 8.0 * features * (rows - own) + itemsize * features * own * (world_size - 1)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -168,8 +183,9 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
     default group) calls it with the same ``x``, ``target``, ``weight`` and options and its own
     shard: ``weight_shard`` holds classes ``class_start:class_start + len(weight_shard)`` of
     the ``num_classes`` classes, and the shards tile [0, num_classes) in rank order.  Two
-    rounds of per-row statistics (N and 4 N float64) and one of grad_input's partials (N x D
-    float64) are exchanged, never logits; the module docstring gives the exchange, the
+    rounds of per-row statistics (N and 4 N float64) and grad_input's partials (N x D float64,
+    each row block reduced by its owner, then the rounded blocks gathered) are exchanged,
+    never logits; the module docstring gives the exchange, the
     conditions under which the results are the single process's bits, and the bound otherwise.
 
     Args:
@@ -180,7 +196,7 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
         weight: optional class weights (num_classes,), global.
         ignore_index, reduction, label_smoothing, memory_budget, grad_output: as
             ``linear_cross_entropy_forward_backward`` (label smoothing over the global C).
-        log: a ``MessageLog`` recording the four all_gathers.
+        log: a ``MessageLog`` recording the three all_gathers and grad_input's two messages.
 
     Returns:
         ``(loss, grad_input, grad_weight_shard)``: the loss as the single process returns it
@@ -244,8 +260,8 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
 
     grad_input, grad_weight_shard, _ = gradient_pass(x, weight_shard, None, 0.0, 0.0, local_args, state, status,
                                                      {}, num_classes, dtype, product)
-    grad_input = all_reduce_sum_fixed_order(grad_input, group, log=log)
-    return loss, grad_input.astype(dtype), grad_weight_shard
+    grad_input = all_reduce_rows_by_owner(grad_input, dtype, group, log=log, kind="sharded.grad_input")
+    return loss, grad_input, grad_weight_shard
 
 
 def sharded_linear_cross_entropy(x, weight_shard, target, *, class_start, num_classes, group=None, weight=None,

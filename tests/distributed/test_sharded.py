@@ -15,12 +15,12 @@ import os
 import numpy as np
 import pytest
 
+from softmaxlab.distributed import row_blocks
 from softmaxlab.distributed._sharded import exchange_bytes
 from softmaxlab.kernels import linear_cross_entropy_forward_backward
 from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE
 
 from . import sharded_workers as sw
-from .test_distributed import _messages_benchmark
 from .workers import load
 
 torch = pytest.importorskip("torch")
@@ -241,15 +241,19 @@ def test_ignored_rows_have_zero_loss_and_gradient(groups, world_size):
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_message_log_counts_the_exchange_formula(groups, world_size):
-    for name in sw.SCENARIOS:
+    # N = 6 rows: blocks of 6, (3, 3), (2, 2, 2), (1, 2, 1, 2) rows; grad_input's all_to_all sends
+    # the float64 partial's rows but the own block's, its all_gather the rounded block to P - 1 ranks
+    blocks = np.diff(row_blocks(sw.N, world_size))
+    for name, (_, dtype, _) in sw.SCENARIOS.items():
+        itemsize = np.dtype(dtype).itemsize
         sent = [np.asarray(s) for s in load(groups[world_size], f"{name}_sent", world_size)]
-        expected = [3 * 8 * (world_size - 1), sw.N * 8 * (world_size - 1), 4 * sw.N * 8 * (world_size - 1),
-                    sw.N * sw.D * 8 * (world_size - 1)]
-        for rank_sent in sent:
-            assert rank_sent.tolist() == expected
-        assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size)
-        formula = _messages_benchmark().bytes_per_step(rows=sw.N, classes=sw.T64, procs=world_size, k=4, dim=sw.D)
-        assert sum(expected) == formula["softmaxlab_sharded"]
+        for rank, rank_sent in enumerate(sent):
+            expected = [3 * 8 * (world_size - 1), sw.N * 8 * (world_size - 1), 4 * sw.N * 8 * (world_size - 1),
+                        (sw.N - blocks[rank]) * sw.D * 8, blocks[rank] * sw.D * itemsize * (world_size - 1)]
+            assert rank_sent.tolist() == expected, (name, rank)
+            assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size, itemsize, rank)
+        mean = np.mean([rank_sent.sum() for rank_sent in sent])
+        assert mean == pytest.approx(exchange_bytes(sw.N, sw.D, world_size, itemsize), rel=1e-15, abs=0)
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
