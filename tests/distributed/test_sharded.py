@@ -21,7 +21,7 @@ from softmaxlab.kernels import linear_cross_entropy_forward_backward
 from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE
 
 from . import sharded_workers as sw
-from .workers import load
+from .workers import load, load_script
 
 torch = pytest.importorskip("torch")
 
@@ -254,6 +254,9 @@ def test_message_log_counts_the_exchange_formula(groups, world_size):
             assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size, itemsize, rank)
         mean = np.mean([rank_sent.sum() for rank_sent in sent])
         assert mean == pytest.approx(exchange_bytes(sw.N, sw.D, world_size, itemsize), rel=1e-15, abs=0)
+        table = load_script("benchmarks", "sharded_communication").step_bytes(sw.N, world_size, sw.D, itemsize)
+        assert table["softmaxlab"] == pytest.approx(mean, rel=1e-15, abs=0)
+        assert table["softmaxlab_statistics"] == sum(expected[:3])
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
