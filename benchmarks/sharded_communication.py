@@ -205,9 +205,11 @@ def memory_terms(rows: int, features: int, classes: int, procs: int, itemsize: i
     Terms: the gradient of the shard (S D s); the kernel's chunk buffers (``chunk_plan``:
     pass 1's chunk, product tile and scratch, ``bytes1``; pass 2's product tiles, ``bytes2``);
     the per-row statistics (``statistics_pass``'s partial, N x K class tiles x 5 float64, and
-    about 20 arrays of N float64 or fewer bytes); the rounds' gathered arrays (P N (1 + 4)
-    float64 kept, and a second copy of round 2's P N 4 while ``all_gather_rows`` stacks its
-    list); grad_input's exchange: the float64 partial (N D 8), the received rows (P R 8 D), their
+    about 8 arrays of N float64 or fewer bytes: masks, local targets); the rounds' arrays, kept to the end of the
+    call: the received rows of the owner's block (P R (1 + 4) float64), the gathered (M, rank)
+    and (loss, state, status) rows and their copies (N (2 + 1 + 4 + 6 + 1 + 4) float64 and N
+    bytes of status), and while round 2's gather runs, the block repeated P times (P R 6
+    float64) and the owner's block arrays (R (6 + 1 + 4) float64, R bytes); grad_input's exchange: the float64 partial (N D 8), the received rows (P R 8 D), their
     sum (R D 8) and its rounding (R D s), and a copy of the rows sent to other ranks, (N - R)
     D 8, which the measurements show while gloo's all_to_all runs (observed, not read from
     gloo's source); then the rounded block repeated P times (P R D s) and the gathered result
@@ -228,9 +230,10 @@ def memory_terms(rows: int, features: int, classes: int, procs: int, itemsize: i
     finally:
         numba.set_num_threads(saved)
     tiles = -(-int(shard) // block_length(itemsize))
-    statistics = rows * tiles * 5 * 8 + 20 * rows * 8
+    statistics = rows * tiles * 5 * 8 + 8 * rows * 8
     product = min(rows, ROW_TILE) * min(int(shard), PRODUCT_TILE) * itemsize  # statistics_pass's product tile, kept for pass 2
-    rounds = procs * rows * (1 + ROUND2_WIDTH) * 8
+    rounds = procs * own * (1 + ROUND2_WIDTH) * 8 + rows * (8 * (2 + 1 + 4 + 6 + 1 + 4) + 1)
+    round2 = procs * own * 6 * 8 + own * (8 * (6 + 1 + 4) + 1)
     grad_weight = float(shard) * features * itemsize
     partial64 = rows * features * 8
     terms = {
@@ -238,7 +241,7 @@ def memory_terms(rows: int, features: int, classes: int, procs: int, itemsize: i
         "chunk_pass1": float(plan.bytes1),
         "chunk_pass2": float(plan.bytes2),
         "row_statistics": float(statistics),
-        "round_buffers": float(rounds + procs * rows * ROUND2_WIDTH * 8),
+        "round_buffers": float(rounds + round2),
         "exchange_reduce": float(partial64 + procs * own * features * 8 + own * features * (8 + itemsize)
                                  + (rows - own) * features * 8),
         "exchange_gather": float(partial64 + own * features * itemsize * (1 + procs) + rows * features * itemsize),

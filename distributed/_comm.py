@@ -19,13 +19,16 @@ imported inside the functions, so importing this module needs NumPy only.
 * ``row_blocks(rows, world)``: the rows each rank owns in the exchange below, contiguous
   blocks in rank order, rank r owning [rows r // P, rows (r + 1) // P) (sizes differ by at
   most one; a block is empty where rows < P).
-* ``all_reduce_rows_by_owner(array, dtype, group)``: the same rank-order sum, rounded once to
-  ``dtype``, sent as a reduce-scatter and an all_gather instead of one all_gather of the
-  whole arrays: one ``all_to_all_single`` sends each rank the other ranks' rows of its
-  block, which it adds in rank order ((a_0 + a_1) + a_2) + ... in float64 (the additions
-  ``all_reduce_sum_fixed_order`` makes, element by element: the same bits) and rounds to
-  ``dtype``; a second ``all_to_all_single`` sends each rank's rounded block to every other
-  rank (an all_gather of blocks of unequal sizes, which gloo's ``all_gather`` refuses).
+* ``rows_to_owners(array, group)``: one ``all_to_all_single`` that sends each rank the other
+  ranks' rows of its block, (P, R_r, k) in rank order; ``gather_row_blocks(block, rows,
+  group)``: every rank's block of rows to every rank (an all_gather of blocks of unequal
+  sizes, which gloo's ``all_gather`` refuses, sent as a second ``all_to_all_single``).  A row
+  merged by its owner from the P ranks' values and then gathered costs a process about
+  (P - 1)/P of the row's bytes twice, where an all_gather of the rows costs P - 1 times them.
+* ``all_reduce_rows_by_owner(array, dtype, group)``: the rank-order sum, rounded once to
+  ``dtype``, by these two: each owner adds its block's P parts in rank order
+  ((a_0 + a_1) + a_2) + ... in float64 (the additions ``all_reduce_sum_fixed_order`` makes,
+  element by element: the same bits) and rounds them to ``dtype``.
   ``torch.distributed.reduce_scatter`` is not used: like its all_reduce, it does not specify
   the order of the additions.
 * ``MessageLog``: a record of every call (its kind, the collective, the shape and dtype of
@@ -63,8 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ALL_GATHER", "ALL_REDUCE", "ALL_TO_ALL", "Message", "MessageLog", "all_gather_rows",
-           "all_reduce_rows_by_owner", "all_reduce_sum_fixed_order", "logged_all_reduce", "row_blocks",
-           "sent_bytes"]
+           "all_reduce_rows_by_owner", "all_reduce_sum_fixed_order", "gather_row_blocks", "logged_all_reduce",
+           "row_blocks", "rows_to_owners", "sent_bytes"]
 
 ALL_GATHER = "all_gather"
 ALL_REDUCE = "all_reduce"
@@ -213,6 +216,63 @@ def row_blocks(rows: int, world_size: int) -> list[int]:
     return [rows * rank // world_size for rank in range(world_size + 1)]
 
 
+def rows_to_owners(array: np.ndarray, group=None, *, log: MessageLog | None = None,
+                   kind: str = "rows_to_owners") -> tuple[int, int, np.ndarray]:
+    """This rank's row block of every rank's float64 (rows, k) ``array``: (start, stop, (P, stop - start, k)).
+
+    One ``torch.distributed.all_to_all_single``: rank r sends rows ``row_blocks`` [b_s, b_{s+1})
+    of its array to rank s and receives rows [b_r, b_{r+1}) of every rank's, in rank order
+    (the reduce-scatter's messages, without the sum).  Recorded as the all_to_all ``kind``:
+    8 k (rows - R_r) bytes for R_r = b_{r+1} - b_r.  Every rank must pass the same shape.
+    """
+    import torch
+    import torch.distributed as dist
+
+    array = _checked_rows(array)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    rows, width = array.shape
+    bounds = row_blocks(rows, world)
+    own = bounds[rank + 1] - bounds[rank]
+    received = torch.empty((world * own, width), dtype=torch.float64)
+    dist.all_to_all_single(received, torch.from_numpy(array), output_split_sizes=[own] * world,
+                           input_split_sizes=np.diff(bounds).tolist(), group=group)
+    if log is not None:
+        log.record(kind, ALL_TO_ALL, array.shape, array.dtype, array.itemsize, world,
+                   kept_bytes=own * width * array.itemsize)
+    return bounds[rank], bounds[rank + 1], received.numpy().reshape(world, own, width)
+
+
+def gather_row_blocks(block: np.ndarray, rows: int, group=None, *, log: MessageLog | None = None,
+                      kind: str = "gather_row_blocks") -> np.ndarray:
+    """Every rank's (R_r, k) ``block`` of rows (``row_blocks(rows, P)``), stacked in rank order: (rows, k).
+
+    float32 or float64, the same dtype and k on every rank.  gloo's all_gather needs blocks of
+    one size, so the blocks go by one ``all_to_all_single`` of this block repeated P times
+    (the copy addressed to this rank is not sent); recorded as the all_gather ``kind`` of the
+    block, R_r k s (P - 1) bytes.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not isinstance(block, np.ndarray) or block.dtype not in (np.float32, np.float64) or block.ndim != 2:
+        raise TypeError(f"block must be a 2-D NumPy array of float32 or float64, got "
+                        f"{getattr(block, 'dtype', type(block).__name__)} of shape {getattr(block, 'shape', ())}")
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    bounds = row_blocks(rows, world)
+    own = bounds[rank + 1] - bounds[rank]
+    if block.shape[0] != own:
+        raise ValueError(f"block must hold rank {rank}'s {own} of the {rows} rows, got {block.shape[0]} rows")
+    gathered = np.empty((rows, block.shape[1]), dtype=block.dtype)
+    dist.all_to_all_single(torch.from_numpy(gathered), torch.from_numpy(np.tile(block, (world, 1))),
+                           output_split_sizes=np.diff(bounds).tolist(), input_split_sizes=[own] * world,
+                           group=group)
+    if log is not None:
+        log.record(kind, ALL_GATHER, block.shape, block.dtype, block.itemsize, world)
+    return gathered
+
+
 def all_reduce_rows_by_owner(array: np.ndarray, dtype, group=None, *, log: MessageLog | None = None,
                              kind: str = "rows_by_owner") -> np.ndarray:
     """The sum over ranks of the float64 (rows, k) ``array``, added in rank order, rounded once to ``dtype``.
@@ -220,47 +280,23 @@ def all_reduce_rows_by_owner(array: np.ndarray, dtype, group=None, *, log: Messa
     Every element is ((a_0 + a_1) + a_2) + ... + a_{P-1} in float64, the bits of
     ``all_reduce_sum_fixed_order``, then ``astype(dtype)``: the same bits on every rank.
     The owner of each row block (``row_blocks``) receives the other ranks' rows of its block
-    in one ``all_to_all_single`` (recorded as ``kind + ".reduce"``), adds them in rank order
-    and rounds them; a second ``all_to_all_single`` gives every rank every rounded block
-    (recorded as the all_gather ``kind + ".gather"``).  A process owning R_r of the rows
-    sends 8 k (rows - R_r) + s k R_r (P - 1) bytes (s: ``dtype``'s itemsize), the mean over
-    ranks (8 + s) k rows (P - 1)/P.  Every rank must pass the same shape and ``dtype``.
+    (``rows_to_owners``, recorded as ``kind + ".reduce"``), adds them in rank order and rounds
+    them; every rank then receives every rounded block (``gather_row_blocks``, recorded as
+    ``kind + ".gather"``).  A process owning R_r of the rows sends 8 k (rows - R_r)
+    + s k R_r (P - 1) bytes (s: ``dtype``'s itemsize), the mean over ranks (8 + s) k rows
+    (P - 1)/P.  Every rank must pass the same shape and ``dtype``.
     """
-    import torch
-    import torch.distributed as dist
-
     array = _checked_rows(array)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    rows, width = array.shape
-    bounds = row_blocks(rows, world)
-    sizes = np.diff(bounds).tolist()
-    own = sizes[rank]
-
-    # reduce-scatter: the rows of this rank's block from every rank, in rank order
-    received = torch.empty((world * own, width), dtype=torch.float64)
-    dist.all_to_all_single(received, torch.from_numpy(array), output_split_sizes=[own] * world,
-                           input_split_sizes=sizes, group=group)
-    if log is not None:
-        log.record(f"{kind}.reduce", ALL_TO_ALL, array.shape, array.dtype, array.itemsize, world,
-                   kept_bytes=own * width * array.itemsize)
-    parts = received.numpy().reshape(world, own, width)
+    _, _, parts = rows_to_owners(array, group, log=log, kind=f"{kind}.reduce")
     total = parts[0].copy()
     for part in parts[1:]:
         total += part
     block = total.astype(dtype)
-    del received, parts, total  # the float64 rows are no longer needed: a lower peak for the gather
-
-    # all_gather of the blocks: this block to every rank (its own copy is not sent)
-    gathered = np.empty((rows, width), dtype=dtype)
-    dist.all_to_all_single(torch.from_numpy(gathered), torch.from_numpy(np.tile(block, (world, 1))),
-                           output_split_sizes=sizes, input_split_sizes=[own] * world, group=group)
-    if log is not None:
-        log.record(f"{kind}.gather", ALL_GATHER, block.shape, block.dtype, block.itemsize, world)
-    return gathered
+    del parts, total  # the float64 rows are no longer needed: a lower peak for the gather
+    return gather_row_blocks(block, array.shape[0], group, log=log, kind=f"{kind}.gather")
 
 
 def logged_all_reduce(tensor, op, group=None, *, log: MessageLog | None = None, kind: str = "all_reduce"):

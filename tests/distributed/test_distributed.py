@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from softmaxlab.distributed import MessageLog, all_gather_rows, all_reduce_rows_by_owner, row_blocks, sent_bytes
+from softmaxlab.distributed._comm import gather_row_blocks, rows_to_owners
 
 from . import workers
 from .workers import ADDITIVE, ANGULAR, C, EPS, FLOOR_ROW, K, N, ROWS, SCALE, TARGET
@@ -259,6 +260,11 @@ def test_all_gather_rows_names_a_bad_array_before_any_message(array, error, mess
 def test_sum_by_owner_names_a_bad_dtype_before_any_message():
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
         all_reduce_rows_by_owner(np.ones((2, 3)), np.float16)
+    with pytest.raises(TypeError, match=r"block must be a 2-D NumPy array of float32 or float64, got float16 "
+                                        r"of shape \(2, 3\)"):
+        gather_row_blocks(np.ones((2, 3), np.float16), 2)
+    with pytest.raises(TypeError, match=r"array must have dtype float64, got float32"):
+        rows_to_owners(np.ones((2, 3), np.float32))
 
 
 def test_the_package_imports_without_torch():

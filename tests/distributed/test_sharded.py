@@ -241,22 +241,26 @@ def test_ignored_rows_have_zero_loss_and_gradient(groups, world_size):
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_message_log_counts_the_exchange_formula(groups, world_size):
-    # N = 6 rows: blocks of 6, (3, 3), (2, 2, 2), (1, 2, 1, 2) rows; grad_input's all_to_all sends
-    # the float64 partial's rows but the own block's, its all_gather the rounded block to P - 1 ranks
+    # N = 6 rows: owners' blocks of 6, (3, 3), (2, 2, 2), (1, 2, 1, 2) rows.  Each round's all_to_all
+    # sends the rows but the own block's (1, 4 and D float64 each), its all_gather the owner's
+    # merged block to P - 1 ranks ((M, rank), (loss, state, status), grad_input in x's dtype)
     blocks = np.diff(row_blocks(sw.N, world_size))
     for name, (_, dtype, _) in sw.SCENARIOS.items():
         itemsize = np.dtype(dtype).itemsize
         sent = [np.asarray(s) for s in load(groups[world_size], f"{name}_sent", world_size)]
         for rank, rank_sent in enumerate(sent):
-            expected = [3 * 8 * (world_size - 1), sw.N * 8 * (world_size - 1), 4 * sw.N * 8 * (world_size - 1),
-                        (sw.N - blocks[rank]) * sw.D * 8, blocks[rank] * sw.D * itemsize * (world_size - 1)]
+            others, own = (sw.N - blocks[rank]) * 8, blocks[rank] * (world_size - 1)
+            expected = [3 * 8 * (world_size - 1), others, own * 2 * 8, others * 4, own * 6 * 8,
+                        others * sw.D, own * sw.D * itemsize]
             assert rank_sent.tolist() == expected, (name, rank)
             assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size, itemsize, rank)
+            assert sum(expected[:5]) == exchange_bytes(sw.N, 0, world_size, itemsize, rank)
         mean = np.mean([rank_sent.sum() for rank_sent in sent])
         assert mean == pytest.approx(exchange_bytes(sw.N, sw.D, world_size, itemsize), rel=1e-15, abs=0)
         table = load_script("benchmarks", "sharded_communication").step_bytes(sw.N, world_size, sw.D, itemsize)
         assert table["softmaxlab"] == pytest.approx(mean, rel=1e-15, abs=0)
-        assert table["softmaxlab_statistics"] == sum(expected[:3])
+        statistics = np.mean([rank_sent[:5].sum() for rank_sent in sent])
+        assert table["softmaxlab_statistics"] == pytest.approx(statistics, rel=1e-15, abs=0)
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
