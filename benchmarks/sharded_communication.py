@@ -125,7 +125,7 @@ def check_counts(folder: Path) -> list[str]:
                                             f"formula {expected}")
                 statistics = sum(v for k, v in counted[f"softmaxlab_{dtype}"]["by_kind"].items()
                                  if not k.startswith("sharded.grad_input"))
-                _require(statistics == exchange_bytes(CHECK_ROWS, 0, world),
+                _require(statistics == exchange_bytes(CHECK_ROWS, 0, world, itemsize, rank),
                          f"softmaxlab statistics, P = {world}: logged {statistics}")
             formulas = distributed_messages.bytes_per_step(CHECK_ROWS, CHECK_CLASSES, world, dim=CHECK_FEATURES,
                                                            stat_bytes=4)
@@ -168,7 +168,7 @@ def step_bytes(rows: int, procs: int, features: int = FEATURES, itemsize: int = 
 
 
 STEP_COLUMNS = {
-    "softmaxlab_statistics": "softmaxlab: statistics (3 all_gathers)",
+    "softmaxlab_statistics": "softmaxlab: bounds and 2 rounds of statistics (by owner)",
     "softmaxlab_grad_input": "softmaxlab: grad_input by owner",
     "softmaxlab": "softmaxlab: total",
     "grad_input_all_gather": "grad_input as one all_gather (replaced)",
@@ -345,7 +345,9 @@ def main(argv=None) -> int:
         "softmaxlab and the two ports' all_reduces. The logs of P = 4:",
         *logs,
         f"D = {FEATURES}, float32 (s = 4 bytes); per process and step, the mean over ranks. softmaxlab: "
-        "8 (P - 1) (3 + 5 N) for the statistics, (8 + s) N D (P - 1)/P for grad_input. No column depends on C.",
+        "24 (P - 1) + 104 N (P - 1)/P for the bounds and the statistics, (8 + s) N D (P - 1)/P for grad_input "
+        "(`exchange_bytes`). The statistics' two rounds as all_gathers (before the rows' owners merged them) "
+        "cost 8 (P - 1) (3 + 5 N): 5.0 GiB at P = 1024, N = 131072. No column depends on C.",
         "### Weak scaling: N = 128 P (Partial FC's 128 rows per process)",
         bytes_table(lambda procs: PER_PROCESS_ROWS * procs),
         f"### A fixed batch: N = {FIXED_ROWS}",
