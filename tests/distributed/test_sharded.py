@@ -290,6 +290,46 @@ def test_the_example_trains_with_two_processes_as_with_one(groups):
     assert sw.example().shard_bounds(2 * sw.T64, 2) == [0, sw.T64, 2 * sw.T64]
 
 
+@pytest.mark.parametrize("world_size", (1, 2, 3, 4))
+def test_the_sampled_loss_is_the_full_loss_over_the_kept_classes(groups, world_size):
+    # every shard but the last keeps one whole class tile: the single process's bits on the kept weights
+    x, weight, target, bounds = sw.sampled_inputs(world_size)
+    kept = [bounds[r] + k for r, k in enumerate(load(groups[world_size], "sampled_kept", world_size))]
+    for rank, shard in enumerate(kept):
+        positives = np.unique(target[(target >= bounds[rank]) & (target < bounds[rank + 1])])
+        assert shard[:positives.size].tolist() == positives.tolist()
+        assert shard.size == max(positives.size, math.ceil(sw.SAMPLE_RATE * (bounds[rank + 1] - bounds[rank])))
+        assert np.unique(shard).size == shard.size
+    order = np.concatenate(kept)
+    position = {int(c): i for i, c in enumerate(order)}
+    remapped = np.array([position[int(t)] if t != -100 else -100 for t in target])
+    loss, grad_x, grad_w = linear_cross_entropy_forward_backward(x, weight[order], remapped,
+                                                                 label_smoothing=sw.EPS)
+    losses = load(groups[world_size], "sampled_loss", world_size)
+    assert all(part.tobytes() == np.asarray(loss).tobytes() for part in losses)
+    full = linear_cross_entropy_forward_backward(x, weight, target, label_smoothing=sw.EPS)[0]
+    assert float(losses[0]) < float(full)  # the normalizers lack the dropped classes' terms (and eps is small)
+    grad_ws = load(groups[world_size], "sampled_grad_w", world_size)
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in kept])])
+    for rank, part in enumerate(grad_ws):
+        local = kept[rank] - bounds[rank]
+        np.testing.assert_array_equal(part[local], grad_w[offsets[rank]:offsets[rank + 1]])
+        dropped = np.setdiff1d(np.arange(len(part)), local)
+        assert dropped.size and np.all(part[dropped] == 0.0)
+    bound, _ = _gradient_bounds(x, weight[order], remapped, dict(label_smoothing=sw.EPS, weight=None))
+    for part in load(groups[world_size], "sampled_grad_x", world_size):
+        assert np.all(np.abs(part - grad_x) <= bound)
+
+
+@pytest.mark.parametrize("world_size", (1, 2, 3, 4))
+def test_rate_one_is_the_unsampled_loss(groups, world_size):
+    x, weight, target, bounds, kwargs = sw.scenario("aligned64_mean", world_size)
+    loss = linear_cross_entropy_forward_backward(x, weight, target, reduction="mean",
+                                                 label_smoothing=kwargs["label_smoothing"])[0]
+    for part in load(groups[world_size], "sampled_rate1_loss", world_size):
+        assert part.tobytes() == np.asarray(loss).tobytes()
+
+
 def test_the_torch_function_gives_the_numpy_gradients_times_the_upstream_gradient(tmp_path):
     # one process (a group of 1 over a file store): the autograd function against the NumPy call
     import torch.distributed as dist
