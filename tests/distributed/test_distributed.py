@@ -96,6 +96,14 @@ def test_sum_by_owner_sends_the_other_ranks_rows_and_its_block(groups, world_siz
     assert mean == pytest.approx((8 + 4) * K * rows * (world_size - 1) / world_size, rel=1e-15, abs=0)
 
 
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_gather_row_blocks_names_a_block_of_the_wrong_size(groups, world_size):
+    bounds = row_blocks(ROWS, world_size)
+    for rank, message in enumerate(workers.load(groups[world_size], "block_error", world_size)):
+        own = bounds[rank + 1] - bounds[rank]
+        assert str(message) == f"block must hold rank {rank}'s {own} of the {ROWS} rows, got {own + 1} rows"
+
+
 def test_row_blocks_split_the_rows_in_rank_order():
     assert row_blocks(5, 4) == [0, 1, 2, 3, 5]
     assert row_blocks(2, 4) == [0, 0, 1, 1, 2]  # rows < P: empty blocks

@@ -65,7 +65,8 @@ def run_checks(rank: int, world_size: int, out_dir: str) -> None:
     """One process's share of every distributed test; results saved as ``<name>.rank<r>.npy``."""
     import torch
 
-    from softmaxlab.distributed import MessageLog, all_gather_rows, all_reduce_rows_by_owner, all_reduce_sum_fixed_order
+    from softmaxlab.distributed import (MessageLog, all_gather_rows, all_reduce_rows_by_owner,
+                                        all_reduce_sum_fixed_order, gather_row_blocks)
     from softmaxlab.distributed import ports
 
     def sent(log):
@@ -82,6 +83,11 @@ def run_checks(rank: int, world_size: int, out_dir: str) -> None:
             summed = all_reduce_rows_by_owner(rank_rows(rank)[:rows], dtype, log=log)
             save(out_dir, f"by_owner{rows}_{np.dtype(dtype).name}", rank, summed)
         save(out_dir, f"by_owner{rows}_sent", rank, sent(log))
+    try:  # one row more than this rank's block: refused before any message
+        gather_row_blocks(np.ones((ROWS * (rank + 1) // world_size - ROWS * rank // world_size + 1, K)), ROWS)
+        save(out_dir, "block_error", rank, "no error")
+    except ValueError as error:
+        save(out_dir, "block_error", rank, str(error))
 
     bounds = shard_bounds(world_size)
     start, stop = bounds[rank], bounds[rank + 1]
