@@ -28,9 +28,10 @@ Three parts, in order; the script stops at the first mismatch:
    the targets), phase by phase, from the code of ``distributed/_sharded.py``,
    ``distributed/_comm.py`` and the kernel's ``chunk_plan``; the peak is the largest phase.
    Checked against the resident high-water mark of fresh processes (P = 1 and 2, one Numba
-   and one OpenBLAS thread each, ``MALLOC_MMAP_THRESHOLD_`` = 1 MiB): inputs created in place, a small warm-up call (Numba's
-   compilation or cache load, gloo's buffers), the baseline ``ru_maxrss``, one full call,
-   ``ru_maxrss`` again; the difference is the measured extra peak.  Then the formula at
+   and one OpenBLAS thread each, ``MALLOC_MMAP_THRESHOLD_`` = 1 MiB): inputs created in
+   place, a small warm-up call (Numba's compilation or cache load, gloo's buffers), the
+   baseline ``ru_maxrss``, one full call, ``ru_maxrss`` again; the difference is the
+   measured extra peak.  Then the formula at
    P = 2..1024 and C = 10^6, 10^7, 10^8 with N = 128 P.
 
 Byte counts are the payload under ``softmaxlab.distributed._comm``'s model (no headers).
@@ -96,7 +97,8 @@ def count_worker(rank: int, world: int, out_dir: str) -> None:
                                                       class_start=start, num_classes=CHECK_CLASSES,
                                                       label_smoothing=0.1, log=log)
         logs[f"softmaxlab_{np.dtype(dtype).name}"] = log
-    xt, wt, tt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(target)
+    xt, wt = (torch.from_numpy(a.astype(np.float32)) for a in (x, weight))
+    tt = torch.from_numpy(target)
     logs["megatron"] = MessageLog()
     ports.megatron_forward_backward(xt, wt[start:stop], tt, class_start=start, num_classes=CHECK_CLASSES,
                                     label_smoothing=0.1, log=logs["megatron"])
@@ -205,16 +207,17 @@ def memory_terms(rows: int, features: int, classes: int, procs: int, itemsize: i
     Terms: the gradient of the shard (S D s); the kernel's chunk buffers (``chunk_plan``:
     pass 1's chunk, product tile and scratch, ``bytes1``; pass 2's product tiles, ``bytes2``);
     the per-row statistics (``statistics_pass``'s partial, N x K class tiles x 5 float64, and
-    about 8 arrays of N float64 or fewer bytes: masks, local targets); the rounds' arrays, kept to the end of the
-    call: the received rows of the owner's block (P R (1 + 4) float64), the gathered (M, rank)
-    and (loss, state, status) rows and their copies (N (2 + 1 + 4 + 6 + 1 + 4) float64 and N
-    bytes of status), and while round 2's gather runs, the block repeated P times (P R 6
-    float64) and the owner's block arrays (R (6 + 1 + 4) float64, R bytes); grad_input's exchange: the float64 partial (N D 8), the received rows (P R 8 D), their
-    sum (R D 8) and its rounding (R D s), and a copy of the rows sent to other ranks, (N - R)
-    D 8, which the measurements show while gloo's all_to_all runs (observed, not read from
-    gloo's source); then the rounded block repeated P times (P R D s) and the gathered result
-    (N D s).  Phases: pass 1, round 2, pass 2, the exchange's
-    reduce, its gather; ``peak`` is the largest.
+    about 8 arrays of N float64 or fewer bytes: masks, local targets); the rounds' arrays,
+    kept to the end of the call: the received rows of the owner's block (P R (1 + 4)
+    float64), the gathered (M, rank) and (loss, state, status) rows and their copies
+    (N (2 + 1 + 4 + 6 + 1 + 4) float64 and N bytes of status), and while round 2's gather
+    runs, the block repeated P times (P R 6 float64) and the owner's block arrays
+    (R (6 + 1 + 4) float64, R bytes); grad_input's exchange: the float64 partial (N D 8),
+    the received rows (P R 8 D), their sum (R D 8) and its rounding (R D s), and a copy of
+    the rows sent to other ranks, (N - R) D 8, which the measurements show while gloo's
+    all_to_all runs (observed, not read from gloo's source); then the rounded block repeated
+    P times (P R D s) and the gathered result (N D s).  Phases: pass 1, round 2, pass 2, the
+    exchange's reduce, its gather; ``peak`` is the largest.
     """
     from softmaxlab.kernels._config import block_length
     from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE, ROW_TILE, chunk_plan
@@ -231,7 +234,8 @@ def memory_terms(rows: int, features: int, classes: int, procs: int, itemsize: i
         numba.set_num_threads(saved)
     tiles = -(-int(shard) // block_length(itemsize))
     statistics = rows * tiles * 5 * 8 + 8 * rows * 8
-    product = min(rows, ROW_TILE) * min(int(shard), PRODUCT_TILE) * itemsize  # statistics_pass's product tile, kept for pass 2
+    # statistics_pass's product tile, kept for pass 2
+    product = min(rows, ROW_TILE) * min(int(shard), PRODUCT_TILE) * itemsize
     rounds = procs * own * (1 + ROUND2_WIDTH) * 8 + rows * (8 * (2 + 1 + 4 + 6 + 1 + 4) + 1)
     round2 = procs * own * 6 * 8 + own * (8 * (6 + 1 + 4) + 1)
     grad_weight = float(shard) * features * itemsize
@@ -340,7 +344,8 @@ def main(argv=None) -> int:
         f"Command: `{command}` (the module docstring of `benchmarks/sharded_communication.py` says what "
         "each part does).",
         "## Bytes each process sends per step",
-        f"Checked first: the formulas equal the `MessageLog` of real gloo groups of P = {', '.join(map(str, CHECK_WORLDS))} "
+        "Checked first: the formulas equal the `MessageLog` of real gloo groups of "
+        f"P = {', '.join(map(str, CHECK_WORLDS))} "
         f"(N = {CHECK_ROWS}, D = {CHECK_FEATURES}, C = {CHECK_CLASSES}), every rank, float32 and float64, "
         "softmaxlab and the two ports' all_reduces. The logs of P = 4:",
         *logs,

@@ -50,6 +50,12 @@ def inputs(kind: str):
     return x, weight, target
 
 
+def _dots(a, b) -> list[float]:
+    """(a . b, a . a, b . b) in float64, for cosines (of a whole gradient from its shards' parts too)."""
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return [float(a @ b), float(a @ a), float(b @ b)]
+
+
 def worker(rank: int, world: int, out_dir: str) -> None:
     import numba
 
@@ -70,8 +76,7 @@ def worker(rank: int, world: int, out_dir: str) -> None:
                     x, shard, target, class_start=start, num_classes=CLASSES, sample_rate=rate, seed=0, step=step)
                 results[f"{kind} {rate} {step}"] = {
                     "full": float(full_loss), "sampled": float(loss),
-                    "x": [float(np.vdot(grad_x, full_x)), float(np.vdot(grad_x, grad_x)), float(np.vdot(full_x, full_x))],
-                    "w": [float(np.vdot(grad_w, full_w)), float(np.vdot(grad_w, grad_w)), float(np.vdot(full_w, full_w))]}
+                    "x": _dots(grad_x, full_x), "w": _dots(grad_w, full_w)}
     Path(out_dir, f"sampling.rank{rank}.json").write_text(json.dumps(results))
 
 

@@ -111,7 +111,8 @@ def markdown(results: list[dict], command: str, load_before: str, load_after: st
         f"N = {ROWS}, D = {FEATURES}, float32; forward and backward per step (the module docstring of "
         "`benchmarks/sharded_scaling.py` gives the method); a step is the slowest rank's time.",
         "",
-        "| scaling | function | processes | Numba + OpenBLAS threads per process (Numba's threading layer) | C | classes per process "
+        "| scaling | function | processes | Numba + OpenBLAS threads per process (Numba's threading layer) | C "
+        "| classes per process "
         "| median step (s) | range (s) | speed-up vs the same scaling's 1-process sharded run |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]

@@ -101,7 +101,9 @@ def sent_bytes(collective: str, payload_bytes: int, world_size: int, kept_bytes:
     if collective == ALL_GATHER:
         return float(payload_bytes * (world_size - 1))
     if collective == ALL_TO_ALL:
-        return float(payload_bytes - kept_bytes) if kept_bytes is not None else payload_bytes * (world_size - 1) / world_size
+        if kept_bytes is None:
+            return payload_bytes * (world_size - 1) / world_size
+        return float(payload_bytes - kept_bytes)
     return 2.0 * payload_bytes * (world_size - 1) / world_size
 
 
