@@ -8,21 +8,31 @@ The exchange, per call:
    that the shards tile [0, C) in rank order and raises the same error if they do not;
 1. pass 1 of ``linear_cross_entropy`` on the shard (``statistics_pass``): per row and local
    class tile k the tile's (m_k, t_k), the smoothing gaps, and the target logit where owned;
-2. round 1: an all_gather of each row's local max (N float64): the global M = max over
-   ranks (exact, order-free) and the first rank holding it;
+2. round 1: rank r owns the rows block [N r // P, N (r + 1) // P) of R_r rows
+   (``_comm.row_blocks``); it receives every rank's local max of its rows (an all_to_all of
+   N float64, ``rows_to_owners``), takes the global M = max over ranks (exact, order-free)
+   and the first rank holding it, and every rank receives every block's (M, rank) (an
+   all_gather of R_r x 2 float64, ``gather_row_blocks``);
 3. each rank sums its tiles' terms (1 + t_k) e^(m_k - M) with the global M (the first tile
    holding M globally contributes t_k) by ``pairwise_sum`` over its tiles
    (``shifted_sum``), and its gaps d_k + (M - anchor_k) W_k likewise (``_merge_gaps``);
-4. round 2: an all_gather of (shard sum, shard gaps, target logit, owned flag), N x 4
-   float64: every rank adds the shards' sums by ``pairwise_sum`` over the ranks in rank
-   order, so every rank holds the same (M, T, gaps), and forms each row's loss with
-   ``index_finite_cross_entropy`` (C and the class weights' total global);
+4. round 2: the owner of each row receives every rank's (shard sum, shard gaps, target
+   logit, owned flag) of it (an all_to_all of N x 4 float64), adds the shards' sums by
+   ``pairwise_sum`` over the ranks in rank order, forms the row's loss with
+   ``index_finite_cross_entropy`` (C and the class weights' total global) and its state
+   (M, T, TW, LSE), and every rank receives every block's (loss, state, status) (an
+   all_gather of R_r x 6 float64): every rank holds the same bits of every row;
 5. pass 2 (``gradient_pass``) on the shard: G from the global row state, grad_weight_shard
    = G^T x per product tile, and the float64 partial G W_shard of grad_input; the partials are
-   added in rank order (``all_reduce_sum_fixed_order``, an all_gather of N x D float64) and
-   rounded once.
+   added in rank order and rounded once by ``all_reduce_rows_by_owner``: the owner of each
+   row block receives the other ranks' partials of its rows (an all_to_all of the N x D
+   float64 partial), adds them in rank order in float64, rounds them to x's dtype (s bytes),
+   and every rank receives every rounded block (an all_gather of R_r x D).
 
-Bytes one process sends (``_comm``'s model, all_gathers): 8 (P - 1) (3 + N + 4 N + N D).
+Bytes process r sends (``_comm``'s model): the bounds' all_gather, 24 (P - 1); the
+all_to_alls, 8 (1 + 4 + D) (N - R_r); the all_gathers of the owners' blocks,
+(8 (2 + 6) + s D) R_r (P - 1).  In the mean over ranks 24 (P - 1) + (104 + (8 + s) D) N (P - 1)/P
+(``exchange_bytes``): apart from the bounds' 24 bytes per rank, bounded in P.
 
 When the bits are ``linear_cross_entropy_forward_backward``'s on the concatenated weights.
 ``pairwise_sum`` halves a list of n terms level by level, so its node at level L sums the
@@ -64,19 +74,34 @@ from ..kernels._linear_cross_entropy import (
 from ..kernels._driver.reduction import reduce_losses
 from ..kernels._numerics.rows import chunked_sum, pairwise_sum, shifted_sum
 from ..kernels._validation import check_float_array, check_real_scalar
-from ._comm import MessageLog, all_gather_rows, all_reduce_sum_fixed_order
+from ._comm import MessageLog, all_gather_rows, all_reduce_rows_by_owner, gather_row_blocks, row_blocks, rows_to_owners
 
 __all__ = ["sharded_linear_cross_entropy", "sharded_linear_cross_entropy_forward_backward", "exchange_bytes"]
 
 #: Round 2's floats per row: the shard's sum, its gaps, the target logit, whether it owns the target.
 ROUND2_WIDTH = 4
 SHARD_SUM, SHARD_GAPS, SHARD_TARGET, SHARD_OWNS = range(ROUND2_WIDTH)
+#: Round 2's gathered floats per row: the loss, the state (M, T, TW, LSE), the status.
+ROW_WIDTH = 6
+ROW_LOSS, ROW_STATE, ROW_STATUS = 0, slice(1, 5), 5
 
 
-def exchange_bytes(rows: int, features: int, world_size: int) -> float:
-    """Bytes one process sends per call: all_gathers of 3 (bounds), N (round 1), 4 N (round 2)
-    and N D (grad_input) float64, each B (P - 1) for B bytes (``_comm.sent_bytes``)."""
-    return 8.0 * (world_size - 1) * (3 + rows + ROUND2_WIDTH * rows + rows * features)
+def exchange_bytes(rows: int, features: int, world_size: int, itemsize: int = 8, rank: int | None = None) -> float:
+    """Bytes process ``rank`` sends per call (None: the mean over ranks), x's dtype ``itemsize`` bytes.
+
+    The bounds' all_gather of 3 float64, 24 (P - 1); all_to_alls of the rows' 1 (round 1),
+    4 (round 2) and D (grad_input) float64 to their owners, 8 (5 + D) (N - R_r); the
+    all_gathers of the owners' R_r rows of 2 and 6 float64 and D of x's dtype,
+    (64 + s D) R_r (P - 1) (the module docstring; ``features=0`` leaves grad_input out).
+    """
+    to_owners = 8 * (1 + ROUND2_WIDTH + features)
+    from_owners = 8 * (2 + ROW_WIDTH) + itemsize * features
+    bounds = 24.0 * (world_size - 1)
+    if rank is None:
+        return bounds + (to_owners + from_owners) * rows * (world_size - 1) / world_size
+    blocks = row_blocks(rows, world_size)
+    own = blocks[rank + 1] - blocks[rank]
+    return bounds + to_owners * (rows - own) + from_owners * own * (world_size - 1)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -105,6 +130,12 @@ def _combine_rows(gathered, largest, target_logit, args, classes, row_loss, stat
                     terms[r] = gathered[r, i, SHARD_GAPS]
                 gaps = pairwise_sum(terms)
             finish_row(args, i, classes, largest[i], target_logit[i], total, gaps, 0.0, row_loss, state)
+
+
+def _row_range(args, first, last, rows):
+    """``args`` for rows first:last (the targets and, where per row, the row scales)."""
+    scale = args.row_scale[first:last] if args.row_scale.shape[0] == rows else args.row_scale
+    return args._replace(target=np.ascontiguousarray(args.target[first:last]), row_scale=np.ascontiguousarray(scale))
 
 
 def _check_tiling(bounds, num_classes):
@@ -168,9 +199,10 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
     default group) calls it with the same ``x``, ``target``, ``weight`` and options and its own
     shard: ``weight_shard`` holds classes ``class_start:class_start + len(weight_shard)`` of
     the ``num_classes`` classes, and the shards tile [0, num_classes) in rank order.  Two
-    rounds of per-row statistics (N and 4 N float64) and one of grad_input's partials (N x D
-    float64) are exchanged, never logits; the module docstring gives the exchange, the
-    conditions under which the results are the single process's bits, and the bound otherwise.
+    rounds of per-row statistics and grad_input's partials are exchanged, each row's merged by
+    the rank that owns it and the results gathered, never logits; the module docstring gives
+    the exchange, the conditions under which the results are the single process's bits, and
+    the bound otherwise.
 
     Args:
         x: float32 or float64 array (N, D), the same on every rank.
@@ -180,7 +212,7 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
         weight: optional class weights (num_classes,), global.
         ignore_index, reduction, label_smoothing, memory_budget, grad_output: as
             ``linear_cross_entropy_forward_backward`` (label smoothing over the global C).
-        log: a ``MessageLog`` recording the four all_gathers.
+        log: a ``MessageLog`` recording the bounds' all_gather and the three rounds' two messages each.
 
     Returns:
         ``(loss, grad_input, grad_weight_shard)``: the loss as the single process returns it
@@ -217,35 +249,47 @@ def sharded_linear_cross_entropy_forward_backward(x, weight_shard, target, *, cl
     partial, target_logit, product = statistics_pass(
         x, weight_shard, None, 0.0, local_args, chunk_plan(rows, shard, features, dtype, budget, True))
 
-    # round 1: the rows' global max, and the first rank holding it
+    # round 1: each row's owner finds the global max and the first rank holding it; every rank gets both
     local_max = np.where(kept, partial[:, :, MAX].max(axis=1), 0.0)
-    maxima = all_gather_rows(local_max[:, None], group, log=log, kind="sharded.max")[:, :, 0]
-    largest = maxima.max(axis=0)
+    first, last, maxima = rows_to_owners(local_max[:, None], group, log=log, kind="sharded.max")
+    block_max = maxima[:, :, 0].max(axis=0)
+    holder = np.argmax(maxima[:, :, 0] == block_max, axis=0).astype(np.float64)
+    row_max = gather_row_blocks(np.column_stack([block_max, holder]), rows, group, log=log,
+                                kind="sharded.max_rows")
+    largest = np.ascontiguousarray(row_max[:, 0])
     bad = np.flatnonzero(kept & ~np.isfinite(largest))
     if bad.size:
         raise ValueError(
             f"x @ weight_shard.T must have a finite max in every row not ignored: rows {bad.tolist()} have "
             f"{largest[bad].tolist()} (the sharded loss refuses them; linear_cross_entropy_forward_backward "
             f"on the whole weight computes them)")
-    holds_first = np.argmax(maxima == largest, axis=0) == rank
+    holds_first = row_max[:, 1] == rank
 
-    # round 2: the shards' sums with the global M, combined pairwise in rank order on every rank
+    # round 2: the shards' sums with the global M; each row's owner combines them pairwise in rank
+    # order into the row's loss, state and status, which every rank then gets
     sums = np.zeros((rows, ROUND2_WIDTH))
     _shard_sums(partial, largest, holds_first, kept, smoothing, sums)
     sums[:, SHARD_TARGET] = np.where(owned, target_logit, 0.0)
     sums[:, SHARD_OWNS] = owned
-    gathered = all_gather_rows(sums, group, log=log, kind="sharded.sums")
-    label_logit = (gathered[:, :, SHARD_TARGET] * gathered[:, :, SHARD_OWNS]).sum(axis=0)  # one owner: exact
-    row_loss = np.empty(rows)
-    state = np.zeros((rows, 4))
-    status = np.empty(rows, dtype=np.int8)
-    _combine_rows(gathered, largest, label_logit, args, num_classes, row_loss, state, status)
+    _, _, parts = rows_to_owners(sums, group, log=log, kind="sharded.sums")
+    label_logit = (parts[:, :, SHARD_TARGET] * parts[:, :, SHARD_OWNS]).sum(axis=0)  # one owner: exact
+    merged = np.zeros((last - first, ROW_WIDTH))
+    status = np.empty(last - first, dtype=np.int8)
+    row_loss = np.empty(last - first)
+    state = np.zeros((last - first, 4))
+    _combine_rows(parts, largest[first:last], label_logit, _row_range(args, first, last, rows), num_classes,
+                  row_loss, state, status)
+    merged[:, ROW_LOSS], merged[:, ROW_STATE], merged[:, ROW_STATUS] = row_loss, state, status
+    merged = gather_row_blocks(merged, rows, group, log=log, kind="sharded.rows")
+    row_loss = np.ascontiguousarray(merged[:, ROW_LOSS])
+    state = np.ascontiguousarray(merged[:, ROW_STATE])
+    status = merged[:, ROW_STATUS].astype(np.int8)
     loss = reduce_losses(row_loss, reduction, (rows,), dtype, denominator, chunked_sum(row_loss))
 
     grad_input, grad_weight_shard, _ = gradient_pass(x, weight_shard, None, 0.0, 0.0, local_args, state, status,
                                                      {}, num_classes, dtype, product)
-    grad_input = all_reduce_sum_fixed_order(grad_input, group, log=log)
-    return loss, grad_input.astype(dtype), grad_weight_shard
+    grad_input = all_reduce_rows_by_owner(grad_input, dtype, group, log=log, kind="sharded.grad_input")
+    return loss, grad_input, grad_weight_shard
 
 
 def sharded_linear_cross_entropy(x, weight_shard, target, *, class_start, num_classes, group=None, weight=None,

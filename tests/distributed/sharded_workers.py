@@ -31,6 +31,12 @@ UNEVEN64 = {1: (3 * T64 - 300, [3 * T64 - 300]),
             3: (3 * T64 - 300, [1000, 9000, 3 * T64 - 10300]),
             4: (3 * T64 - 300, [3, 4100, 5000, 3 * T64 - 9403])}
 
+# sampling at rate 1/2: every shard but the last keeps exactly one float64 class tile (its 2 T64
+# classes halved; the batch's 6 targets are fewer), the last 2500 classes, so the loss over the
+# kept classes has the single process's bits on the kept weights (``distributed/_sampling.py``)
+SAMPLE_RATE, SAMPLE_SEED, SAMPLE_STEP = 0.5, 11, 3
+SAMPLED64 = {world: [2 * T64] * (world - 1) + [5000] for world in (1, 2, 3, 4)}
+
 # scenario -> (splits, dtype, options)
 SCENARIOS = {
     "aligned64_mean": (ALIGNED64, np.float64, dict(reduction="mean", label_smoothing=EPS, weighted=True)),
@@ -92,6 +98,11 @@ def run_sharded(rank: int, world_size: int, out_dir: str) -> None:
             save(out_dir, f"{name}_{part}", rank, value)
         save(out_dir, f"{name}_sent", rank, [m.sent_bytes for m in log.messages])
 
+    sampled = sampled_call(rank, world_size)
+    for part, value in zip(("loss", "grad_x", "grad_w", "kept"), sampled):
+        save(out_dir, f"sampled_{part}", rank, value)
+    save(out_dir, "sampled_rate1_loss", rank, sampled_call(rank, world_size, "aligned64_mean", 1.0)[0])
+
     x, weight, target, bounds, kwargs = scenario("aligned64_none", world_size)
     start, stop = bounds[rank], bounds[rank + 1]
     shard = weight[start:stop]
@@ -111,6 +122,29 @@ def run_sharded(rank: int, world_size: int, out_dir: str) -> None:
 
     if world_size <= 2:  # examples/train_sharded.py's training, as torchrun runs it
         save(out_dir, "example_losses", rank, example().train(steps=4))
+
+
+def sampled_inputs(world_size: int):
+    """(x, W, target, shard bounds) of the sampled scenario on ``world_size`` ranks."""
+    sizes = SAMPLED64[world_size]
+    x, weight, target, _ = inputs(sum(sizes), np.float64)
+    return x, weight, target, [0, *np.cumsum(sizes).tolist()]
+
+
+def sampled_call(rank: int, world_size: int, name: str | None = None, rate: float = SAMPLE_RATE):
+    """This rank's ``sampled_sharded_linear_cross_entropy_forward_backward`` of the sampled scenario
+    (smoothing EPS, mean), or at ``rate`` on scenario ``name``'s inputs and options."""
+    from softmaxlab.distributed import sampled_sharded_linear_cross_entropy_forward_backward as sampled
+
+    if name is None:
+        x, weight, target, bounds = sampled_inputs(world_size)
+        kwargs = dict(label_smoothing=EPS)
+    else:
+        x, weight, target, bounds, kwargs = scenario(name, world_size)
+        kwargs.pop("weight")
+    start, stop = bounds[rank], bounds[rank + 1]
+    return sampled(x, weight[start:stop], target, class_start=start, num_classes=len(weight), sample_rate=rate,
+                   seed=SAMPLE_SEED, step=SAMPLE_STEP, **kwargs)
 
 
 def example():

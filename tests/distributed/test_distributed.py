@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from softmaxlab.distributed import MessageLog, all_gather_rows, sent_bytes
+from softmaxlab.distributed import MessageLog, all_gather_rows, all_reduce_rows_by_owner, row_blocks, sent_bytes
+from softmaxlab.distributed._comm import gather_row_blocks, rows_to_owners
 
 from . import workers
 from .workers import ADDITIVE, ANGULAR, C, EPS, FLOOR_ROW, K, N, ROWS, SCALE, TARGET
@@ -51,26 +52,82 @@ def test_all_gather_rows_returns_every_ranks_rows_in_rank_order(groups, world_si
     assert _same_bits(gathered)
 
 
+def _rank_order_sum(world_size, rows=ROWS):
+    """The ranks' ``rank_rows`` (first ``rows`` rows) added in rank order, element by element, in Python floats."""
+    parts = [workers.rank_rows(rank)[:rows] for rank in range(world_size)]
+    expected = np.empty((rows, K))
+    for index in np.ndindex(rows, K):
+        total = parts[0][index]
+        for part in parts[1:]:
+            total = total + part[index]  # ((a_0 + a_1) + a_2) + ...
+        expected[index] = total
+    return expected
+
+
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_fixed_order_sum_is_the_rank_order_sum_on_every_rank(groups, world_size):
     sums = workers.load(groups[world_size], "fixed_sum", world_size)
-    parts = [workers.rank_rows(rank) for rank in range(world_size)]
-    expected = np.empty((ROWS, K))
-    for index in np.ndindex(ROWS, K):
-        total = parts[0][index]
-        for part in parts[1:]:
-            total = total + part[index]  # Python floats: ((a_0 + a_1) + a_2) + ...
-        expected[index] = total
     assert _same_bits(sums)
-    assert sums[0].tobytes() == expected.tobytes()
+    assert sums[0].tobytes() == _rank_order_sum(world_size).tobytes()
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("rows", workers.BY_OWNER_ROWS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sum_by_owner_is_the_rank_order_sum_rounded_once_on_every_rank(groups, world_size, rows, dtype):
+    sums = workers.load(groups[world_size], f"by_owner{rows}_{np.dtype(dtype).name}", world_size)
+    assert _same_bits(sums)
+    assert sums[0].dtype == dtype and sums[0].shape == (rows, K)
+    assert sums[0].tobytes() == _rank_order_sum(world_size, rows).astype(dtype).tobytes()
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("rows", workers.BY_OWNER_ROWS)
+def test_sum_by_owner_sends_the_other_ranks_rows_and_its_block(groups, world_size, rows):
+    # per dtype: the all_to_all sends every row but the own block's (8 K bytes each), the
+    # all_gather the rounded block to P - 1 ranks; the mean over ranks (8 + s) K rows (P - 1)/P
+    bounds = row_blocks(rows, world_size)
+    counted = workers.load(groups[world_size], f"by_owner{rows}_sent", world_size)
+    for rank, sent in enumerate(counted):
+        own = bounds[rank + 1] - bounds[rank]
+        assert sent.tolist() == [8 * K * (rows - own), 8 * K * own * (world_size - 1),
+                                 8 * K * (rows - own), 4 * K * own * (world_size - 1)], rank
+    mean = np.mean([sent[2:].sum() for sent in counted])
+    assert mean == pytest.approx((8 + 4) * K * rows * (world_size - 1) / world_size, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_gather_row_blocks_names_a_block_of_the_wrong_size(groups, world_size):
+    bounds = row_blocks(ROWS, world_size)
+    for rank, message in enumerate(workers.load(groups[world_size], "block_error", world_size)):
+        own = bounds[rank + 1] - bounds[rank]
+        assert str(message) == f"block must hold rank {rank}'s {own} of the {ROWS} rows, got {own + 1} rows"
+
+
+def test_row_blocks_split_the_rows_in_rank_order():
+    assert row_blocks(5, 4) == [0, 1, 2, 3, 5]
+    assert row_blocks(2, 4) == [0, 0, 1, 1, 2]  # rows < P: empty blocks
+    assert row_blocks(1024, 1024) == list(range(1025))
+    with pytest.raises(ValueError, match="rows must be a nonnegative integer, got -1"):
+        row_blocks(-1, 2)
+    with pytest.raises(ValueError, match="world_size must be a positive integer, got 0"):
+        row_blocks(4, 0)
 
 
 def test_the_rank_rows_make_the_order_of_a_sum_visible():
-    # Without this, the test above could not tell rank order from another order.
+    # Without this, the tests above could not tell rank order from another order.
     parts = [workers.rank_rows(rank) for rank in range(4)]
     forward = ((parts[0] + parts[1]) + parts[2]) + parts[3]
     backward = ((parts[3] + parts[2]) + parts[1]) + parts[0]
-    assert forward.tobytes() != backward.tobytes()
+    for rows in workers.BY_OWNER_ROWS:
+        assert forward[:rows].tobytes() != backward[:rows].tobytes()
+    # nor, in float32, one rounding of the float64 sum from a float32 sum of rounded parts
+    for world_size in (2, 3, 4):
+        rounded = parts[0].astype(np.float32)
+        for part in parts[1:world_size]:
+            rounded = rounded + part.astype(np.float32)
+        for rows in workers.BY_OWNER_ROWS:
+            assert _rank_order_sum(world_size, rows).astype(np.float32).tobytes() != rounded[:rows].tobytes()
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -175,6 +232,14 @@ def test_sent_bytes_model_and_its_errors():
         sent_bytes("all_gather", 96, 0)
     with pytest.raises(ValueError, match="payload_bytes must be a nonnegative integer, got -1"):
         sent_bytes("all_gather", -1, 2)
+    assert sent_bytes("all_to_all", 96, 4, kept_bytes=40) == 56  # every part but the own one
+    assert sent_bytes("all_to_all", 96, 4) == 72  # an even split: 3/4 of it
+    assert sent_bytes("all_to_all", 96, 1, kept_bytes=96) == 0
+    with pytest.raises(ValueError, match=r"kept_bytes must be None or, for 'all_to_all' only, an integer in "
+                                         r"\[0, payload_bytes = 96\], got 97 for 'all_to_all'"):
+        sent_bytes("all_to_all", 96, 4, kept_bytes=97)
+    with pytest.raises(ValueError, match="kept_bytes must be None or, for 'all_to_all' only.* got 8 for 'all_gather'"):
+        sent_bytes("all_gather", 96, 4, kept_bytes=8)
 
 
 def test_message_log_totals_and_table():
@@ -196,6 +261,18 @@ def test_message_log_totals_and_table():
 def test_all_gather_rows_names_a_bad_array_before_any_message(array, error, message):
     with pytest.raises(error, match=message):
         all_gather_rows(array)  # no process group exists here: the check comes first
+    with pytest.raises(error, match=message):
+        all_reduce_rows_by_owner(array, np.float64)
+
+
+def test_sum_by_owner_names_a_bad_dtype_before_any_message():
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
+        all_reduce_rows_by_owner(np.ones((2, 3)), np.float16)
+    with pytest.raises(TypeError, match=r"block must be a 2-D NumPy array of float32 or float64, got float16 "
+                                        r"of shape \(2, 3\)"):
+        gather_row_blocks(np.ones((2, 3), np.float16), 2)
+    with pytest.raises(TypeError, match=r"array must have dtype float64, got float32"):
+        rows_to_owners(np.ones((2, 3), np.float32))
 
 
 def test_the_package_imports_without_torch():

@@ -15,13 +15,13 @@ import os
 import numpy as np
 import pytest
 
+from softmaxlab.distributed import row_blocks
 from softmaxlab.distributed._sharded import exchange_bytes
 from softmaxlab.kernels import linear_cross_entropy_forward_backward
 from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE
 
 from . import sharded_workers as sw
-from .test_distributed import _messages_benchmark
-from .workers import load
+from .workers import load, load_script
 
 torch = pytest.importorskip("torch")
 
@@ -241,15 +241,26 @@ def test_ignored_rows_have_zero_loss_and_gradient(groups, world_size):
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_message_log_counts_the_exchange_formula(groups, world_size):
-    for name in sw.SCENARIOS:
+    # N = 6 rows: owners' blocks of 6, (3, 3), (2, 2, 2), (1, 2, 1, 2) rows.  Each round's all_to_all
+    # sends the rows but the own block's (1, 4 and D float64 each), its all_gather the owner's
+    # merged block to P - 1 ranks ((M, rank), (loss, state, status), grad_input in x's dtype)
+    blocks = np.diff(row_blocks(sw.N, world_size))
+    for name, (_, dtype, _) in sw.SCENARIOS.items():
+        itemsize = np.dtype(dtype).itemsize
         sent = [np.asarray(s) for s in load(groups[world_size], f"{name}_sent", world_size)]
-        expected = [3 * 8 * (world_size - 1), sw.N * 8 * (world_size - 1), 4 * sw.N * 8 * (world_size - 1),
-                    sw.N * sw.D * 8 * (world_size - 1)]
-        for rank_sent in sent:
-            assert rank_sent.tolist() == expected
-        assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size)
-        formula = _messages_benchmark().bytes_per_step(rows=sw.N, classes=sw.T64, procs=world_size, k=4, dim=sw.D)
-        assert sum(expected) == formula["softmaxlab_sharded"]
+        for rank, rank_sent in enumerate(sent):
+            others, own = (sw.N - blocks[rank]) * 8, blocks[rank] * (world_size - 1)
+            expected = [3 * 8 * (world_size - 1), others, own * 2 * 8, others * 4, own * 6 * 8,
+                        others * sw.D, own * sw.D * itemsize]
+            assert rank_sent.tolist() == expected, (name, rank)
+            assert sum(expected) == exchange_bytes(sw.N, sw.D, world_size, itemsize, rank)
+            assert sum(expected[:5]) == exchange_bytes(sw.N, 0, world_size, itemsize, rank)
+        mean = np.mean([rank_sent.sum() for rank_sent in sent])
+        assert mean == pytest.approx(exchange_bytes(sw.N, sw.D, world_size, itemsize), rel=1e-15, abs=0)
+        table = load_script("benchmarks", "sharded_communication").step_bytes(sw.N, world_size, sw.D, itemsize)
+        assert table["softmaxlab"] == pytest.approx(mean, rel=1e-15, abs=0)
+        statistics = np.mean([rank_sent[:5].sum() for rank_sent in sent])
+        assert table["softmaxlab_statistics"] == pytest.approx(statistics, rel=1e-15, abs=0)
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -277,6 +288,46 @@ def test_the_example_trains_with_two_processes_as_with_one(groups):
     assert two[0].tobytes() == one.tobytes()
     assert np.all(np.diff(one) < 0)  # it learns
     assert sw.example().shard_bounds(2 * sw.T64, 2) == [0, sw.T64, 2 * sw.T64]
+
+
+@pytest.mark.parametrize("world_size", (1, 2, 3, 4))
+def test_the_sampled_loss_is_the_full_loss_over_the_kept_classes(groups, world_size):
+    # every shard but the last keeps one whole class tile: the single process's bits on the kept weights
+    x, weight, target, bounds = sw.sampled_inputs(world_size)
+    kept = [bounds[r] + k for r, k in enumerate(load(groups[world_size], "sampled_kept", world_size))]
+    for rank, shard in enumerate(kept):
+        positives = np.unique(target[(target >= bounds[rank]) & (target < bounds[rank + 1])])
+        assert shard[:positives.size].tolist() == positives.tolist()
+        assert shard.size == max(positives.size, math.ceil(sw.SAMPLE_RATE * (bounds[rank + 1] - bounds[rank])))
+        assert np.unique(shard).size == shard.size
+    order = np.concatenate(kept)
+    position = {int(c): i for i, c in enumerate(order)}
+    remapped = np.array([position[int(t)] if t != -100 else -100 for t in target])
+    loss, grad_x, grad_w = linear_cross_entropy_forward_backward(x, weight[order], remapped,
+                                                                 label_smoothing=sw.EPS)
+    losses = load(groups[world_size], "sampled_loss", world_size)
+    assert all(part.tobytes() == np.asarray(loss).tobytes() for part in losses)
+    full = linear_cross_entropy_forward_backward(x, weight, target, label_smoothing=sw.EPS)[0]
+    assert float(losses[0]) < float(full)  # the normalizers lack the dropped classes' terms (and eps is small)
+    grad_ws = load(groups[world_size], "sampled_grad_w", world_size)
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in kept])])
+    for rank, part in enumerate(grad_ws):
+        local = kept[rank] - bounds[rank]
+        np.testing.assert_array_equal(part[local], grad_w[offsets[rank]:offsets[rank + 1]])
+        dropped = np.setdiff1d(np.arange(len(part)), local)
+        assert dropped.size and np.all(part[dropped] == 0.0)
+    bound, _ = _gradient_bounds(x, weight[order], remapped, dict(label_smoothing=sw.EPS, weight=None))
+    for part in load(groups[world_size], "sampled_grad_x", world_size):
+        assert np.all(np.abs(part - grad_x) <= bound)
+
+
+@pytest.mark.parametrize("world_size", (1, 2, 3, 4))
+def test_rate_one_is_the_unsampled_loss(groups, world_size):
+    x, weight, target, bounds, kwargs = sw.scenario("aligned64_mean", world_size)
+    loss = linear_cross_entropy_forward_backward(x, weight, target, reduction="mean",
+                                                 label_smoothing=kwargs["label_smoothing"])[0]
+    for part in load(groups[world_size], "sampled_rate1_loss", world_size):
+        assert part.tobytes() == np.asarray(loss).tobytes()
 
 
 def test_the_torch_function_gives_the_numpy_gradients_times_the_upstream_gradient(tmp_path):

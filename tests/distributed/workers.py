@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 ROWS, K = 5, 3  # the (rows, k) arrays of the message tests
+BY_OWNER_ROWS = (ROWS, 2)  # rows of the sums by owner: uneven blocks at P = 2, 3, 4; empty blocks at P = 3, 4
 N, D, C = 6, 8, 14  # the losses' batch, feature size and global class count
 TARGET = np.array([0, 13, 2, 5, 9, 4])  # targets in every shard of every split below
 EPS = 0.1  # label smoothing
@@ -64,7 +65,8 @@ def run_checks(rank: int, world_size: int, out_dir: str) -> None:
     """One process's share of every distributed test; results saved as ``<name>.rank<r>.npy``."""
     import torch
 
-    from softmaxlab.distributed import MessageLog, all_gather_rows, all_reduce_sum_fixed_order
+    from softmaxlab.distributed import (MessageLog, all_gather_rows, all_reduce_rows_by_owner,
+                                        all_reduce_sum_fixed_order, gather_row_blocks)
     from softmaxlab.distributed import ports
 
     def sent(log):
@@ -74,6 +76,18 @@ def run_checks(rank: int, world_size: int, out_dir: str) -> None:
     save(out_dir, "gathered", rank, all_gather_rows(rank_rows(rank), log=log))
     save(out_dir, "fixed_sum", rank, all_reduce_sum_fixed_order(rank_rows(rank), log=log))
     save(out_dir, "comm_sent", rank, sent(log))
+
+    for rows in BY_OWNER_ROWS:
+        log = MessageLog()
+        for dtype in (np.float64, np.float32):
+            summed = all_reduce_rows_by_owner(rank_rows(rank)[:rows], dtype, log=log)
+            save(out_dir, f"by_owner{rows}_{np.dtype(dtype).name}", rank, summed)
+        save(out_dir, f"by_owner{rows}_sent", rank, sent(log))
+    try:  # one row more than this rank's block: refused before any message
+        gather_row_blocks(np.ones((ROWS * (rank + 1) // world_size - ROWS * rank // world_size + 1, K)), ROWS)
+        save(out_dir, "block_error", rank, "no error")
+    except ValueError as error:
+        save(out_dir, "block_error", rank, str(error))
 
     bounds = shard_bounds(world_size)
     start, stop = bounds[rank], bounds[rank + 1]
