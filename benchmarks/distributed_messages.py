@@ -21,10 +21,13 @@ The exchanges, per process and step:
 * softmaxlab: an all_gather of the N x k float64 per-row statistics, merged in rank order
   (``all_reduce_sum_fixed_order``'s pattern): 8 N k (P - 1).
 * softmaxlab's ``sharded_linear_cross_entropy_forward_backward`` (every step's whole
-  exchange): all_gathers of the shard bounds (3 float64), of the rows' local max (round 1,
-  N float64), of the rows' shard sums (round 2, N x k float64, k = 4: the sum of
-  exponentials, the smoothing gaps, the target logit, the owner flag) and of grad_input's
-  float64 partials (N x D, added in rank order): 8 (P - 1) (3 + N + k N + N D).
+  exchange, ``softmaxlab.distributed._sharded.exchange_bytes``): the shard bounds'
+  all_gather (3 float64), then each row's statistics (1 float64 in round 1, 4 in round 2)
+  and grad_input's float64 partials (D) sent to the rank that owns the row, which merges them
+  in rank order, and the owners' merged rows (2 + 6 float64, D of x's dtype) gathered: in
+  the mean over ranks 24 (P - 1) + (104 + (8 + s) D) N (P - 1)/P, bounded in P.
+  ``sharded_linear_margin_cross_entropy_forward_backward`` likewise
+  (``_sharded_margin.margin_exchange_bytes``): 24 (P - 1) + (80 + (8 + s) D) N (P - 1)/P.
 * Megatron-LM (Shoeybi et al. 2019): three all_reduces of N float32 (max, target logit, sum of
   exponentials): 3 x 2 (P - 1)/P 4 N.
 * Partial FC (An et al. 2021): all_gather of the embeddings (N x D float32 gathered) and the
@@ -35,12 +38,10 @@ The exchanges, per process and step:
   shard gives a part of dx = G W): an all_reduce of N x D float32, 2 (P - 1)/P 4 N D; shown
   apart, because it does not depend on the loss and dwarfs the statistics.
 * For scale, gathering the logits instead: (P - 1)/P 4 N C.
-* An alternative for softmaxlab (not implemented): the statistics' all_gather grows like P;
-  each process could instead send the statistics of rows block r to process r (an
-  all-to-all, (P - 1)/P of the N k floats), which merges them in rank order, then all_gather
-  the merged rows ((P - 1)/P again): 2 (P - 1)/P 8 N k, the same fixed order and bits, at a
-  ring all_reduce's bandwidth.
-
+* The statistics merged by their owners instead of all_gathered (the sharded losses'
+  pattern): each process sends the statistics of rows block r to process r (an all-to-all,
+  (P - 1)/P of the N k floats), which merges them in rank order, then the merged rows are
+  gathered ((P - 1)/P again): 2 (P - 1)/P 8 N k, the same fixed order and bits.
 None of the losses' own exchanges depends on C: the classes enter only the compute.  The
 counts are the payload only (no headers, no rendezvous), the mean over ranks.
 """
@@ -73,8 +74,9 @@ def bytes_per_step(rows: int, classes: int, procs: int, k: int = 4, dim: int = 5
 
     ``stat_bytes`` is the itemsize of Megatron-LM's and Partial FC's per-row statistics
     (float32 in both; 8 for the float64 ports the tests run).  Keys: ``softmaxlab`` (the
-    all_gather of statistics), ``softmaxlab_by_owner`` (the alternative in the module
-    docstring), ``megatron``, ``partial_fc_loss`` (its three all_reduces),
+    all_gather of statistics), ``softmaxlab_by_owner`` (the statistics merged by their owners),
+    ``softmaxlab_sharded`` and ``softmaxlab_sharded_margin`` (the sharded losses' whole
+    exchange, float32 inputs), ``megatron``, ``partial_fc_loss`` (its three all_reduces),
     ``partial_fc_embeddings`` (its embeddings and labels out, gradients back),
     ``dx_all_reduce``, ``logits_all_gather``.
     """
@@ -82,13 +84,16 @@ def bytes_per_step(rows: int, classes: int, procs: int, k: int = 4, dim: int = 5
                         ("stat_bytes", stat_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    from softmaxlab.distributed._sharded import exchange_bytes
+    from softmaxlab.distributed._sharded_margin import margin_exchange_bytes
+
     stats = FLOAT64 * rows * k
-    sharded = FLOAT64 * (3 + rows + rows * k + rows * dim)
     embeddings = FLOAT32 * rows * dim
     return {
         "softmaxlab": float(_all_gather(stats, procs)),
         "softmaxlab_by_owner": 2 * _reduce_scatter(stats, procs),
-        "softmaxlab_sharded": float(_all_gather(sharded, procs)),
+        "softmaxlab_sharded": exchange_bytes(rows, dim, procs, FLOAT32),
+        "softmaxlab_sharded_margin": margin_exchange_bytes(rows, dim, procs, FLOAT32),
         "megatron": 3 * _all_reduce(stat_bytes * rows, procs),
         "partial_fc_loss": 3 * _all_reduce(stat_bytes * rows, procs),
         "partial_fc_embeddings": (_all_gather((embeddings + INT64 * rows) / procs, procs)
@@ -107,8 +112,9 @@ def _human(count: float) -> str:
 
 COLUMNS = {  # bytes_per_step's keys, as the table's columns, in order
     "softmaxlab": "softmaxlab: stats all_gather",
-    "softmaxlab_by_owner": "softmaxlab: rows merged by owner (alternative)",
-    "softmaxlab_sharded": "softmaxlab sharded LCE: bounds, 2 rounds, dx (float64)",
+    "softmaxlab_by_owner": "softmaxlab: stats merged by owner",
+    "softmaxlab_sharded": "softmaxlab sharded LCE: bounds, 2 rounds, dx, by owner",
+    "softmaxlab_sharded_margin": "softmaxlab sharded ArcFace: bounds, 2 rounds, dx, by owner",
     "megatron": "Megatron-LM: 3 all_reduces",
     "partial_fc_loss": "Partial FC: 3 all_reduces",
     "partial_fc_embeddings": "Partial FC: embeddings, labels, grads",

@@ -19,7 +19,8 @@ softmaxlab.distributed`` works without torch installed.
   single process's bits for shards of 2^j class tiles, and ``sharded_linear_cross_entropy``,
   its differentiable torch form for training (``examples/train_sharded.py``).
 * ``_sharded_margin``: ``sharded_linear_margin_cross_entropy_forward_backward``, the fused
-  margin cross-entropy (NormFace, CosFace, ArcFace) over the same shards.
+  margin cross-entropy (NormFace, CosFace, ArcFace) over the same shards, and its
+  differentiable torch form ``sharded_linear_margin_cross_entropy``.
 * ``_sampling``: ``sampled_sharded_linear_cross_entropy_forward_backward``, the same loss over
   every positive class of the batch and a seeded sample of the negatives, as Partial FC's
   sample rate (An et al. 2021): an approximation of the full softmax.
@@ -31,9 +32,10 @@ from ._comm import (MessageLog, all_gather_rows, all_reduce_rows_by_owner, all_r
                     gather_row_blocks, row_blocks, rows_to_owners, sent_bytes)
 from ._sampling import sampled_sharded_linear_cross_entropy_forward_backward
 from ._sharded import sharded_linear_cross_entropy, sharded_linear_cross_entropy_forward_backward
-from ._sharded_margin import sharded_linear_margin_cross_entropy_forward_backward
+from ._sharded_margin import sharded_linear_margin_cross_entropy, sharded_linear_margin_cross_entropy_forward_backward
 
 __all__ = ["MessageLog", "all_gather_rows", "all_reduce_rows_by_owner", "all_reduce_sum_fixed_order",
            "gather_row_blocks", "row_blocks", "rows_to_owners", "sent_bytes",
            "sampled_sharded_linear_cross_entropy_forward_backward", "sharded_linear_cross_entropy",
-           "sharded_linear_cross_entropy_forward_backward", "sharded_linear_margin_cross_entropy_forward_backward"]
+           "sharded_linear_cross_entropy_forward_backward", "sharded_linear_margin_cross_entropy",
+           "sharded_linear_margin_cross_entropy_forward_backward"]

@@ -276,7 +276,7 @@ def gather_row_blocks(block: np.ndarray, rows: int, group=None, *, log: MessageL
 
 
 def all_reduce_rows_by_owner(array: np.ndarray, dtype, group=None, *, log: MessageLog | None = None,
-                             kind: str = "rows_by_owner") -> np.ndarray:
+                             kind: str = "rows_by_owner", finish=None) -> np.ndarray:
     """The sum over ranks of the float64 (rows, k) ``array``, added in rank order, rounded once to ``dtype``.
 
     Every element is ((a_0 + a_1) + a_2) + ... + a_{P-1} in float64, the bits of
@@ -286,17 +286,19 @@ def all_reduce_rows_by_owner(array: np.ndarray, dtype, group=None, *, log: Messa
     them; every rank then receives every rounded block (``gather_row_blocks``, recorded as
     ``kind + ".gather"``).  A process owning R_r of the rows sends 8 k (rows - R_r)
     + s k R_r (P - 1) bytes (s: ``dtype``'s itemsize), the mean over ranks (8 + s) k rows
-    (P - 1)/P.  Every rank must pass the same shape and ``dtype``.
+    (P - 1)/P.  Every rank must pass the same shape and ``dtype``.  With ``finish``, the owner
+    rounds ``finish(start, stop, total)`` instead of its float64 sum ``total`` of rows
+    [start, stop) (the same shape).
     """
     array = _checked_rows(array)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    _, _, parts = rows_to_owners(array, group, log=log, kind=f"{kind}.reduce")
+    start, stop, parts = rows_to_owners(array, group, log=log, kind=f"{kind}.reduce")
     total = parts[0].copy()
     for part in parts[1:]:
         total += part
-    block = total.astype(dtype)
+    block = (total if finish is None else finish(start, stop, total)).astype(dtype)
     del parts, total  # the float64 rows are no longer needed: a lower peak for the gather
     return gather_row_blocks(block, array.shape[0], group, log=log, kind=f"{kind}.gather")
 

@@ -94,8 +94,15 @@ def exchange_bytes(rows: int, features: int, world_size: int, itemsize: int = 8,
     all_gathers of the owners' R_r rows of 2 and 6 float64 and D of x's dtype,
     (64 + s D) R_r (P - 1) (the module docstring; ``features=0`` leaves grad_input out).
     """
-    to_owners = 8 * (1 + ROUND2_WIDTH + features)
-    from_owners = 8 * (2 + ROW_WIDTH) + itemsize * features
+    return owner_exchange_bytes(rows, world_size, 8 * (1 + ROUND2_WIDTH + features),
+                                8 * (2 + ROW_WIDTH) + itemsize * features, rank)
+
+
+def owner_exchange_bytes(rows: int, world_size: int, to_owners: int, from_owners: int,
+                         rank: int | None = None) -> float:
+    """Bytes process ``rank`` (None: the mean over ranks) sends in a sharded loss's exchange: the
+    bounds' all_gather (24 (P - 1)), ``to_owners`` bytes per row it does not own sent to the row's
+    owner, and ``from_owners`` bytes per row it owns gathered to the P - 1 others."""
     bounds = 24.0 * (world_size - 1)
     if rank is None:
         return bounds + (to_owners + from_owners) * rows * (world_size - 1) / world_size
@@ -305,16 +312,25 @@ def sharded_linear_cross_entropy(x, weight_shard, target, *, class_start, num_cl
     must call backward).  x's gradient is the same on every rank (its partials are added
     across ranks), so a model that computes x identically on every rank stays in step.
     """
-    import torch
-
     options = dict(class_start=class_start, num_classes=num_classes, group=group, weight=weight,
                    ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                    memory_budget=memory_budget, log=log)
+    return differentiable(sharded_linear_cross_entropy_forward_backward, x, weight_shard, target, options)
+
+
+def differentiable(forward_backward, x, weight_shard, target, options):
+    """``forward_backward(x, weight_shard, target, **options)`` (a sharded NumPy loss returning
+    (loss, grad_input, grad_weight_shard)) on torch CPU tensors, differentiable in x and
+    weight_shard: the forward keeps both gradients for ``grad_output=1``; the backward returns
+    them times the upstream gradient g, or, for ``reduction="none"``, runs the loss again with
+    ``grad_output=g`` (so every rank must call backward)."""
+    import torch
+
     for name, value in (("x", x), ("weight_shard", weight_shard), ("target", target)):
         if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
             raise TypeError(f"{name} must be a CPU torch.Tensor, got {type(value).__name__}"
                             + (f" on {value.device}" if isinstance(value, torch.Tensor) else ""))
-    return _autograd_function().apply(x, weight_shard, target, options)
+    return _autograd_function().apply(x, weight_shard, target, (forward_backward, options))
 
 
 _FUNCTION = []
@@ -326,25 +342,27 @@ def _autograd_function():
         return _FUNCTION[0]
     import torch
 
-    class ShardedLinearCrossEntropy(torch.autograd.Function):
+    class ShardedLoss(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, weight_shard, target, options):
+        def forward(ctx, x, weight_shard, target, call):
+            forward_backward, options = call
             arrays = (x.detach().numpy(), weight_shard.detach().numpy(), target.detach().numpy())
-            loss, grad_x, grad_w = sharded_linear_cross_entropy_forward_backward(*arrays, **options)
-            ctx.arrays, ctx.options = arrays, options
+            loss, grad_x, grad_w = forward_backward(*arrays, **options)
+            ctx.arrays, ctx.call = arrays, call
             ctx.save_for_backward(torch.from_numpy(grad_x), torch.from_numpy(grad_w))
             return torch.from_numpy(np.asarray(loss))
 
         @staticmethod
         def backward(ctx, grad_loss):
             grad_x, grad_w = ctx.saved_tensors
-            if ctx.options["reduction"] == "none":
-                options = dict(ctx.options, grad_output=grad_loss.detach().numpy().astype(np.float64))
-                _, grad_x, grad_w = sharded_linear_cross_entropy_forward_backward(*ctx.arrays, **options)
+            forward_backward, options = ctx.call
+            if options["reduction"] == "none":
+                options = dict(options, grad_output=grad_loss.detach().numpy().astype(np.float64))
+                _, grad_x, grad_w = forward_backward(*ctx.arrays, **options)
                 grad_x, grad_w = torch.from_numpy(grad_x), torch.from_numpy(grad_w)
             elif float(grad_loss) != 1.0:
                 grad_x, grad_w = grad_x * grad_loss, grad_w * grad_loss
             return grad_x, grad_w, None, None
 
-    _FUNCTION.append(ShardedLinearCrossEntropy)
-    return ShardedLinearCrossEntropy
+    _FUNCTION.append(ShardedLoss)
+    return ShardedLoss

@@ -118,9 +118,9 @@ DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
 PRECISIONS = ("input", "float64")
 
 #: Classes per GEMM (the logits and G W): the fixed column partition of every product.
-PRODUCT_TILE = 1024
+PRODUCT_TILE = 2048
 #: Rows per GEMM: the fixed row partition of every product (G^T x sums over it, then over the tiles).
-ROW_TILE = 512
+ROW_TILE = 1024
 
 # row status (``_merge_rows``)
 KEPT, IGNORED, FALLBACK = 0, 1, 2

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sharded_workers import ALIGNED32, ALIGNED64, UNEVEN64
-from .workers import save
+from .sharded_workers import ALIGNED32, ALIGNED64, UNEVEN64, run_scenarios
+from .workers import load_script, save
 
 N, D = 6, 8
 TINY_ROW = 0
@@ -48,15 +48,11 @@ def run_sharded_margin(rank: int, world_size: int, out_dir: str) -> None:
     """One process's share of every scenario; results saved as ``<name>_<part>.rank<r>.npy``."""
     import numba
 
-    from softmaxlab.distributed import MessageLog, sharded_linear_margin_cross_entropy_forward_backward as sharded
+    from softmaxlab.distributed import sharded_linear_margin_cross_entropy_forward_backward as sharded
 
     numba.set_num_threads(1)
-    for name in SCENARIOS:
-        x, weight, target, bounds, options = scenario(name, world_size)
-        start, stop = bounds[rank], bounds[rank + 1]
-        log = MessageLog()
-        loss, grad_x, grad_w = sharded(x, weight[start:stop], target, class_start=start, num_classes=len(weight),
-                                       log=log, **options)
-        for part, value in (("loss", loss), ("grad_x", grad_x), ("grad_w", grad_w)):
-            save(out_dir, f"{name}_{part}", rank, value)
-        save(out_dir, f"{name}_sent", rank, [m.sent_bytes for m in log.messages])
+    run_scenarios(sharded, SCENARIOS, scenario, rank, world_size, out_dir)
+
+    if world_size <= 2:  # examples/train_sharded.py's ArcFace head, as torchrun runs it
+        example = load_script("examples", "train_sharded")
+        save(out_dir, "example_losses", rank, example.train(steps=4, head="arcface"))

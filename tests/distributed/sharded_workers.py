@@ -80,23 +80,32 @@ def _error(call) -> str:
     return "no error"
 
 
+def run_scenarios(sharded, scenarios, scenario, rank: int, world_size: int, out_dir: str) -> None:
+    """This rank's ``sharded`` loss of every scenario (``scenario(name, world_size)`` gives x, W,
+    target, the shard bounds and the options); its loss, gradients and bytes sent saved as
+    ``<name>_<part>.rank<r>.npy``."""
+    from softmaxlab.distributed import MessageLog
+
+    for name in scenarios:
+        x, weight, target, bounds, options = scenario(name, world_size)
+        start, stop = bounds[rank], bounds[rank + 1]
+        log = MessageLog()
+        loss, grad_x, grad_w = sharded(x, weight[start:stop], target, class_start=start, num_classes=len(weight),
+                                       log=log, **options)
+        for part, value in (("loss", loss), ("grad_x", grad_x), ("grad_w", grad_w)):
+            save(out_dir, f"{name}_{part}", rank, value)
+        save(out_dir, f"{name}_sent", rank, [m.sent_bytes for m in log.messages])
+
+
 def run_sharded(rank: int, world_size: int, out_dir: str) -> None:
     """One process's share of every sharded test; results saved as ``<name>.rank<r>.npy``."""
     import numba
 
-    from softmaxlab.distributed import MessageLog, sharded_linear_cross_entropy_forward_backward as sharded
+    from softmaxlab.distributed import sharded_linear_cross_entropy_forward_backward as sharded
 
     numba.set_num_threads(1)  # P processes on a few cores; the results do not depend on the thread count
 
-    for name in SCENARIOS:
-        x, weight, target, bounds, kwargs = scenario(name, world_size)
-        start, stop = bounds[rank], bounds[rank + 1]
-        log = MessageLog()
-        loss, grad_x, grad_w = sharded(x, weight[start:stop], target, class_start=start, num_classes=len(weight),
-                                       log=log, **kwargs)
-        for part, value in (("loss", loss), ("grad_x", grad_x), ("grad_w", grad_w)):
-            save(out_dir, f"{name}_{part}", rank, value)
-        save(out_dir, f"{name}_sent", rank, [m.sent_bytes for m in log.messages])
+    run_scenarios(sharded, SCENARIOS, scenario, rank, world_size, out_dir)
 
     sampled = sampled_call(rank, world_size)
     for part, value in zip(("loss", "grad_x", "grad_w", "kept"), sampled):

@@ -150,7 +150,8 @@ def test_bits_do_not_depend_on_the_budget(dtype, shape):
         rows, features, classes = ROW_TILE + 37, 3, 2 * PRODUCT_TILE + 5
     x, linear_weight, target = _problem(rows, features, classes, dtype, seed=4)
     tile = rows * block_length(np.dtype(dtype).itemsize) * np.dtype(dtype).itemsize
-    budgets = [1, 1, 2 * tile, DEFAULT_MEMORY_BUDGET]  # the first twice: run to run told apart from the budget's
+    everything = 4 * rows * classes * np.dtype(dtype).itemsize  # one chunk for every class
+    budgets = [1, 1, 2 * tile, DEFAULT_MEMORY_BUDGET, everything]  # the first twice: run to run told apart
     assert len({chunk_plan(rows, classes, features, dtype, budget)[:3] for budget in budgets}) >= 2
     results = [_outputs(x, linear_weight, target, memory_budget=budget) for budget in budgets]
     for budget, other in zip(budgets[1:], results[1:]):
