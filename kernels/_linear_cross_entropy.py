@@ -517,13 +517,21 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
     rows, features = x.shape
     shard = linear_weight.shape[0]
     grad_input = np.zeros((rows, features))
-    grad_weight = np.zeros((shard, features), dtype=dtype)  # zeros: no row writes nothing
+    # every class tile writes its rows of grad_weight; aligned, so that a tile's product (written
+    # there directly when it is the last word) starts on 64 bytes as the product buffers do
+    grad_weight = _aligned_empty(shard * features, dtype).reshape(shard, features)
+    if rows == 0:
+        grad_weight.fill(0.0)  # no row tile: no product writes it
     grad_bias = np.zeros(shard) if linear_bias is not None else None
     outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, product.dtype),
                _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, product.dtype))
+    summed = rows > ROW_TILE or finish is not None
+    sums = np.empty((min(max(shard, 1), PRODUCT_TILE), features)) if summed else None
     for cols in _tiles(0, shard, PRODUCT_TILE):
-        summed = rows > ROW_TILE or finish is not None
-        accumulator = np.zeros((cols[1] - cols[0], features)) if summed else None
+        accumulator = None
+        if summed:
+            accumulator = sums[: cols[1] - cols[0]]
+            accumulator.fill(0.0)
         for row_tile in _tiles(0, rows, ROW_TILE):
             tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
             run_row_blocks(kernel, tile.shape[0], tile, row_tile[0], cols[0], *kernel_args)
@@ -558,12 +566,17 @@ def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_we
     dx = into_dx[: (rows[1] - rows[0]) * features].reshape(rows[1] - rows[0], features)
     np.matmul(tile, np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype), out=dx)
     grad_input[rows[0] : rows[1]] += dx
-    dw = into_dw[: (cols[1] - cols[0]) * features].reshape(cols[1] - cols[0], features)
-    np.matmul(tile.T, x[rows[0] : rows[1]], out=dw)
-    if accumulator is None:
-        grad_weight[cols[0] : cols[1]] = dw  # rounded once to the output's dtype
+    if accumulator is None and grad_weight.dtype == tile.dtype:
+        # the product is the result: written in place (the GEMM's threads touch the fresh pages;
+        # a copy from a buffer faulted them in one thread, 14 ms per 4 MiB tile on this machine)
+        np.matmul(tile.T, x[rows[0] : rows[1]], out=grad_weight[cols[0] : cols[1]])
     else:
-        accumulator += dw
+        dw = into_dw[: (cols[1] - cols[0]) * features].reshape(cols[1] - cols[0], features)
+        np.matmul(tile.T, x[rows[0] : rows[1]], out=dw)
+        if accumulator is None:
+            grad_weight[cols[0] : cols[1]] = dw  # rounded once to the output's dtype
+        else:
+            accumulator += dw
     if grad_bias is not None:
         grad_bias[cols[0] : cols[1]] += tile.sum(axis=0, dtype=np.float64)
 
