@@ -308,7 +308,7 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
         precision: "input" (default) or "float64", the dtype of the products.
 
     Returns:
-        The loss in ``x``'s dtype: a 0-d array for "mean" and "sum", shape (N,) for "none".
+        The loss in ``x``'s dtype: a NumPy scalar for "mean" and "sum", shape (N,) for "none".
 
     Raises:
         ValueError if a row of ``x`` or ``linear_weight`` has norm 0 (its cosines are undefined).

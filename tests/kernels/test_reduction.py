@@ -68,6 +68,10 @@ LOSSES = {
         kernels.linear_cross_entropy, kernels.linear_cross_entropy_forward_backward,
         lambda dtype: ((_random((ROWS, FEATURES), dtype), _random((CLASSES, FEATURES), dtype, seed=7), _labels()),
                        {"z_loss": 1e-3}), (ROWS,)),
+    "linear_margin_cross_entropy": (
+        kernels.linear_margin_cross_entropy, kernels.linear_margin_cross_entropy_forward_backward,
+        lambda dtype: ((_random((ROWS, FEATURES), dtype), _random((CLASSES, FEATURES), dtype, seed=7), _labels()),
+                       {"s": 16.0, "m2": 0.3}), (ROWS,)),
     "center_loss": (kernels.center_loss, kernels.center_loss_forward_backward,
                     lambda dtype: ((_random((ROWS, FEATURES), dtype), _labels(), _random((CLASSES, FEATURES), dtype,
                                                                                           seed=8)), {}), (ROWS,)),
