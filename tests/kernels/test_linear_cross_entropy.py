@@ -237,8 +237,8 @@ def test_bits_do_not_depend_on_the_budget(request, dtype, shape):
         # OpenBLAS thread too): the gradients of the first call differed in a last bit from
         # the second call's with the SAME budget, while the losses were equal.  Suspected:
         # OpenBLAS's small-GEMM path, whose result depended on where an operand started; the
-        # products' outputs are now aligned buffers too, and four whole-file runs since passed,
-        # with the old code as well: the cause is not confirmed, so the case stays marked.
+        # products' outputs are now aligned buffers too, and the difference still shows in
+        # whole-suite runs (the kernel's docstring): the cause is not confirmed, so it stays marked.
         request.applymarker(pytest.mark.xfail(strict=False, reason="float64 G: a run-to-run last-bit difference "
                                                                    "seen in whole-file runs, cause not confirmed"))
     if shape == "classes":  # three class tiles, several product tiles
