@@ -498,6 +498,8 @@ def reduce_sum_and_max(y, dy, out, i, start, stop):
 @njit(**JIT_OPTIONS)
 def merge_sum_and_max(x, i, partial):
     """(sum of the first members, max of the second members) of a row's pairs."""
+    if partial.shape[0] == 1:
+        return partial[0, 0], partial[0, 1]  # one block: no copy (an allocation per row)
     largest = -np.inf
     for k in range(partial.shape[0]):
         if partial[k, 1] > largest:
