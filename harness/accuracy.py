@@ -207,6 +207,16 @@ def accuracy_markdown(rows: pd.DataFrame, checks: pd.DataFrame, context: dict) -
             "the outputs that have a scale.\n",
             tables.markdown(conditioned),
         ]
+    parts += [
+        "\n## Cells above the best peer\n",
+        f"Peers: {', '.join(tables.PEERS)} (numpy and numpy_naive are baselines). A line per cell and metric "
+        "(ulp: the first table, rowwise: the third, cond: the condition-aware one) where softmaxlab's max error "
+        "is above the smallest max error of a peer whose results were all finite, and above 1 (within one "
+        "rounding of the exact value either result is as good as a method gives); or where softmaxlab has "
+        "NaN/inf results and that peer has none. The reasons, where known, are in `docs/performance.md`, "
+        "\"Accuracy against the peers\".\n",
+        tables.peer_gaps_markdown(rows),
+    ]
     if not checks.empty:
         parts += [
             "\n## Long double reference checked against mpmath-50\n",

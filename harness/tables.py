@@ -125,6 +125,70 @@ def accuracy_table(rows: pd.DataFrame, metric: str = "ulp") -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+# ---- accuracy: the cells where a peer is more accurate ------------------------------------
+#
+# The peers are the frameworks softmaxlab is measured against; numpy and numpy_naive are
+# textbook formulas that serve as baselines, not peers.  A softmaxlab cell is "above the
+# best peer" on a metric when its max error exceeds the smallest max error among the peers
+# whose results were all finite where the exact value is, and exceeds 1 (ULP, row-wise ULP,
+# or u for the condition-aware error): at or below 1 both results are within one rounding
+# of the exact value, and which of two such is closer says nothing about the method.  A
+# softmaxlab cell with NaN/inf where a peer's has none is above it whatever the numbers.
+
+PEERS = ("torch", "jax", "pml", "torch_chunked", "cce")
+GAP_METRICS = {"ulp": "max_ulp", "rowwise": "max_rowwise_ulp", "cond": "max_cond"}
+GAP_COLUMNS = ["kernel", "output", "regime", "dtype", "metric", "softmaxlab", "best peer", "peer's error", "ratio"]
+
+
+def _clean(row) -> bool:
+    """The row ran, and every result is finite where the exact value is, with no wrong infinity."""
+    failed = isinstance(row.get("error"), str) and bool(row["error"])
+    return not failed and row["n_values"] > 0 and not row["n_nonfinite"] and not row["n_special_mismatch"]
+
+
+def peer_gaps(rows: pd.DataFrame) -> pd.DataFrame:
+    """The cells where softmaxlab's max error is above the best peer's (the rule above), one line per metric.
+
+    Columns ``GAP_COLUMNS``: the cell, the metric ("ulp", "rowwise", "cond"), softmaxlab's max
+    error ("NaN/inf" when it has non-finite results a peer has not), the best peer and its max
+    error, and their ratio.  Empty when softmaxlab is at or below the best peer everywhere.
+    """
+    gaps = []
+    keys = ["kernel", "output", "regime", "dtype"]
+    for key, cell in rows.groupby(keys, sort=False):
+        ours = cell[cell["provider"] == "softmaxlab"]
+        peers = cell[cell["provider"].isin(PEERS)]
+        if ours.empty or peers.empty:
+            continue
+        ours = ours.iloc[0]
+        clean_peers = [row for _, row in peers.iterrows() if _clean(row)]
+        for metric, column in GAP_METRICS.items():
+            measured = [(float(row[column]), row["provider"]) for row in clean_peers
+                        if column in row and pd.notna(row[column])]
+            if not measured:
+                continue
+            best, peer = min(measured)
+            if not _clean(ours):
+                if not (isinstance(ours.get("error"), str) and ours["error"]):
+                    gaps.append(list(key) + [metric, "NaN/inf", peer, best, float("nan")])
+                continue
+            value = float(ours[column]) if column in ours and pd.notna(ours[column]) else float("nan")
+            if math.isnan(value) or value <= 1.0 or value <= best:
+                continue
+            gaps.append(list(key) + [metric, value, peer, best, value / best if best > 0 else float("inf")])
+    return pd.DataFrame(gaps, columns=GAP_COLUMNS)
+
+
+def peer_gaps_markdown(rows: pd.DataFrame) -> str:
+    """``peer_gaps`` as a Markdown table (numbers formatted), or a sentence when there is none."""
+    gaps = peer_gaps(rows)
+    if gaps.empty:
+        return "softmaxlab is at or below the best peer in every cell and metric.\n"
+    shown = gaps.assign(**{column: gaps[column].map(lambda v: v if isinstance(v, str) else format_number(v))
+                           for column in ("softmaxlab", "peer's error", "ratio")})
+    return markdown(shown)
+
+
 # ---- speed: how far a cell can be trusted ------------------------------------------------
 #
 # A speed cell (one provider on one kernel, shape and dtype) is flagged, never dropped:

@@ -155,3 +155,32 @@ def test_gradients_get_the_condition_aware_error_for_every_provider():
     assert tables.accuracy_table(forward_only, "cond").empty
     # rows written before the columns existed (a committed CSV) have no condition-aware table
     assert tables.accuracy_table(rows.drop(columns=["max_cond", "median_cond"]), "cond").empty
+
+
+def _gap_row(provider, max_ulp, rowwise=0.5, cond=float("nan"), nonfinite=0, regime="normal_x3"):
+    return {"kernel": "k", "output": "dx", "regime": regime, "dtype": "float32", "provider": provider,
+            "n_values": 10, "n_nonfinite": nonfinite, "n_special_mismatch": 0, "error": "",
+            "max_ulp": max_ulp, "max_rowwise_ulp": rowwise, "max_cond": cond}
+
+
+def test_peer_gaps_name_the_cells_above_the_best_clean_peer():
+    rows = pd.DataFrame([
+        # above torch (the best clean peer); jax's lower error does not count: it has NaN results
+        _gap_row("softmaxlab", 40.0), _gap_row("torch", 8.0), _gap_row("jax", 2.0, nonfinite=3),
+        # within one rounding: not a gap, however the two compare
+        _gap_row("softmaxlab", 0.9, regime="dominant"), _gap_row("torch", 0.1, regime="dominant"),
+        # at or below: not a gap; a baseline (numpy) is not a peer
+        _gap_row("softmaxlab", 3.0, regime="masked"), _gap_row("torch", 3.0, regime="masked"),
+        _gap_row("numpy", 0.5, regime="masked"),
+        # softmaxlab's NaN where the peer has none
+        _gap_row("softmaxlab", 0.2, nonfinite=1, regime="near_ties"), _gap_row("pml", 9.0, regime="near_ties"),
+    ])
+    gaps = tables.peer_gaps(rows)
+    lines = {(row.regime, row.metric): row for row in gaps.itertuples()}
+    assert set(lines) == {("normal_x3", "ulp"), ("near_ties", "ulp"), ("near_ties", "rowwise")}
+    above = lines[("normal_x3", "ulp")]
+    assert (above.softmaxlab, above._7, above._8, above.ratio) == (40.0, "torch", 8.0, 5.0)
+    assert lines[("near_ties", "ulp")].softmaxlab == "NaN/inf"
+    assert "| k | dx | normal_x3 | float32 | ulp | 40 | torch | 8 | 5 |" in tables.peer_gaps_markdown(rows)
+    clean = rows[rows["regime"].isin(["dominant", "masked"])]
+    assert tables.peer_gaps_markdown(clean).startswith("softmaxlab is at or below the best peer")
