@@ -13,7 +13,7 @@ from numba import njit
 
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.elementwise import elementwise_loss, make_elementwise_kernel
-from ._numerics.logistic import sigmoids
+from ._numerics.logistic import sigmoids_for
 
 __all__ = ["quadratic_cost", "quadratic_cost_forward_backward"]
 
@@ -21,9 +21,9 @@ PAGE = "docs/proofs/cross_entropy.md"
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _quadratic_term(x, y):
-    """(loss, dloss/dx) of one entry of the quadratic cost 1/2 (y - sigma(x))^2, in float64."""
-    positive, negative, e = sigmoids(x)
+def _quadratic_term(values, x, y):
+    """(loss, dloss/dx) of one entry of the quadratic cost 1/2 (y - sigma(x))^2, in float64 (``x`` from ``values``)."""
+    positive, negative, e = sigmoids_for(values, x)
     # a - y = (1 - y) a - y (1 - a): no cancellation when a rounds to 1 (a = 1 - 4e-18 at x = 40)
     difference = (1.0 - y) * positive - y * negative
     # l = (a - y)^2 / 2,  dl/dx = (a - y) a (1 - a)  with a = sigma(x), 1 - a = sigma(-x)
@@ -31,8 +31,8 @@ def _quadratic_term(x, y):
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _quadratic_entry(x, y, weight, positive_weight):
-    return _quadratic_term(x, y)
+def _quadratic_entry(values, x, y, weight, positive_weight):
+    return _quadratic_term(values, x, y)
 
 
 _kernel = make_elementwise_kernel(_quadratic_entry)

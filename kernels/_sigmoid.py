@@ -27,7 +27,7 @@ from numba import njit
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.elementwise import elementwise_loss, make_elementwise_kernel
 from ._numerics.exp import log1p_unit
-from ._numerics.logistic import sigmoids
+from ._numerics.logistic import sigmoids_for
 
 __all__ = ["binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_forward_backward"]
 
@@ -39,9 +39,9 @@ PAGE = "docs/proofs/cross_entropy.md"
 
 # inline="always": LLVM's inliner found it too large, and the call kept the loop scalar
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
-def _binary_term(x, y, weight, positive_weight):
-    """(loss, dloss/dx) of one entry of binary cross-entropy with logits, in float64."""
-    positive, negative, e = sigmoids(x)
+def _binary_term(values, x, y, weight, positive_weight):
+    """(loss, dloss/dx) of one entry of binary cross-entropy with logits, in float64 (``x`` from ``values``)."""
+    positive, negative, e = sigmoids_for(values, x)
     log_term = log1p_unit(e)  # vectorizable (libm's log1p is a scalar call)
     softplus = max(x, 0.0) + log_term  # sp(x)
     softplus_negative = max(-x, 0.0) + log_term  # sp(-x)

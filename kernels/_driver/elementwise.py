@@ -51,7 +51,10 @@ def _sum(values):
 
 
 def make_elementwise_kernel(term):
-    """The parallel kernel of one elementwise loss: ``term(x, y, w, p_w) -> (loss, dloss/dx)``.
+    """The parallel kernel of one elementwise loss: ``term(values, x, y, w, p_w) -> (loss, dloss/dx)``.
+
+    ``values`` is the block the float64 ``x`` comes from: its dtype sets the accuracy the
+    term needs (``_numerics.logistic.sigmoids_for``).
 
     The term is a closure constant, and each of the three loops of a block (gradient
     with a scalar or an elementwise upstream, or no gradient) has no test of the options
@@ -70,21 +73,21 @@ def make_elementwise_kernel(term):
         # dOut/dx_ij = g_ij dl_ij/dx_ij, g_ij = scale (times grad_output[i, j] when elementwise)
         if not write:
             for j in range(values.shape[0]):
-                block_losses[j] = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])[0]
+                block_losses[j] = term(values, np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])[0]
         elif upstream.shape[0] > 1 or upstream.shape[1] > 1:
             # an elementwise grad_output, (rows, classes); (1, 1) is a scalar either way (with
             # one class the test of the columns alone took (N, 1) for a scalar)
             upstreams = upstream[i, start:stop]
             destination = grad[i, start:stop]
             for j in range(values.shape[0]):
-                loss, gradient = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
+                loss, gradient = term(values, np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
                 block_losses[j] = loss
                 destination[j] = (scale * upstreams[j]) * gradient
         else:
             factor = scale * upstream[0, 0]
             destination = grad[i, start:stop]
             for j in range(values.shape[0]):
-                loss, gradient = term(np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
+                loss, gradient = term(values, np.float64(values[j]), np.float64(targets[j]), weights[j], positives[j])
                 block_losses[j] = loss
                 destination[j] = factor * gradient
         if args.store_loss:
