@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.reduction import reduce_losses, row_scales
+from ._driver.threads import run_row_blocks
 from ._margin_rows import margin_rows
 from ._normalized_linear import (checked_norms, compensated_dot, features_and_weights, product_over_classes,
                                  tangent_kernel, unit_rows)
@@ -115,14 +116,20 @@ def _target_cosines(x, W, targets, x_norms, w_norms, raw_dot):
     return np.clip(cosine, -1.0, 1.0), np.maximum(one_minus, 0.0) * np.maximum(one_plus, 0.0)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _add_target_terms_x(dx, x, W, targets, x_norms, w_norms, cosine, coefficients, alpha, rho):
+    run_row_blocks(_target_terms_x_rows, dx.shape[0], dx, x, W, targets, x_norms, w_norms, cosine, coefficients,
+                   alpha, rho, elements=dx.size)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _target_terms_x_rows(first, last, part, dx, x, W, targets, x_norms, w_norms, cosine, coefficients, alpha, rho):
+    # (rows first..last; run_row_blocks: a prange here ran right after the BLAS products)
     # dx_i += coefficients_i (alpha_i (w_hat - c x_hat) + rho_i x_hat),  w = W_{y_i}: the target
     # logit's gradient split into its tangent and radial parts (no cancellation between them).
     # w_hat - c x_hat = (r w - c x) / |x|, r = |x| / |w|, with r w as an exact pair and one
     # rounding of the (small, where x ~ w) difference: from the rounded x_hat and w_hat it
     # would carry an absolute error of u, as large as itself where x is a multiple of w.
-    for i in prange(dx.shape[0]):
+    for i in range(first, last):
         line = dx[i]
         features = x[i]
         weights = W[targets[i]]

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._driver.threads import run_row_blocks
 from ._numerics.eft import fma, two_product, two_sum
 from ._numerics.rows import cast_like, maxnum
 from ._validation import check_float_array
@@ -76,22 +77,40 @@ def _row_norm(values, compensated):
     return root * math.ldexp(1.0, exponent)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+# The row kernels below are serial ``nogil`` functions over rows first..last, run on blocks of
+# rows by ``_driver/threads.py``'s ``run_row_blocks`` (each row computed alone: the same bits
+# for any thread count), not ``prange`` loops: they sit between BLAS products, and GNU
+# OpenMP's team and OpenBLAS's threads, each spinning after its own parallel region, took
+# the cores from each other (docs/performance.md, "L-Softmax's row kernels").
+
+
+def _rows(kernel, rows, *args):
+    """``kernel`` over ``rows`` rows of the (rows, features) first argument, on row blocks."""
+    run_row_blocks(kernel, rows, *args, elements=rows * (args[0].shape[1] if args[0].ndim == 2 else 1))
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _row_norms_rows(first, last, part, x, norms, compensated):
+    # compensated: the sum of squares as an exact-product, two_sum pair (within about 0.5 ulp)
+    for i in range(first, last):
+        norms[i] = _row_norm(x[i], compensated)
+
+
 def _row_norms_kernel(x, norms):
-    for i in prange(x.shape[0]):
-        norms[i] = _row_norm(x[i], False)
+    _rows(_row_norms_rows, x.shape[0], x, norms, False)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _compensated_row_norms_kernel(x, norms):
-    # as _row_norms_kernel, the sum of squares compensated (within about 0.5 ulp)
-    for i in prange(x.shape[0]):
-        norms[i] = _row_norm(x[i], True)
+    _rows(_row_norms_rows, x.shape[0], x, norms, True)
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _normalize_rows_kernel(x, norms, out):
-    for i in prange(x.shape[0]):
+    _rows(_normalize_rows, x.shape[0], x, norms, out)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _normalize_rows(first, last, part, x, norms, out):
+    for i in range(first, last):
         values = x[i]
         destination = out[i]
         norm = norms[i]
@@ -100,9 +119,13 @@ def _normalize_rows_kernel(x, norms, out):
             destination[j] = np.float64(values[j]) / norm
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _clamp_to_unit_kernel(cosines):
-    for i in prange(cosines.shape[0]):
+    _rows(_clamp_to_unit, cosines.shape[0], cosines)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _clamp_to_unit(first, last, part, cosines):
+    for i in range(first, last):
         row = cosines[i]
         one = cast_like(row, 1.0)
         minus_one = cast_like(row, -1.0)
@@ -120,12 +143,17 @@ def _dot64(first, second):
     return total
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def tangent_kernel(projected, unit, norms, out):
+    """out_i = (p_i - (v_hat_i . p_i) v_hat_i) / |v_i| for p = ``projected``, v_hat = ``unit``."""
+    _rows(_tangent_rows, projected.shape[0], projected, unit, norms, out)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _tangent_rows(first, last, part, projected, unit, norms, out):
     # d/dv of a function of v_hat = v / |v|, given p = its gradient in v_hat:
     # dv = (p - (v_hat . p) v_hat) / |v|     (docs/proofs/margins.md#normalized-linear-gradient:
     # dx_e = sum_j g_j (W_je / (|x||W_j|) - cos_j x_e / |x|^2), with p = sum_j g_j W_hat_j)
-    for i in prange(projected.shape[0]):
+    for i in range(first, last):
         radial = _dot64(unit[i], projected[i])
         gradient = projected[i]
         direction = unit[i]
@@ -144,11 +172,15 @@ def _divide_by_product(dot, x_norm, w_norm):
     return quotient + (fma(-quotient, product, dot) - quotient * product_low) / product
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _cosines_from_dots_kernel(dots, x_norms, w_norms, out):
+    _rows(_cosines_from_dots, dots.shape[0], dots, x_norms, w_norms, out)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _cosines_from_dots(first, last, part, dots, x_norms, w_norms, out):
     # cos_ij = (x_i . W_j) / (|x_i| |W_j|), the dot products in float64, rounded once to out's
     # dtype and clamped to [-1, 1] (NaN passes)
-    for i in prange(dots.shape[0]):
+    for i in range(first, last):
         row = dots[i]
         destination = out[i]
         x_norm = x_norms[i]
@@ -171,11 +203,15 @@ def compensated_dot(first, second):
     return total + error
 
 
-@njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _recompute_small_cosines_kernel(x, W, x_norms, w_norms, threshold, cosines):
+    _rows(_recompute_small_cosines, cosines.shape[0], cosines, x, W, x_norms, w_norms, threshold)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _recompute_small_cosines(first, last, part, cosines, x, W, x_norms, w_norms, threshold):
     # where |cos| < threshold the float64 product's rounding (about u times the largest terms)
     # is many ulp of cos: recompute those entries from a compensated dot product
-    for i in prange(cosines.shape[0]):
+    for i in range(first, last):
         row = cosines[i]
         features = x[i]
         x_norm = x_norms[i]

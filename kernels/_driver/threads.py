@@ -63,14 +63,21 @@ def row_blocks(rows: int, parts: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def run_row_blocks(kernel, rows: int, *args) -> None:
+#: Below this many elements a call runs as one block on the calling thread: handing a block to
+#: the pool and waiting for it costs tens of microseconds, the time of such a kernel.
+SERIAL_ELEMENTS = 1 << 15
+
+
+def run_row_blocks(kernel, rows: int, *args, elements: int | None = None) -> None:
     """``kernel(first, last, part, *args)`` for the blocks of ``row_blocks(rows, numba.get_num_threads())``.
 
     ``part`` numbers the block (0, 1, ...), for per-block scratch.  The calling thread
     runs block 0; the others run on the pool and are waited for; an exception in any
-    block is raised here.
+    block is raised here.  ``elements``, the call's size where the caller knows it: below
+    ``SERIAL_ELEMENTS`` one block (the rows are computed alone either way).
     """
-    blocks = row_blocks(rows, numba.get_num_threads())
+    parts = 1 if elements is not None and elements < SERIAL_ELEMENTS else numba.get_num_threads()
+    blocks = row_blocks(rows, parts)
     if len(blocks) == 1:
         kernel(0, rows, 0, *args)
         return
