@@ -140,10 +140,14 @@ GAP_METRICS = {"ulp": "max_ulp", "rowwise": "max_rowwise_ulp", "cond": "max_cond
 GAP_COLUMNS = ["kernel", "output", "regime", "dtype", "metric", "softmaxlab", "best peer", "peer's error", "ratio"]
 
 
+def _failed(row) -> bool:
+    """The implementation raised (the row carries its error message)."""
+    return isinstance(row.get("error"), str) and bool(row["error"])
+
+
 def _clean(row) -> bool:
     """The row ran, and every result is finite where the exact value is, with no wrong infinity."""
-    failed = isinstance(row.get("error"), str) and bool(row["error"])
-    return not failed and row["n_values"] > 0 and not row["n_nonfinite"] and not row["n_special_mismatch"]
+    return not _failed(row) and row["n_values"] > 0 and not row["n_nonfinite"] and not row["n_special_mismatch"]
 
 
 def peer_gaps(rows: pd.DataFrame) -> pd.DataFrame:
@@ -169,7 +173,7 @@ def peer_gaps(rows: pd.DataFrame) -> pd.DataFrame:
                 continue
             best, peer = min(measured)
             if not _clean(ours):
-                if not (isinstance(ours.get("error"), str) and ours["error"]):
+                if not _failed(ours):
                     gaps.append(list(key) + [metric, "NaN/inf", peer, best, float("nan")])
                 continue
             value = float(ours[column]) if column in ours and pd.notna(ours[column]) else float("nan")

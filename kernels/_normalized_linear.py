@@ -22,7 +22,7 @@ from numba import njit
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._driver.threads import run_row_blocks
 from ._numerics.eft import fma, two_product, two_sum
-from ._numerics.rows import cast_like, maxnum
+from ._numerics.rows import maxnum
 from ._validation import check_float_array
 
 __all__ = ["normalized_linear", "normalized_linear_backward"]
@@ -117,22 +117,6 @@ def _normalize_rows(first, last, part, x, norms, out):
         # x_hat_id = x_id / |x_i|  (float64, rounded once to the dtype)
         for j in range(values.shape[0]):
             destination[j] = np.float64(values[j]) / norm
-
-
-def _clamp_to_unit_kernel(cosines):
-    _rows(_clamp_to_unit, cosines.shape[0], cosines)
-
-
-@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _clamp_to_unit(first, last, part, cosines):
-    for i in range(first, last):
-        row = cosines[i]
-        one = cast_like(row, 1.0)
-        minus_one = cast_like(row, -1.0)
-        # |cos| <= 1 exactly; the products of unit vectors may round past it (NaN passes)
-        for j in range(row.shape[0]):
-            value = row[j]
-            row[j] = one if value > one else (minus_one if value < minus_one else value)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)

@@ -8,23 +8,23 @@ from numba.extending import overload
 from .._config import JIT_OPTIONS, STRICT_FASTMATH
 from .exp import exp64, exp_f32_wide
 
-__all__ = ["sigmoids", "sigmoids_for"]
-
-
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def sigmoids(x):
-    """(sigma(x), sigma(-x), e^-|x|) from e = e^-|x| in (0, 1]: no overflow, no cancellation."""
-    return _sigmoids_from(x, exp64(-abs(x)))
+__all__ = ["sigmoids_for"]
 
 
 def sigmoids_for(values, x):
-    """``sigmoids(x)`` for a float64 ``x`` taken from ``values``, to the accuracy of their dtype (JIT only).
+    """(sigma(x), sigma(-x), e^-|x|) for a float64 ``x`` taken from ``values``, from e = e^-|x|
+    in (0, 1]: no overflow, no cancellation (JIT only).
 
-    float64 values: e^-|x| by ``exp64``.  float32 values: by ``exp_f32_wide`` (1.1e-10
-    relative, in float64; e^-110 below -110, which rounds to 0 in float32 as e^-|x| does),
-    about twice as fast: every output the float32 kernels form from it is rounded once to
-    float32 (2**-24), or summed in float64 and then rounded, so the 2**-33 adds at most a
-    thousandth of an ULP where the terms do not cancel.
+    e to the accuracy of ``values``' dtype: ``exp64`` for float64 rows, ``exp_f32_wide``
+    (1.1e-10 relative, in float64) for float32 rows, about twice as fast.  Every output the
+    float32 kernels form from it is rounded once to float32 (2**-24), or summed in float64
+    and then rounded: the 2**-33 adds a few thousandths of an ULP where the terms do not
+    cancel (0.5028 ULP at most in the harness' regimes, against 0.49999 with ``exp64``).
+    Below -110, ``exp_f32_wide`` gives e^-110, which rounds to 0 in float32 as e^-|x| does.
+
+    An inlined overload, not ``_numerics.rows.exp_for`` called from a jitted function: as a
+    call that kept binary cross-entropy's loop scalar (62 ms against 9.4 ms at 4096 x 1000
+    float32, one thread).
     """
     raise NotImplementedError("sigmoids_for is only callable from JIT code")
 
@@ -33,7 +33,7 @@ def sigmoids_for(values, x):
 def _sigmoids_for(values, x):
     if values.dtype == types.float32:
         return lambda values, x: _sigmoids_from(x, exp_f32_wide(-abs(x)))
-    return lambda values, x: sigmoids(x)
+    return lambda values, x: _sigmoids_from(x, exp64(-abs(x)))
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
