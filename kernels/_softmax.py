@@ -347,6 +347,10 @@ def softmax_backward(y, dy, axis=-1):
         >>> softmax_backward(np.array([0.5, 0.5]), np.array([1.0, 0.0]))
         array([ 0.25, -0.25])
 
+    Accuracy: sum_j y_j dy_j in float64, compensated for float64 rows (Dot2, within about
+    one rounding); the bound of docs/proofs/softmax.md#softmax-vjp-rounding, relative to
+    the terms y_i (|dy_i| + sum_j y_j |dy_j|), since dx_i is their difference.
+
     Reference: the Jacobian d a_j / d z_i = a_j (delta_ij - a_i), docs/proofs/softmax.md#softmax-vjp.
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
@@ -372,6 +376,9 @@ def log_softmax_backward(y, dy, axis=-1):
         >>> from softmaxlab.kernels import log_softmax_backward
         >>> log_softmax_backward(np.log(np.array([0.25, 0.75])), np.array([1.0, 0.0]))
         array([ 0.75, -0.75])
+
+    Accuracy: sum_j dy_j in float64, compensated for float64 rows; the bound of
+    docs/proofs/softmax.md#log-softmax-vjp-rounding, relative to |dy_i| + e^{y_i} sum_j |dy_j|.
 
     Reference: d log a_j / d z_i = delta_ij - a_i, docs/proofs/softmax.md#log-softmax-vjp.
     """

@@ -28,7 +28,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
-from .eft import fma, two_sum
+from .eft import fma, two_product, two_sum
 from .exp import (
     EXP32_FLOOR_LIMIT,
     EXP64_FLOOR_LIMIT,
@@ -39,13 +39,16 @@ from .exp import (
     exp64_pair,
     exp_f32_wide,
 )
-from .vector import contiguous_float_row, row_exp32_store, row_max
+from .vector import VECTOR_BYTES, contiguous_float64_row, contiguous_float_row, row_dot2, row_exp32_store, row_max, row_sum2
 
 # Sums run in float64 (float32 inputs are widened), over chunks of SUM_CHUNK elements
 # that LLVM spreads over 4 x 8 lanes: each term passes through at most 8 additions in
 # its lane and 5 in the tree that joins the lanes, then the chunk sums of a block are
 # added (at most 32 of them) and the blocks of a row are merged pairwise.  The error
-# bound therefore grows with log(row length), not with the row length.
+# bound therefore grows with log(row length), not with the row length.  The backward
+# normalizers' float64 rows are the exception: their sums (sum_j y_j dy_j, sum_j dy_j) are
+# compensated (``row_dot``, ``row_sum``: Dot2 on 32 lanes, then the blocks in order),
+# within about one rounding of the exact sum.
 SUM_CHUNK = 256
 
 # float32 rows that store their exponentials sum them plainly and recount the ties only
@@ -474,37 +477,164 @@ def merge_max_sum_exp(x, i, partial):
     return largest, count
 
 
+# ---- compensated sums of float64 rows (the backward normalizers) ------------------------
+
+# the logical lanes of ``vector.row_dot2``: 4 accumulators of one 8-lane float64 vector
+_LANES64 = 4 * (VECTOR_BYTES // 8)
+
+
+def _make_strided_compensated(product):
+    """The scalar twin of ``vector.row_dot2`` (``product``) or ``row_sum2``: the same lanes,
+    operations and order, for rows that are not C-contiguous (bit for bit the vector results)."""
+
+    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+    def strided(a, b):
+        totals = np.zeros(_LANES64)
+        compensations = np.zeros(_LANES64)
+        length = a.shape[0]
+        # one more group than the whole groups: the zero-padded last one
+        padded = (length // _LANES64 + 1) * _LANES64
+        for j in range(padded):
+            lane = j % _LANES64
+            if j < length:
+                if product:
+                    term, product_error = two_product(np.float64(a[j]), np.float64(b[j]))
+                else:
+                    term, product_error = np.float64(a[j]), 0.0
+            else:
+                term, product_error = 0.0, 0.0
+            totals[lane], error = two_sum(totals[lane], term)
+            if product:
+                error = error + product_error
+            compensations[lane] = compensations[lane] + error
+        half = _LANES64
+        while half > 1:
+            half //= 2
+            for lane in range(half):
+                totals[lane], error = two_sum(totals[lane], totals[lane + half])
+                compensations[lane] = compensations[lane] + (error + compensations[lane + half])
+        return totals[0], compensations[0]
+
+    return strided
+
+
+_strided_dot2 = _make_strided_compensated(product=True)
+_strided_sum2 = _make_strided_compensated(product=False)
+
+
+def block_dot2(a, b):
+    """sum_j a_j b_j of float64 rows, compensated and rounded once (JIT only).
+
+    Dot2 on 32 lanes (``vector.row_dot2``; its scalar twin for other layouts): the error is
+    at most about u |sum| + n^2 u^2 sum_j |a_j b_j|, where the plain float64 sum's is
+    about (n / 32 + 5) u sum_j |a_j b_j|.
+    """
+    raise NotImplementedError("block_dot2 is only callable from JIT code")
+
+
+@overload(block_dot2, inline="always", jit_options=JIT_OPTIONS)
+def _block_dot2(a, b):
+    if contiguous_float64_row(a) and contiguous_float64_row(b):
+        return lambda a, b: _rounded(row_dot2(a, b))
+    return lambda a, b: _rounded(_strided_dot2(a, b))
+
+
+def block_sum2(values):
+    """sum_j values_j of a float64 row, compensated and rounded once (JIT only; see ``block_dot2``)."""
+    raise NotImplementedError("block_sum2 is only callable from JIT code")
+
+
+@overload(block_sum2, inline="always", jit_options=JIT_OPTIONS)
+def _block_sum2(values):
+    if contiguous_float64_row(values):
+        return lambda values: _rounded(row_sum2(values))
+    return lambda values: _rounded(_strided_sum2(values, values))
+
+
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+def _rounded(pair):
+    """high + low; high alone where it is not finite: an infinite term or an overflow makes
+    TwoSum's error inf - inf = NaN, and the sum is then high, the plain sum's inf (or NaN)."""
+    high, low = pair
+    return high + low if math.isfinite(high) else high
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def compensated_sum(values):
+    """sum of a 1-D float64 array in order, compensated (Neumaier's TwoSum form): error about
+    u |sum| + n^2 u^2 sum |values|.  For the few blocks of a row."""
+    high = 0.0
+    low = 0.0
+    for k in range(values.shape[0]):
+        high, error = two_sum(high, values[k])
+        low += error
+    return _rounded((high, low))
+
+
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def _plain_dot(y, dy):
+    total = 0.0
+    for j in range(y.shape[0]):
+        total += np.float64(y[j]) * np.float64(dy[j])
+    return total
+
+
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def _plain_sum(values):
+    total = 0.0
+    for j in range(values.shape[0]):
+        total += np.float64(values[j])
+    return total
+
+
+def row_dot(y, dy):
+    """sum_j y_j dy_j in float64 (JIT only): compensated for float64 rows (``block_dot2``);
+    float32 rows' products are exact in float64 and their plain sum in 32 lanes is far
+    below a float32 ULP (about 2^-40 relative to sum |y_j dy_j| for a block)."""
+    raise NotImplementedError("row_dot is only callable from JIT code")
+
+
+@overload(row_dot, inline="always", jit_options=JIT_OPTIONS)
+def _row_dot(y, dy):
+    if y.dtype == types.float64:
+        return lambda y, dy: block_dot2(y, dy)
+    return lambda y, dy: _plain_dot(y, dy)
+
+
+def row_sum(values):
+    """sum_j values_j in float64 (JIT only): compensated for float64 rows (``block_sum2``), plain for float32."""
+    raise NotImplementedError("row_sum is only callable from JIT code")
+
+
+@overload(row_sum, inline="always", jit_options=JIT_OPTIONS)
+def _row_sum(values):
+    if values.dtype == types.float64:
+        return lambda values: block_sum2(values)
+    return lambda values: _plain_sum(values)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def reduce_sum_product(y, dy, out, i, start, stop):
-    """(sum_j y_j dy_j, 0) over a block, in float64 (softmax backward)."""
-    y_values = y[i, start:stop]
-    dy_values = dy[i, start:stop]
-    total = 0.0
-    for j in range(y_values.shape[0]):
-        total += np.float64(y_values[j]) * np.float64(dy_values[j])
-    return total, 0.0
+    """(sum_j y_j dy_j, 0) over a block, in float64 (softmax backward; ``row_dot``)."""
+    return row_dot(y[i, start:stop], dy[i, start:stop]), 0.0
 
 
-@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def reduce_sum_and_max(y, dy, out, i, start, stop):
-    """(sum_j dy_j, max_j y_j) over a block, in float64 (log-softmax backward)."""
-    dy_values = dy[i, start:stop]
-    total = 0.0
-    for j in range(dy_values.shape[0]):
-        total += np.float64(dy_values[j])
-    return total, block_max(y[i, start:stop])
+    """(sum_j dy_j, max_j y_j) over a block, in float64 (log-softmax backward; ``row_sum``)."""
+    return row_sum(dy[i, start:stop]), block_max(y[i, start:stop])
 
 
 @njit(**JIT_OPTIONS)
 def merge_sum_and_max(x, i, partial):
-    """(sum of the first members, max of the second members) of a row's pairs."""
+    """(sum of the first members, compensated in block order; max of the second members) of a row's pairs."""
     if partial.shape[0] == 1:
         return partial[0, 0], partial[0, 1]  # one block: no copy (an allocation per row)
     largest = -np.inf
     for k in range(partial.shape[0]):
         if partial[k, 1] > largest:
             largest = partial[k, 1]
-    return pairwise_sum(partial[:, 0].copy()), largest
+    return compensated_sum(partial[:, 0]), largest
 
 
 def scale_shift_in_place(destination, high, low, shift):

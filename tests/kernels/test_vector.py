@@ -4,6 +4,8 @@ bit), and their code (one max per vector; ``vscalefps`` on AVX-512)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from numba import njit
@@ -171,3 +173,103 @@ def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkey
         _scalar_exponentials(values, largest, expected)
         np.testing.assert_array_equal(_bits(got), _bits(expected))
     assert "vscalefps" not in portable.inspect_asm(portable.signatures[0])
+
+
+# ---- the compensated float64 sums of the backward normalizers (row_dot2, row_sum2) ---------
+
+
+@njit(cache=False)
+def _dot2(a, b):
+    return _rows.block_dot2(a, b)
+
+
+@njit(cache=False)
+def _sum2(values):
+    return _rows.block_sum2(values)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _dot2_in_a_reassociating_caller(a, b):
+    return _rows.block_dot2(a, b)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _plain_dot(a, b):
+    total = 0.0
+    for j in range(a.shape[0]):
+        total += a[j] * b[j]
+    return total
+
+
+def _exact_dot(a, b):
+    return sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a, b)), Fraction(0))
+
+
+def _ill_conditioned(rng, length):
+    """(a, b) with terms over 40 binades whose dot product cancels to a few parts in 1e12."""
+    a = rng.standard_normal(length) * np.exp2(rng.integers(-20, 20, length))
+    b = rng.standard_normal(length)
+    if length > 1:
+        b[-1] = -float(_exact_dot(a[:-1], b[:-1])) / a[-1] * (1 + 1e-12)
+    return a, b
+
+
+_COMPENSATED_LENGTHS = _LENGTHS + [31, 32, 33, 63, 64, 65, 95, 96, 97]
+
+
+def test_compensated_dot_and_sum_match_their_scalar_twin_bit_for_bit():
+    rng = np.random.default_rng(19)
+    for length in _COMPENSATED_LENGTHS:
+        a, b = _ill_conditioned(rng, length)
+        # a strided view takes the scalar twin (the same 32 lanes, steps and joins)
+        strided_a, strided_b = np.repeat(a, 2)[::2], np.repeat(b, 2)[::2]
+        assert _dot2(a, b) == _dot2(strided_a, strided_b), length
+        assert _sum2(a) == _sum2(strided_a), length
+        assert _dot2_in_a_reassociating_caller(a, b) == _dot2(a, b), length
+
+
+def test_compensated_dot_is_correctly_rounded_up_to_the_second_order_term():
+    # Dot2's bound: |s - exact| <= u |exact| + gamma_n^2 sum |a_j b_j| (Ogita, Rump & Oishi 2005)
+    rng = np.random.default_rng(23)
+    u = 2.0**-53
+    plain_within_bound = 0
+    for length in _COMPENSATED_LENGTHS[1:]:
+        a, b = _ill_conditioned(rng, length)
+        exact = _exact_dot(a, b)
+        gamma = length * u / (1 - length * u)
+        magnitude = float(np.sum(np.abs(a * b)))
+        bound = u * abs(float(exact)) + gamma**2 * magnitude
+        assert abs(Fraction(_dot2(a, b)) - exact) <= Fraction(bound), length
+        sum_exact = sum((Fraction(float(x)) for x in a), Fraction(0))
+        sum_bound = u * abs(float(sum_exact)) + gamma**2 * float(np.sum(np.abs(a)))
+        assert abs(Fraction(_sum2(a)) - sum_exact) <= Fraction(sum_bound), length
+        plain_within_bound += abs(Fraction(_plain_dot(a, b)) - exact) <= Fraction(bound)
+    # the plain float64 sum of the same terms does not meet that bound (the test can fail)
+    assert plain_within_bound < len(_COMPENSATED_LENGTHS) // 2
+
+
+@pytest.mark.parametrize("length", [1, 7, 40, 1000])
+def test_compensated_sums_keep_the_plain_sums_infinities_and_nan(length):
+    ones = np.ones(length)
+    for special, expected in [(np.inf, np.inf), (-np.inf, -np.inf), (np.nan, np.nan)]:
+        values = ones.copy()
+        values[length // 2] = special
+        np.testing.assert_equal(_sum2(values), expected)
+        np.testing.assert_equal(_dot2(values, ones), expected)
+    if length > 1:
+        both = ones.copy()
+        both[0], both[-1] = np.inf, -np.inf
+        assert np.isnan(_sum2(both))
+        # finite terms whose sum overflows: inf, as the plain sum (TwoSum's error would be NaN)
+        huge = np.full(length, 1.5e308)
+        assert _sum2(huge) == np.inf and _dot2(huge, ones) == np.inf
+    assert _sum2(np.zeros(0)) == 0.0 and _dot2(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_compensated_sums_compile_to_vectors():
+    a = np.linspace(-1, 1, 300)
+    _dot2(a, a)
+    _sum2(a)
+    for function in (_dot2, _sum2):
+        assembly = function.inspect_asm(function.signatures[0])
+        assert "ymm" in assembly or "zmm" in assembly
