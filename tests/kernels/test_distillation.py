@@ -235,6 +235,26 @@ def test_student_equal_to_teacher_has_zero_soft_loss_and_gradient(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", [9, 3 * 4096 + 5])  # one block, and rows of several blocks
+@pytest.mark.parametrize("shift", [96.0, 4096.0])
+def test_student_shifted_from_its_teacher_has_no_soft_loss_beyond_the_log_sums(dtype, classes, shift):
+    # softmax is shift-invariant, so p = q exactly when z = v + c with every z_j exact (values
+    # on a 2^-8 grid): KL = 0.  Each term keeps its shift, ((v_j/T - M_v) - (z_j/T - M_z)) = 0,
+    # and what is left is log S_v - log S_z (the two sums' exponentials are evaluated from
+    # different (x, max) pairs): at most about u T^2 log C.  With the shifts outside the sum,
+    # sum_j p_j (v_j - z_j)/T = -c/T and M_v - M_z = -c/T would cancel: up to 932 u T^2 log C
+    # at c = 4096 (measured).
+    rng = np.random.default_rng(5)
+    teacher = (np.round(rng.standard_normal((6, classes)) * 3 * 256) / 256).astype(dtype)
+    teacher[:, 1::3] += 0.5  # blocks with other maxima than the row's
+    student = (teacher + shift).astype(dtype)
+    assert np.array_equal(student - teacher, np.full_like(teacher, shift))
+    temperature = 4.0
+    loss = distillation_loss(student, teacher, temperature=temperature, reduction="none")
+    assert np.all(np.abs(loss) <= 2 * 2.0**-53 * temperature**2 * np.log(classes))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_masked_rows_and_entries(dtype):
     inf = np.inf
     student = np.array([[0.0, 1.0, 2.0], [-inf, -inf, -inf], [0.0, -inf, 1.0], [0.5, np.nan, 0.0]], dtype=dtype)
