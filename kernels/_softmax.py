@@ -181,15 +181,41 @@ def _write_logsumexp(x, unused, out, i, start, stop, block_largest, block_total,
         out[i] = -np.inf if total == -1.0 else np.nan
 
 
+def _scaled_difference(y_values, dy_values, destination, dot):
+    """destination[j] = y_j (dy_j - dot) (JIT only).
+
+    float64 rows: dy_j - dot split exactly (TwoSum, d + e), then y_j d + y_j e with one
+    rounding (an FMA): the difference, where dy_j and dot nearly cancel, adds no rounding
+    of its own.  float32 rows: in float64 and rounded once to float32 (the float64
+    difference's rounding is far below a float32 ULP).
+    """
+    raise NotImplementedError("_scaled_difference is only callable from JIT code")
+
+
+@overload(_scaled_difference, inline="always", jit_options=JIT_OPTIONS)
+def _scaled_difference_impl(y_values, dy_values, destination, dot):
+    if y_values.dtype == types.float64:
+
+        def exact_difference(y_values, dy_values, destination, dot):
+            for j in range(y_values.shape[0]):
+                y_j = y_values[j]
+                high, low = two_sum(dy_values[j], -dot)
+                destination[j] = fma(y_j, high, y_j * low)
+
+        return exact_difference
+
+    def widened(y_values, dy_values, destination, dot):
+        for j in range(y_values.shape[0]):
+            destination[j] = np.float64(y_values[j]) * (np.float64(dy_values[j]) - dot)
+
+    return widened
+
+
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _write_softmax_backward(y, dy, out, i, start, stop, block_dot, block_unused, dot, unused):
-    y_values = y[i, start:stop]
-    dy_values = dy[i, start:stop]
-    destination = out[i, start:stop]
     # dx_i = sum_j dy_j da_j/dz_i = a_i (dy_i - sum_j a_j dy_j)
     # (docs/proofs/softmax.md#softmax-jacobian, #softmax-vjp)
-    for j in range(y_values.shape[0]):
-        destination[j] = np.float64(y_values[j]) * (np.float64(dy_values[j]) - dot)
+    _scaled_difference(y[i, start:stop], dy[i, start:stop], out[i, start:stop], dot)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)

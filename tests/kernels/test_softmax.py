@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -360,6 +362,40 @@ def test_backward_long_rows_agree_with_float64_formula(dtype):
     expected_log = dy64 - np.exp(z.astype(np.float64)) * dy64.sum()
     tolerance = 8 * np.finfo(dtype).eps * np.abs(dy64).sum()
     np.testing.assert_allclose(log_softmax_backward(z, dy), expected_log, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("classes", [300, 3 * 4096 + 7])  # one block; several, merged
+def test_float64_backwards_are_within_two_roundings_of_their_terms(classes):
+    # Taking y and dy as exact, the float64 kernels round the sum (compensated: within about
+    # u |sum|) and the result (one FMA, u |dx|), nothing else: softmax_backward's dx_i is
+    # within 2 u y_i (|dy_i| + sum_j |y_j dy_j|) of y_i (dy_i - sum_j y_j dy_j) (the harness'
+    # condition-aware error 2), log_softmax_backward's within u (2 |dy_i| + 4 e^(y_i) sum_j
+    # |dy_j|) of dy_i - e^(y_i) sum_j dy_j (exp64's 0.66 ULP of its term too).  A plain
+    # float64 sum over 32 lanes errs by up to (n/32 + 5) u of the terms it adds.
+    mpmath = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(31)
+    y = softmax(rng.standard_normal((3, classes)) * 3)
+    # terms over 60 binades, of both signs: the sums cancel
+    dy = rng.standard_normal((3, classes)) * np.exp2(rng.integers(-30, 30, (3, classes)))
+    u = Fraction(2) ** -53
+    dx = softmax_backward(y, dy)
+    z = np.log(y)
+    dz = log_softmax_backward(z, dy)
+    for i in range(3):
+        terms = [Fraction(float(a)) * Fraction(float(b)) for a, b in zip(y[i], dy[i])]
+        dot = sum(terms, Fraction(0))
+        magnitude = sum((abs(t) for t in terms), Fraction(0))
+        total = sum((Fraction(float(b)) for b in dy[i]), Fraction(0))
+        absolute_total = sum((abs(Fraction(float(b))) for b in dy[i]), Fraction(0))
+        for j in rng.choice(classes, 60, replace=False):
+            y_j, dy_j = Fraction(float(y[i, j])), Fraction(float(dy[i, j]))
+            error = abs(Fraction(float(dx[i, j])) - y_j * (dy_j - dot))
+            assert error <= 2 * u * y_j * (abs(dy_j) + magnitude), (i, j)
+            with mpmath.workdps(40):
+                mantissa, exponent = mpmath.exp(mpmath.mpf(float(z[i, j]))).man_exp
+            e_j = Fraction(int(mantissa)) * Fraction(2) ** int(exponent)
+            log_error = abs(Fraction(float(dz[i, j])) - (dy_j - e_j * total))
+            assert log_error <= u * (2 * abs(dy_j) + 4 * e_j * absolute_total), (i, j)
 
 
 # ---- threads -------------------------------------------------------------------------------
