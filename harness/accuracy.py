@@ -213,8 +213,10 @@ def accuracy_markdown(rows: pd.DataFrame, checks: pd.DataFrame, context: dict) -
         "(ulp: the first table, rowwise: the third, cond: the condition-aware one) where softmaxlab's max error "
         "is above the smallest max error of a peer whose results were all finite, and above 1 (within one "
         "rounding of the exact value either result is as good as a method gives); or where softmaxlab has "
-        "NaN/inf results and that peer has none. The reasons, where known, are in `docs/performance.md`, "
-        "\"Accuracy against the peers\".\n",
+        "NaN/inf results and that peer has none. The last column gives each line's reason: a "
+        "cancellation where the condition-aware error is within one rounding or at or below the peer's (read from "
+        "the rows), or a measured finding of `harness/tables.py` (`GAP_REASONS`), explained in "
+        "`docs/performance.md`, \"Accuracy against the peers\".\n",
         tables.peer_gaps_markdown(rows),
     ]
     if not checks.empty:

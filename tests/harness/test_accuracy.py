@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,6 +165,30 @@ def _gap_row(provider, max_ulp, rowwise=0.5, cond=float("nan"), nonfinite=0, reg
             "max_ulp": max_ulp, "max_rowwise_ulp": rowwise, "max_cond": cond}
 
 
+def test_peer_gaps_give_each_line_its_reason():
+    rows = pd.DataFrame([
+        # a cancellation: ULPs far above torch's, the condition-aware error within one rounding
+        _gap_row("softmaxlab", 4e5, cond=0.9), _gap_row("torch", 2e3, cond=0.7),
+        # the same, but the condition-aware error above the peer's too: the cond line is the gap
+        _gap_row("softmaxlab", 4e5, cond=3.0, regime="near_ties"), _gap_row("torch", 2e3, cond=1.5, regime="near_ties"),
+    ])
+    reasons = {(row.regime, row.metric): row.reason for row in tables.peer_gaps(rows).itertuples()}
+    assert reasons[("normal_x3", "ulp")] == "cancellation: condition-aware error 0.9 u, best peer 0.7 u"
+    assert reasons[("near_ties", "ulp")] == "not explained" and reasons[("near_ties", "cond")] == "not explained"
+    # a named finding (GAP_REASONS) by kernel pattern, output, regime, dtype and metric
+    named = pd.DataFrame([dict(_gap_row(provider, error, regime="near_ties"), kernel="distillation_loss",
+                               output="loss", dtype="float64") for provider, error in (("softmaxlab", 6.0), ("jax", 0.8))])
+    (line,) = tables.peer_gaps(named).itertuples()
+    assert line.reason.startswith("KL of near-equal rows")
+
+
+def test_the_published_accuracy_table_names_a_reason_for_every_gap():
+    published = Path(__file__).resolve().parents[2] / "results" / "accuracy.csv"
+    gaps = tables.peer_gaps(pd.read_csv(published))
+    unexplained = gaps[gaps["reason"] == "not explained"]
+    assert unexplained.empty, unexplained.drop(columns="reason").to_string()
+
+
 def test_peer_gaps_name_the_cells_above_the_best_clean_peer():
     rows = pd.DataFrame([
         # above torch (the best clean peer); jax's lower error does not count: it has NaN results
@@ -181,6 +207,6 @@ def test_peer_gaps_name_the_cells_above_the_best_clean_peer():
     above = lines[("normal_x3", "ulp")]
     assert (above.softmaxlab, above._7, above._8, above.ratio) == (40.0, "torch", 8.0, 5.0)
     assert lines[("near_ties", "ulp")].softmaxlab == "NaN/inf"
-    assert "| k | dx | normal_x3 | float32 | ulp | 40 | torch | 8 | 5 |" in tables.peer_gaps_markdown(rows)
+    assert "| k | dx | normal_x3 | float32 | ulp | 40 | torch | 8 | 5 | not explained |" in tables.peer_gaps_markdown(rows)
     clean = rows[rows["regime"].isin(["dominant", "masked"])]
     assert tables.peer_gaps_markdown(clean).startswith("softmaxlab is at or below the best peer")
