@@ -44,15 +44,18 @@ CHUNKS_PER_THREAD = 8
 
 
 def _cases(rng):
-    from softmaxlab.kernels import cross_entropy_forward_backward, softmax
+    from softmaxlab.kernels import cross_entropy_forward_backward, softmax, softmax_backward
 
     cases = []
-    for rows, classes in ((1, 1 << 22), (4096, 1000)):
+    for rows, classes in ((1, 1 << 22), (4096, 1000), (512, 32000)):
         x = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
+        y, dy = softmax(x), rng.standard_normal((rows, classes)).astype(np.float32)
         target = rng.integers(0, classes, rows)
         split = rows < 2 * numba.get_num_threads() and classes > 8192
         tasks = rows * -(-classes // 8192) if split else rows
         cases.append((f"softmax {rows}x{classes}", lambda x=x: softmax(x), tasks, ("softmax", x)))
+        cases.append((f"softmax_backward {rows}x{classes}", lambda y=y, dy=dy: softmax_backward(y, dy), tasks,
+                      ("softmax_backward", y, dy)))
         cases.append((f"cross_entropy_fb {rows}x{classes}",
                       lambda x=x, t=target: cross_entropy_forward_backward(x, t), tasks, ("ce", x, target)))
     return cases
@@ -62,6 +65,9 @@ def _torch_call(torch, spec):
     x = torch.from_numpy(spec[1])
     if spec[0] == "softmax":
         return lambda: torch.softmax(x, -1)
+    if spec[0] == "softmax_backward":
+        dy = torch.from_numpy(spec[2])
+        return lambda: torch._softmax_backward_data(dy, x, -1, x.dtype)
     target = torch.from_numpy(spec[2])
 
     def step():

@@ -12,7 +12,10 @@ torch at 4096 x 1000 float32, or the measured reason.  This script times, on one
 * ``softmax_backward`` (dx = y (dy - y.dy)): the kernel, torch's ``_softmax_backward_data``;
 * ``binary_cross_entropy_with_logits`` and ``quadratic_cost`` (forward): the kernels, and
   torch's ``F.binary_cross_entropy_with_logits`` and ``F.mse_loss(torch.sigmoid(x), y) / 2``
-  (the quadratic cost's mean).
+  (the quadratic cost's mean);
+* the float64 backward normalizers' row sums on a row of 10^6 float64 (8 MB, in cache):
+  sum_j y_j dy_j and sum_j dy_j compensated as the kernels take them (``rows.block_dot2``,
+  ``rows.block_sum2``) and plain (32 lanes, reassociated), per element.
 
 Run: ``python benchmarks/pass_costs.py [--repeats 40]``.  One thread, so that the other core
 absorbs a neighbour; the lines are comparable within one run only.
@@ -59,6 +62,34 @@ def _passes():
     return reduce_pass, write_pass_wide, write_pass_exp32
 
 
+def _row_sums():
+    from softmaxlab.kernels._numerics.rows import block_dot2, block_sum2
+
+    @njit
+    def dot2(a, b):
+        return block_dot2(a, b)
+
+    @njit(fastmath={"contract", "reassoc", "nsz"})
+    def plain_dot(a, b):
+        total = 0.0
+        for j in range(a.shape[0]):
+            total += a[j] * b[j]
+        return total
+
+    @njit
+    def sum2(a):
+        return block_sum2(a)
+
+    @njit(fastmath={"contract", "reassoc", "nsz"})
+    def plain_sum(a):
+        total = 0.0
+        for j in range(a.shape[0]):
+            total += a[j]
+        return total
+
+    return dot2, plain_dot, sum2, plain_sum
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
@@ -102,6 +133,17 @@ def main(argv=None):
     print(f"{ROWS} x {CLASSES} float32, one thread, best of {args.repeats} calls")
     for name, function in lines.items():
         print(f"  {name:62s} {best_seconds(function, args.repeats) * 1e3:7.3f} ms")
+    a, b = rng.standard_normal(10**6), rng.standard_normal(10**6)
+    dot2, plain_dot, sum2, plain_sum = _row_sums()
+    sums = {
+        "sum y dy, compensated (Dot2, as the float64 kernels)": lambda: dot2(a, b),
+        "sum y dy, plain (32 lanes)": lambda: plain_dot(a, b),
+        "sum dy, compensated (TwoSum, as the float64 kernels)": lambda: sum2(a),
+        "sum dy, plain (32 lanes)": lambda: plain_sum(a),
+    }
+    print(f"a row of {a.size} float64 (in cache), one thread, best of {args.repeats} calls")
+    for name, function in sums.items():
+        print(f"  {name:62s} {best_seconds(function, args.repeats) / a.size * 1e9:7.3f} ns per element")
 
 
 if __name__ == "__main__":

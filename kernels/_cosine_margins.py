@@ -10,12 +10,12 @@ For float64 inputs the target's ``s f(c)`` is a pair (exact for NormFace and Cos
 with an angular margin cos m and sin m are pairs too and the rounding of the square root
 remains, up to about s ulp where f(c) cancels).  The measured errors against mpmath, per
 regime, are the accuracy tables (``results/accuracy.md``; the largest over the regimes in
-the README).  Measured on branch acc after 5e99963 with ``softmaxlab accuracy --kernels
-margin_cross_entropy normface cosface arcface`` and their ``_forward_backward``: float32
-loss and dcos within 0.51 ULP; float64 loss within 1.5 ULP and dcos within 5.1 ULP (was
-25.2 and 26.8 for ArcFace's dominant logit, from cos m's rounding).  ArcFace's f'(c) near
-theta = pi - m, where it tends to 0, is within 3.8 ULP of mpmath (it was up to 4e14 ULP:
-``test_arcface_slope_near_pi_minus_m_has_no_cancellation``).
+the README): with ``softmaxlab accuracy --kernels margin_cross_entropy normface cosface
+arcface`` and their ``_forward_backward``, float32 loss and dcos within 0.51 ULP; float64
+loss within 1.5 ULP and dcos within 5.1 ULP (cos m and sin m as pairs: ArcFace's dominant
+logit would otherwise carry cos m's rounding, tens of ULP).  ArcFace's f'(c) near
+theta = pi - m, where it tends to 0, is formed without cancellation
+(``test_arcface_slope_near_pi_minus_m_has_no_cancellation``; within 3.8 ULP of mpmath).
 
 Proof book: ``docs/proofs/margins.md`` (combined-margin derivative, margin cross-entropy
 gradient, the ArcFace derivative at the ends and its fallback).

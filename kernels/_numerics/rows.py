@@ -561,7 +561,7 @@ def _rounded(pair):
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def compensated_sum(values):
-    """sum of a 1-D float64 array in order, compensated (Neumaier's TwoSum form): error about
+    """sum of a 1-D float64 array in order, compensated (Ogita, Rump & Oishi's Sum2): error about
     u |sum| + n^2 u^2 sum |values|.  For the few blocks of a row."""
     high = 0.0
     low = 0.0
