@@ -27,18 +27,14 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from timing import call_seconds
 
 
 def median_seconds(function, calls: int) -> float:
-    """The median of ``calls`` timed calls after one untimed call: beside a neighbour that is
-    busy half of each 10 ms, the best call would be one it left alone."""
-    function()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """The median of ``calls`` timed calls: beside a neighbour that is busy half of each 10 ms,
+    the best call would be one it left alone."""
+    return float(np.median(call_seconds(function, calls)))
+
 
 CHUNKS_PER_THREAD = 8
 

@@ -28,17 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import call_seconds
 
 
 def percentiles(function, calls=150):
     """p20, p50, p80, p95 of ``calls`` timed calls after one untimed call, in ms."""
-    function()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return np.percentile(times, [20, 50, 80, 95]) * 1e3
+    return np.percentile(call_seconds(function, calls), [20, 50, 80, 95]) * 1e3
 
 
 def main(argv=None) -> int:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import time
 
 
-def best_seconds(function, repeats: int) -> float:
-    """The fastest of ``repeats`` calls of ``function()``, in seconds, after one call that is not timed
-    (compilation, first-touch page faults)."""
+def call_seconds(function, calls: int) -> list[float]:
+    """The durations of ``calls`` calls of ``function()``, in seconds, after one call that is not
+    timed (compilation, first-touch page faults)."""
     function()
-    fastest = float("inf")
-    for _ in range(repeats):
+    times = []
+    for _ in range(calls):
         start = time.perf_counter()
         function()
-        fastest = min(fastest, time.perf_counter() - start)
-    return fastest
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def best_seconds(function, repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``function()``, in seconds (``call_seconds``)."""
+    return min(call_seconds(function, repeats))
