@@ -174,8 +174,11 @@ _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _LOW_64 = -746.0  # exp(x) rounds to 0 below ln(2**-1075) = -745.13...
 _HIGH_64 = 710.0  # exp(x) overflows above ln(max double) = 709.78...
-_LOW_32 = -110.0  # e**-110 < 2**-150 rounds to 0 in float32; 2**k stays normal in float64
-_HIGH_32 = 90.0  # e**90 > max float32 rounds to inf in float32
+# exp_f32_wide's clamps: the float64 range where 2**k is normal (one scaling step).  Not
+# float32's: its results are also multiplied in float64 before they are rounded (by a row's
+# sum of dy in log_softmax_backward, by grad_output), so e**-200 must stay e**-200, not e**-110.
+_LOW_32 = -708.0  # 2**k >= 2**-1021
+_HIGH_32 = 709.0  # 2**k <= 2**1023, e**709 = 8.2e307
 
 # Coefficients in descending powers (Horner's order).
 # q(r) ~ (e^r - 1 - r) / r^2 to degree 10, for float64 results ...
@@ -294,12 +297,13 @@ def exp64(x):
 def exp_f32_wide(x):
     """exp(x) to float32 accuracy (1.1e-10 relative, exp(0) = 1), computed in float64 for a float64 x.
 
-    For the float32 kernels, which store the result as float32 (one rounding).
-    Below -110 the result is e**-110 and above 90 it is e**90; both round to 0 and inf
-    in float32, and they keep 2**k a normal float64 so one scaling step suffices.
+    For the float32 kernels, which round the result, or its product with a float64 factor,
+    once to float32.  Below -708 the result is e**-708 and above 709 it is e**709, the
+    ends of the range where 2**k is a normal float64 (one scaling step suffices); a
+    product with any float32-sized factor then still rounds to 0 or overflows to inf.
     """
     shifted, k, clamped = _reduce(x, _LOW_32, _HIGH_32)
-    # one-constant reduction: r is off by at most |k| (ln2 - fl(ln2)) + ulp(r)/2 < 4e-15
+    # one-constant reduction: r is off by at most |k| (ln2 - fl(ln2)) + ulp(r)/2 < 3e-14
     r = clamped - k * _LN2
     return _scale_pow2_normal(_horner(r, _P32), shifted)
 

@@ -135,6 +135,19 @@ def test_logits_of_plus_minus_1e4_and_torch_cancellation_at_minus_30(dtype):
     assert abs(torch_value - exact) > 1e-3 * exact
 
 
+def test_float32_gradient_of_far_negative_logits_is_the_tiny_product_not_a_clamped_one():
+    # sigma(x) grad_output with sigma(x) = e^x far below float32's range: the product is formed
+    # in float64 and rounded once, so e^-120 * 3e38 = 2.3e-14 is kept and e^-200 * 3e38 rounds
+    # to 0 (neither is e^-110 * 3e38).
+    logits = np.array([-300.0, -200.0, -120.0, -104.0], dtype=np.float32)
+    grad_output = np.full(4, 3e38, dtype=np.float32)
+    _, grad = binary_cross_entropy_with_logits_forward_backward(
+        logits, np.zeros(4, np.float32), reduction="none", grad_output=grad_output)
+    expected = (np.exp(logits.astype(np.float64)) * float(np.float32(3e38))).astype(np.float32)
+    np.testing.assert_array_max_ulp(grad, expected, maxulp=1)
+    np.testing.assert_array_equal(grad == 0, expected == 0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_masked_logits(dtype):
     logits = np.array([[-np.inf, -np.inf, np.inf, np.inf]], dtype=dtype)

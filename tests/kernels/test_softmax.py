@@ -398,6 +398,24 @@ def test_float64_backwards_are_within_two_roundings_of_their_terms(classes):
             assert log_error <= u * (2 * abs(dy_j) + 4 * e_j * absolute_total), (i, j)
 
 
+@pytest.mark.parametrize("total", [3e38, -1e6, 1e3, 1e-40])
+def test_float32_log_softmax_backward_exponential_is_not_clamped_before_its_product(total):
+    # dx_i = dy_i - e^(y_i) sum_j dy_j with e^(y_i) and the product in float64, rounded once:
+    # e^y for y far outside float32's exp range, times a large (or tiny) sum, is a normal
+    # float32 (or rounds to 0) and must come out as the float64 formula's rounding, not as
+    # e^-110 or e^90 times the sum.
+    y = np.array([-300.0, -200.0, -120.0, -105.0, 0.0, 60.0, 95.0, 120.0], dtype=np.float32)
+    dy = np.zeros((1, 8), dtype=np.float32)
+    dy[0, 4] = total
+    dx = log_softmax_backward(y[None, :], dy)[0]
+    with np.errstate(over="ignore"):
+        expected = (dy[0].astype(np.float64) - np.exp(y.astype(np.float64)) * float(np.float32(total))).astype(np.float32)
+    np.testing.assert_array_max_ulp(dx, expected, maxulp=1)
+    # where the formula rounds to 0 (or overflows), so does the kernel
+    np.testing.assert_array_equal(dx == 0, expected == 0)
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(expected))
+
+
 # ---- threads -------------------------------------------------------------------------------
 
 
