@@ -38,7 +38,16 @@ from ._numerics.rows import (
     reduce_sum_product,
     scale_shift_in_place,
 )
-from ._validation import as_rows, check_axis, check_float_array, check_same_array_layout, from_rows
+from ._validation import (
+    as_rows,
+    check_axis,
+    check_float_array,
+    check_out,
+    check_same_array_layout,
+    finish_rows,
+    from_rows,
+    output_rows,
+)
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward"]
 
@@ -252,7 +261,7 @@ def _run(kernel, a, b, out):
 # ---- public API -------------------------------------------------------------------------
 
 
-def softmax(x, axis=-1):
+def softmax(x, axis=-1, *, out=None):
     r"""Softmax along ``axis``.
 
     .. math:: \mathrm{softmax}(x)_j = \frac{e^{x_j - M}}{\sum_k e^{x_k - M}},\quad M = \max_k x_k
@@ -260,6 +269,9 @@ def softmax(x, axis=-1):
     Args:
         x: float32 or float64 array of any shape (at least 1-D); not modified.
         axis: the class axis (default: the last).
+        out: optional array of ``x``'s shape and dtype that receives the result and is
+            returned (a loop that reuses it allocates nothing and takes no first-touch
+            page faults); it may not share memory with ``x``.
 
     Returns:
         An array of ``x``'s shape and dtype whose slices along ``axis`` sum to 1.
@@ -282,11 +294,12 @@ def softmax(x, axis=-1):
     """
     x = check_float_array("x", x)
     axis = check_axis("axis", axis, x.ndim)
+    out = check_out(out, x, ("x", x))
     rows = as_rows(x, axis)
-    return from_rows(_run(_softmax_kernel, rows, rows, np.empty_like(rows)), x.shape, axis)
+    return finish_rows(_run(_softmax_kernel, rows, rows, output_rows(out, rows, axis)), x.shape, axis, out)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x, axis=-1, *, out=None):
     r"""Log-softmax along ``axis``.
 
     .. math:: \log\mathrm{softmax}(x)_j = (x_j - M) - \log \sum_k e^{x_k - M}
@@ -294,6 +307,9 @@ def log_softmax(x, axis=-1):
     Args:
         x: float32 or float64 array of any shape (at least 1-D); not modified.
         axis: the class axis (default: the last).
+        out: optional array of ``x``'s shape and dtype that receives the result and is
+            returned (a loop that reuses it allocates nothing and takes no first-touch
+            page faults); it may not share memory with ``x``.
 
     Returns:
         An array of ``x``'s shape and dtype.  A slice of all ``-inf`` gives ``-inf``
@@ -313,8 +329,9 @@ def log_softmax(x, axis=-1):
     """
     x = check_float_array("x", x)
     axis = check_axis("axis", axis, x.ndim)
+    out = check_out(out, x, ("x", x))
     rows = as_rows(x, axis)
-    return from_rows(_run(_log_softmax_kernel, rows, rows, np.empty_like(rows)), x.shape, axis)
+    return finish_rows(_run(_log_softmax_kernel, rows, rows, output_rows(out, rows, axis)), x.shape, axis, out)
 
 
 def logsumexp(x, axis=-1):
@@ -354,7 +371,7 @@ def _backward_rows(name_y, y, name_dy, dy, axis):
     return as_rows(y, axis), as_rows(dy, axis), axis
 
 
-def softmax_backward(y, dy, axis=-1):
+def softmax_backward(y, dy, axis=-1, *, out=None):
     r"""Vector-Jacobian product of softmax, from its output.
 
     .. math:: dx_i = y_i \Big(dy_i - \sum_j y_j\, dy_j\Big),\qquad y = \mathrm{softmax}(x)
@@ -363,6 +380,8 @@ def softmax_backward(y, dy, axis=-1):
         y: the output of :func:`softmax` (float32 or float64).
         dy: the upstream gradient, same shape and dtype as ``y``.
         axis: the class axis used in the forward call.
+        out: optional array of ``y``'s shape and dtype that receives dx and is returned;
+            it may not share memory with ``y`` or ``dy``.
 
     Returns:
         dx, shaped like ``y``.  Rows of zeros in ``y`` (all ``-inf`` inputs) give zeros.
@@ -380,11 +399,12 @@ def softmax_backward(y, dy, axis=-1):
     Reference: the Jacobian d a_j / d z_i = a_j (delta_ij - a_i), docs/proofs/softmax.md#softmax-vjp.
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
-    out = _run(_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
-    return from_rows(out, y.shape, axis)
+    out = check_out(out, y, ("y", y), ("dy", dy))
+    result = _run(_softmax_backward_kernel, y_rows, dy_rows, output_rows(out, y_rows, axis))
+    return finish_rows(result, y.shape, axis, out)
 
 
-def log_softmax_backward(y, dy, axis=-1):
+def log_softmax_backward(y, dy, axis=-1, *, out=None):
     r"""Vector-Jacobian product of log-softmax, from its output.
 
     .. math:: dx_i = dy_i - e^{y_i} \sum_j dy_j,\qquad y = \log\mathrm{softmax}(x)
@@ -393,6 +413,8 @@ def log_softmax_backward(y, dy, axis=-1):
         y: the output of :func:`log_softmax` (float32 or float64).
         dy: the upstream gradient, same shape and dtype as ``y``.
         axis: the class axis used in the forward call.
+        out: optional array of ``y``'s shape and dtype that receives dx and is returned;
+            it may not share memory with ``y`` or ``dy``.
 
     Returns:
         dx, shaped like ``y``.  A row of all ``-inf`` in ``y`` gives zeros.
@@ -409,5 +431,6 @@ def log_softmax_backward(y, dy, axis=-1):
     Reference: d log a_j / d z_i = delta_ij - a_i, docs/proofs/softmax.md#log-softmax-vjp.
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
-    out = _run(_log_softmax_backward_kernel, y_rows, dy_rows, np.empty_like(y_rows))
-    return from_rows(out, y.shape, axis)
+    out = check_out(out, y, ("y", y), ("dy", dy))
+    result = _run(_log_softmax_backward_kernel, y_rows, dy_rows, output_rows(out, y_rows, axis))
+    return finish_rows(result, y.shape, axis, out)

@@ -76,6 +76,42 @@ def from_rows(rows: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     return np.moveaxis(rows.reshape(moved_shape), -1, axis)
 
 
+def check_out(out, like: np.ndarray, *inputs: tuple[str, np.ndarray]):
+    """``out=``: None, or a writable ndarray of ``like``'s shape and dtype that shares no
+    memory with any of ``inputs`` ((name, array) pairs), returned as is."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray or None, got {type(out).__name__}")
+    if out.shape != like.shape:
+        raise ValueError(f"out must have the result's shape {like.shape}, got {out.shape}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"out must have the result's dtype {like.dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable, got a read-only array")
+    for name, array in inputs:
+        if np.shares_memory(out, array):
+            raise ValueError(f"out must not share memory with {name} (the kernels read it while they write out)")
+    return out
+
+
+def output_rows(out, rows: np.ndarray, axis: int) -> np.ndarray:
+    """The (rows, classes) array a row kernel writes: ``out`` itself, viewed as rows, when
+    it is C-contiguous with ``axis`` last; otherwise a new array (``finish_rows`` copies it)."""
+    if out is not None and axis == out.ndim - 1 and out.flags.c_contiguous:
+        return out.reshape(rows.shape)
+    return np.empty_like(rows)
+
+
+def finish_rows(result: np.ndarray, shape: tuple, axis: int, out) -> np.ndarray:
+    """The public result of a row kernel's ``result`` (:func:`from_rows`), stored in ``out`` if given."""
+    if out is None:
+        return from_rows(result, shape, axis)
+    if not np.shares_memory(result, out):
+        np.copyto(out, from_rows(result, shape, axis))
+    return out
+
+
 # ---- losses: class indices, real parameters, reduction, upstream gradient --------------
 # (appended for the margin and center losses; usable by every loss)
 

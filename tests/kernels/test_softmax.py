@@ -464,3 +464,67 @@ def test_backward_bad_inputs_raise_clear_errors(function):
         function(y, np.ones((2, 3), dtype=np.float32))
     with pytest.raises(TypeError, match=r"y must be a numpy.ndarray"):
         function(y.tolist(), np.ones((2, 3)))
+
+
+# ---- out= ----------------------------------------------------------------------------------
+
+_OUT_FUNCTIONS = {
+    "softmax": lambda x, dy, **kw: softmax(x, **kw),
+    "log_softmax": lambda x, dy, **kw: log_softmax(x, **kw),
+    "softmax_backward": lambda x, dy, **kw: softmax_backward(softmax(x, axis=kw.get("axis", -1)), dy, **kw),
+    "log_softmax_backward": lambda x, dy, **kw: log_softmax_backward(log_softmax(x, axis=kw.get("axis", -1)), dy, **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(_OUT_FUNCTIONS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_out_receives_the_result_bit_for_bit_and_is_returned(name, dtype, axis, layout):
+    # rows longer than a block, so that the split and the merged paths write into out too
+    classes = block_length(np.dtype(dtype).itemsize) + 5
+    x = _random((3, classes), dtype, seed=4)
+    dy = _random((3, classes), dtype, seed=5)
+    if axis == 0:
+        x, dy = np.ascontiguousarray(x.T), np.ascontiguousarray(dy.T)
+    function = _OUT_FUNCTIONS[name]
+    expected = function(x, dy, axis=axis)
+    out = np.full(x.shape, np.nan, dtype) if layout == "contiguous" else np.full(x.shape[::-1], np.nan, dtype).T
+    result = function(x, dy, axis=axis, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("function", [softmax, log_softmax])
+def test_out_bad_values_raise_clear_errors_and_write_nothing(function):
+    x = _random((2, 3), np.float64)
+    before = x.copy()
+    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray or None, got list"):
+        function(x, out=[[0.0] * 3] * 2)
+    with pytest.raises(ValueError, match=r"out must have the result's shape \(2, 3\), got \(3, 2\)"):
+        function(x, out=np.zeros((3, 2)))
+    with pytest.raises(TypeError, match=r"out must have the result's dtype float64, got float32"):
+        function(x, out=np.zeros((2, 3), np.float32))
+    read_only = np.zeros((2, 3))
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out must be writable, got a read-only array"):
+        function(x, out=read_only)
+    with pytest.raises(ValueError, match=r"out must not share memory with x"):
+        function(x, out=x)
+    wide = np.zeros((2, 6))
+    with pytest.raises(ValueError, match=r"out must not share memory with x"):
+        function(wide[:, ::2], out=wide[:, :3])  # overlapping views
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(wide, 0.0)
+
+
+@pytest.mark.parametrize("function", [softmax_backward, log_softmax_backward])
+def test_backward_out_may_not_be_an_input(function):
+    y = np.full((2, 3), 1.0 / 3.0)
+    dy = np.ones((2, 3))
+    with pytest.raises(ValueError, match=r"out must not share memory with y"):
+        function(y, dy, out=y)
+    with pytest.raises(ValueError, match=r"out must not share memory with dy"):
+        function(y, dy, out=dy)
+    np.testing.assert_array_equal(y, 1.0 / 3.0)
+    np.testing.assert_array_equal(dy, 1.0)

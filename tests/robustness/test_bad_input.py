@@ -185,6 +185,13 @@ def _common_cases(spec):
         yield "axis=-3", _set("axis", -3), ValueError, ("got -3", r"\[-2, 1\]")
         for value, received in ((1.0, "float"), (True, "bool"), (None, "NoneType")):
             yield f"axis={received}", _set("axis", value), TypeError, (received, "an int")
+    if "out" in parameters:
+        read_only = np.zeros((ROWS, CLASSES))
+        read_only.flags.writeable = False
+        yield "out-list", _set("out", [[0.0] * CLASSES] * ROWS), TypeError, ("list", "numpy.ndarray")
+        yield "out-wrong-shape", _set("out", np.zeros((CLASSES, ROWS))), ValueError, (r"\(4, 3\)", r"shape \(3, 4\)")
+        yield "out-float32", _set("out", np.zeros((ROWS, CLASSES), np.float32)), TypeError, ("float32", "float64")
+        yield "out-read-only", _set("out", read_only), ValueError, ("read-only", "writable")
     if "grad_output" in parameters:
         for value, received in (("1", "str"), (None, "NoneType"), ([1.0], "list"), (True, "bool"),
                                 (np.array("1"), "<U1"), (np.array(1j), "complex128"), (np.array(True), "bool")):
