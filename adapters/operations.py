@@ -225,5 +225,16 @@ OPERATIONS = (
 )
 
 NAMES = tuple(operation.name for operation in OPERATIONS)
-# the kernel functions' signatures: the adapters take the same arguments
-_SIGNATURES = {operation.name: inspect.signature(operation.value) for operation in OPERATIONS}
+# Keywords of the NumPy functions that the adapters do not take: ``out=`` writes into a NumPy
+# array the caller owns, which has no meaning for a torch operator or a JAX function.
+NUMPY_ONLY = ("out",)
+
+
+def _adapter_signature(function) -> inspect.Signature:
+    signature = inspect.signature(function)
+    return signature.replace(parameters=[parameter for name, parameter in signature.parameters.items()
+                                         if name not in NUMPY_ONLY])
+
+
+# the kernel functions' signatures, less NUMPY_ONLY: the adapters take the same arguments
+_SIGNATURES = {operation.name: _adapter_signature(operation.value) for operation in OPERATIONS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -9,13 +10,15 @@ import textwrap
 import pytest
 
 from softmaxlab import kernels
-from softmaxlab.adapters.operations import ARRAY, OPERATIONS, OPTIONAL_ARRAY
+from softmaxlab.adapters.operations import ARRAY, NUMPY_ONLY, OPERATIONS, OPTIONAL_ARRAY
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.name)
 def test_the_table_follows_the_kernel_signatures(operation):
     parameters = operation.signature.parameters
     assert [argument.name for argument in operation.arguments] == list(parameters)
+    kernel_parameters = inspect.signature(operation.value).parameters
+    assert [name for name in kernel_parameters if name not in NUMPY_ONLY] == list(parameters)
     for argument in operation.arguments:
         if argument.kind == OPTIONAL_ARRAY:
             assert parameters[argument.name].default is None
