@@ -495,36 +495,23 @@ def test_out_receives_the_result_bit_for_bit_and_is_returned(name, dtype, axis, 
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("function", [softmax, log_softmax])
-def test_out_bad_values_raise_clear_errors_and_write_nothing(function):
+@pytest.mark.parametrize("name", list(_OUT_FUNCTIONS))
+def test_out_may_not_share_memory_with_an_input(name):
+    # the other bad values of out are rows of tests/robustness/test_bad_input.py
     x = _random((2, 3), np.float64)
-    before = x.copy()
-    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray or None, got list"):
-        function(x, out=[[0.0] * 3] * 2)
-    with pytest.raises(ValueError, match=r"out must have the result's shape \(2, 3\), got \(3, 2\)"):
-        function(x, out=np.zeros((3, 2)))
-    with pytest.raises(TypeError, match=r"out must have the result's dtype float64, got float32"):
-        function(x, out=np.zeros((2, 3), np.float32))
-    read_only = np.zeros((2, 3))
-    read_only.flags.writeable = False
-    with pytest.raises(ValueError, match=r"out must be writable, got a read-only array"):
-        function(x, out=read_only)
-    with pytest.raises(ValueError, match=r"out must not share memory with x"):
-        function(x, out=x)
+    function = _OUT_FUNCTIONS[name]
+    shared = "dy" if "backward" in name else "x"
+    with pytest.raises(ValueError, match=rf"out must not share memory with {shared} \("):
+        function(x, x, out=x)  # the backwards get x as dy
     wide = np.zeros((2, 6))
-    with pytest.raises(ValueError, match=r"out must not share memory with x"):
-        function(wide[:, ::2], out=wide[:, :3])  # overlapping views
-    np.testing.assert_array_equal(x, before)
+    with pytest.raises(ValueError, match=r"out must not share memory with"):
+        function(wide[:, ::2], wide[:, ::2], out=wide[:, :3])  # overlapping views
     np.testing.assert_array_equal(wide, 0.0)
 
 
 @pytest.mark.parametrize("function", [softmax_backward, log_softmax_backward])
-def test_backward_out_may_not_be_an_input(function):
+def test_backward_out_may_not_be_y(function):
     y = np.full((2, 3), 1.0 / 3.0)
-    dy = np.ones((2, 3))
-    with pytest.raises(ValueError, match=r"out must not share memory with y"):
-        function(y, dy, out=y)
-    with pytest.raises(ValueError, match=r"out must not share memory with dy"):
-        function(y, dy, out=dy)
+    with pytest.raises(ValueError, match=r"out must not share memory with y \("):
+        function(y, np.ones((2, 3)), out=y)
     np.testing.assert_array_equal(y, 1.0 / 3.0)
-    np.testing.assert_array_equal(dy, 1.0)
