@@ -35,6 +35,7 @@ from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair, exp_f32_wide
 from ._numerics.rows import SUM_CHUNK, block_max, has_nan, pairwise_sum
+from ._outputs import new_output_like
 
 __all__ = ["MarginRows", "MarginOutputs", "exp_scaled_difference", "margin_rows"]
 
@@ -236,7 +237,7 @@ def margin_rows(logits, targets, target_high, target_low, target_slopes, upstrea
     losses = np.empty(rows_count)
     target_gradients = np.empty(rows_count)
     if with_gradient:
-        gradient = np.empty_like(logits) if out is None else out
+        gradient = new_output_like(logits) if out is None else out
     else:
         gradient = np.empty((0, 0), dtype=logits.dtype)
     rows = MarginRows(targets, target_high, target_low, target_slopes, upstream, float(scale))

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from ._config import JIT_OPTIONS
+from ._outputs import new_output_like
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -97,10 +98,11 @@ def check_out(out, like: np.ndarray, *inputs: tuple[str, np.ndarray]):
 
 def output_rows(out, rows: np.ndarray, axis: int) -> np.ndarray:
     """The (rows, classes) array a row kernel writes: ``out`` itself, viewed as rows, when
-    it is C-contiguous with ``axis`` last; otherwise a new array (``finish_rows`` copies it)."""
+    it is C-contiguous with ``axis`` last; otherwise a new array (``_outputs.new_output_like``;
+    ``finish_rows`` copies it into ``out``)."""
     if out is not None and axis == out.ndim - 1 and out.flags.c_contiguous:
         return out.reshape(rows.shape)
-    return np.empty_like(rows)
+    return new_output_like(rows)
 
 
 def finish_rows(result: np.ndarray, shape: tuple, axis: int, out) -> np.ndarray:

@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from .._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
 from .._numerics.rows import SUM_CHUNK, pairwise_sum
+from .._outputs import new_output_like
 from .._validation import check_broadcast_weight, check_float_array, check_reduction, check_same_array_layout
 from .reduction import reduce_losses, row_scales
 
@@ -153,8 +154,8 @@ def elementwise_loss(kernel, logits, target, reduction, grad_output, write, weig
         upstream = np.ones((1, 1))
         scale = float(row_scales(grad_output, "mean" if reduction == "mean" else "sum", count, ())[0])
     store_loss = reduction == "none"
-    loss_out = np.empty_like(rows) if store_loss else np.empty((1, 1), dtype=rows.dtype)
-    grad = np.empty_like(rows) if write else np.empty((1, 1), dtype=rows.dtype)
+    loss_out = new_output_like(rows) if store_loss else np.empty((1, 1), dtype=rows.dtype)
+    grad = new_output_like(rows) if write else np.empty((1, 1), dtype=rows.dtype)
     row_loss = np.empty(rows_count)
     args = ElementwiseArgs(targets, weights, positive_weights, np.ascontiguousarray(upstream), scale, store_loss)
     block = block_length(rows.dtype.itemsize)

@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
+from .._outputs import new_output_like
 from .._validation import check_float_array
 from .._numerics.eft import two_sum
 from .._numerics.exp import exp64_pair
@@ -153,7 +154,7 @@ def run_loss_kernel(kernel, rows, args, write, reduction, denominator, shape):
     """
     block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
     if write:
-        grad = np.empty_like(rows)
+        grad = new_output_like(rows)
     else:
         # forward only: one block of scratch per thread (``exp_slot``), so that the loss
         # takes the same exponentials, stored as the fused kernel stores them in the
