@@ -3,8 +3,12 @@
 Every entry is its own loss (``term(x, y, w, p_w) -> (loss, dloss/dx)``), so there is no
 row state to merge: (row, block) tasks of a fixed block size are spread over threads,
 each writing its block of the gradient (and of the loss for ``reduction="none"``) and its
-block's loss sum in float64; the row sums are pairwise sums of the block sums in a fixed
-order, so every result is bit-identical for any thread count.  A driver of its own
+block's loss sum in float64; the row sums and the batch's sum are compensated sums of the
+block sums and of the row sums in a fixed order, so every result is bit-identical for any
+thread count.  The blocks' own sums stay plain (in lanes): their rounding errors, of
+either sign and independent between blocks, average out over a batch, where a plain sum
+over the rows rounds the batch's total itself (a float64 mean was one ULP off:
+``docs/performance.md``, sixth session).  A driver of its own
 because the row drivers' reduce/merge/write passes would cost these losses a second
 pass over the logits for nothing.
 """
@@ -17,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_length
-from .._numerics.rows import SUM_CHUNK, pairwise_sum
+from .._numerics.rows import SUM_CHUNK, compensated_sum
 from .._outputs import new_output_like
 from .._validation import check_broadcast_weight, check_float_array, check_reduction, check_same_array_layout
 from .reduction import reduce_losses, row_scales
@@ -110,7 +114,7 @@ def make_elementwise_kernel(term):
             losses = np.empty(block)
             partial[i, k] = block_loss(logits, args, grad, loss_out, losses, i, start, stop, write)
         for i in prange(rows):
-            row_loss[i] = pairwise_sum(partial[i].copy()) if blocks > 1 else partial[i, 0]
+            row_loss[i] = compensated_sum(partial[i]) if blocks > 1 else partial[i, 0]
 
     return kernel
 
@@ -160,5 +164,7 @@ def elementwise_loss(kernel, logits, target, reduction, grad_output, write, weig
     args = ElementwiseArgs(targets, weights, positive_weights, np.ascontiguousarray(upstream), scale, store_loss)
     block = block_length(rows.dtype.itemsize)
     kernel(rows, args, grad, loss_out, row_loss, block, write)
-    loss = reduce_losses(loss_out if store_loss else row_loss, reduction, shape, logits.dtype, count)
+    # the rows' sum, compensated in row order
+    total = None if store_loss else compensated_sum(row_loss)
+    loss = reduce_losses(loss_out if store_loss else row_loss, reduction, shape, logits.dtype, count, total)
     return loss, (grad.reshape(shape) if write else None)
