@@ -1,6 +1,7 @@
 """What a fresh output costs: softmax_backward (or softmax) with and without ``out=``, quiet and beside a busy neighbour.
 
     python benchmarks/fresh_outputs.py [--kernel softmax] [--shape 4096x1000] [--no-huge-pages]
+                                       [--output-cache-mb 0]
 
 Every call of a kernel returns a new array unless it is given ``out=``; at 512 x 32000
 float32 (the default shape) that is 65 MB whose pages are faulted in by the first write.
@@ -9,7 +10,9 @@ to ``madvise`` (this machine) the kernel may compact memory to find 2 MiB pages 
 the fault.  This script times, in one process, the percentiles (p20, p50, p80, p95) of
 150 calls, and counts the minor page faults per call (``getrusage``), of:
 
-* the kernel as most users call it (a fresh output each call);
+* the kernel as most users call it (a new output each call: from 32 MiB on, the buffer of
+  the output dropped the call before, from ``kernels/_outputs.py``'s cache; with
+  ``--output-cache-mb 0`` a fresh one);
 * the kernel with ``out=reused``: one output reused across calls;
 * torch's ``_softmax_backward_data`` or ``softmax`` (its own fresh output, from its allocator);
 
@@ -47,7 +50,10 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel", choices=("softmax_backward", "softmax"), default="softmax_backward")
     parser.add_argument("--shape", default="512x32000", help="ROWSxCLASSES, float32 (default: 512x32000)")
     parser.add_argument("--no-huge-pages", action="store_true", help="switch NumPy's huge-page madvise off")
+    parser.add_argument("--output-cache-mb", help="SOFTMAXLAB_OUTPUT_CACHE_MB for this run (0: fresh outputs)")
     args = parser.parse_args(argv)
+    if args.output_cache_mb is not None:
+        os.environ["SOFTMAXLAB_OUTPUT_CACHE_MB"] = args.output_cache_mb  # read when the kernels are imported
     if args.no_huge_pages:
         np._core.multiarray._set_madvise_hugepage(False)
     import torch
@@ -63,13 +69,13 @@ def main(argv=None) -> int:
     reused = np.empty_like(y)
     if args.kernel == "softmax":
         calls = {
-            "softmax (fresh output)": lambda: softmax(x),
+            "softmax (new output)": lambda: softmax(x),
             "softmax(..., out=reused)": lambda: softmax(x, out=reused),
             "torch softmax": lambda: torch.softmax(t_x, -1),
         }
     else:
         calls = {
-            "softmax_backward (fresh output)": lambda: softmax_backward(y, dy),
+            "softmax_backward (new output)": lambda: softmax_backward(y, dy),
             "softmax_backward(..., out=reused)": lambda: softmax_backward(y, dy, out=reused),
             "torch _softmax_backward_data": lambda: torch._softmax_backward_data(t_dy, t_y, -1, t_y.dtype),
         }

@@ -2,10 +2,9 @@
 
 An output above glibc's largest mmap threshold (32 MiB) comes from a fresh ``mmap`` on
 every call and goes back to the system when the caller drops it, so each call faults
-its pages in again: at 512 x 32000 float32 (65 MB) that is 20-30% of softmax_backward's
-time, and, with NumPy's transparent-huge-page ``madvise``, the fault may stop to compact
-memory (``benchmarks/fresh_outputs.py`` measures both).  Below that size glibc reuses
-freed memory itself.
+its pages in again, and, with NumPy's transparent-huge-page ``madvise``, a fault may stop
+to compact memory (``benchmarks/fresh_outputs.py`` measures both; the figures are in
+``docs/performance.md``).  Below that size glibc reuses freed memory itself.
 
 So :func:`new_output` hands out large outputs from a small cache of freed buffers, as
 PyTorch's GPU allocator does for device memory.  The returned array is an ordinary
