@@ -35,13 +35,29 @@ def _shape_label(rows: int, classes: int, dtype: str) -> str:
     return f"{rows}x{classes}" + ("" if dtype == "float32" else f" {dtype}")
 
 
+def _unreliable(pair: pd.DataFrame) -> pd.Series:
+    """Per (kernel, rows, classes, dtype): whether softmaxlab's or torch's cell is flagged
+    "spread" or "load" (``tables.cell_flags``), which makes their ratio unreliable."""
+    if not {"p20_s", "p80_s"} <= set(pair.columns):
+        return pd.Series(dtype=bool)
+    flags = tables.cell_flags(pair).str.contains("spread|load", regex=True)
+    return flags.groupby([pair[column] for column in ("kernel", "rows", "classes", "dtype")]).any()
+
+
 def speed_markdown(rows: pd.DataFrame) -> str:
-    """Torch p50 / softmaxlab p50 (above 1: softmaxlab faster), one table per set of benchmark shapes."""
-    p50 = rows[rows["provider"].isin(("softmaxlab", "torch"))].pivot_table(
+    """Torch p50 / softmaxlab p50 (above 1: softmaxlab faster), one table per set of benchmark shapes;
+    a ratio whose cells are flagged unreliable carries ``tables.FLAG_MARK``, explained under the tables."""
+    pair = rows[rows["provider"].isin(("softmaxlab", "torch"))]
+    p50 = pair.pivot_table(
         index=["kernel", "rows", "classes", "dtype"], columns="provider", values="p50_s", aggfunc="first")
     if p50.empty or not {"softmaxlab", "torch"} <= set(p50.columns):
         return "(no side-by-side timings in results/bench.csv)\n"
     ratios = (p50["torch"] / p50["softmaxlab"]).dropna()
+    unreliable = _unreliable(pair)
+
+    def cell(key) -> str:
+        return f"{ratios[key]:.2f}" + (tables.FLAG_MARK if unreliable.get(key, False) else "")
+
     groups: dict = {}  # shapes of a kernel -> kernels, in the rows' order
     for kernel in dict.fromkeys(rows["kernel"]):
         if kernel not in ratios.index.get_level_values("kernel"):
@@ -56,8 +72,11 @@ def speed_markdown(rows: pd.DataFrame) -> str:
         header = ["kernel"] + [_shape_label(*shape) for shape in shapes]
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(shapes)]
         for kernel in kernels:
-            lines.append(f"| {kernel} | " + " | ".join(f"{ratios[(kernel, *shape)]:.2f}" for shape in shapes) + " |")
+            lines.append(f"| {kernel} | " + " | ".join(cell((kernel, *shape)) for shape in shapes) + " |")
         parts.append("\n".join(lines) + "\n")
+    if unreliable.any():
+        parts.append(f"{tables.FLAG_MARK}: softmaxlab's or torch's cell flagged unreliable in `results/bench.md` "
+                     f"(p80 - p20 above {tables.SPREAD_FLAG:.0%} of p50, or another process's load).\n")
     return "\n".join(parts)
 
 

@@ -60,3 +60,17 @@ def test_accuracy_table_lets_the_fused_entry_stand_for_its_forward():
     assert [line.split(" | ")[:2] for line in table[2:]] == [["| cross_entropy_forward_backward", "loss"],
                                                             ["| cross_entropy_forward_backward", "dlogits"]]
     assert table[3].endswith("| 1.5 |  |  |")
+
+
+def test_speed_table_marks_a_ratio_whose_cells_are_flagged():
+    def row(provider, dtype, p20, p50, p80):
+        return dict(kernel="softmax", provider=provider, rows=4, classes=8, dtype=dtype, p20_s=p20, p50_s=p50,
+                    p80_s=p80)
+
+    rows = pd.DataFrame([row("softmaxlab", "float32", 0.9, 1.0, 1.1), row("torch", "float32", 2.4, 2.5, 2.6),
+                         row("softmaxlab", "float64", 0.9, 1.0, 1.1), row("torch", "float64", 1.0, 2.5, 4.0)])
+    text = readme.speed_markdown(rows)
+    assert "| softmax | 2.50 | 2.50\u2020 |" in text
+    assert "\u2020: softmaxlab's or torch's cell flagged unreliable" in text
+    quiet = readme.speed_markdown(rows.assign(p20_s=rows["p50_s"], p80_s=rows["p50_s"]))
+    assert "\u2020" not in quiet
