@@ -161,8 +161,6 @@ GAP_REASONS = (
     ("distillation_loss*", "loss", ("near_ties",), ("float64",), "*",
      "KL of near-equal rows: every method errs by about u T^2 log C per row (up to 100 ULP, JAX alike); "
      "the mean of 32 rows decides which is lower"),
-    ("quadratic_cost*", "loss", "*", ("float64",), "*",
-     "the mean of float64 squares of exp64 sigmoids (0.66 ULP each): within two roundings"),
     ("log_softmax_backward", "dx", "*", ("float64",), ("cond",),
      "e^y from exp64 (0.66 ULP) times the compensated sum, then one rounding: within two roundings of its terms"),
     ("softmax", "y", ("classes_1e6",), ("float64",), ("rowwise",),
