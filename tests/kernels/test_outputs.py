@@ -10,7 +10,18 @@ import sys
 import numpy as np
 import pytest
 
-from softmaxlab.kernels import cross_entropy_forward_backward, softmax, softmax_backward
+from softmaxlab.kernels import (
+    arcface_forward_backward,
+    binary_cross_entropy_with_logits_forward_backward,
+    cross_entropy_forward_backward,
+    distillation_loss_forward_backward,
+    log_softmax,
+    log_softmax_backward,
+    quadratic_cost,
+    smooth_hinge_forward_backward,
+    softmax,
+    softmax_backward,
+)
 from softmaxlab.kernels import _outputs
 from softmaxlab.kernels._outputs import SMALLEST_CACHED, _Cache, new_output
 
@@ -105,6 +116,43 @@ def test_kernels_write_their_whole_output_into_a_reused_buffer(empty_cache):
     loss_plain, grad_plain = cross_entropy_forward_backward(x, labels)
     assert loss == loss_plain
     np.testing.assert_array_equal(grad, grad_plain)
+
+
+def _large_calls():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((ROWS, CLASSES)).astype(np.float32)
+    target = rng.random(x.shape).astype(np.float32)
+    labels = rng.integers(0, CLASSES, ROWS)
+    ignored = np.where(np.arange(ROWS) % 3 == 0, -100, labels)
+    cosines = np.clip(0.3 * x, -1.0, 1.0)
+    y = log_softmax(x)
+    return {
+        "log_softmax_backward": lambda: log_softmax_backward(y, target),
+        "cross_entropy_forward_backward, ignored rows": lambda: cross_entropy_forward_backward(
+            x, ignored, ignore_index=-100, reduction="none")[1],
+        "arcface_forward_backward": lambda: arcface_forward_backward(cosines, labels)[1],
+        "distillation_loss_forward_backward": lambda: distillation_loss_forward_backward(x, target, labels)[1],
+        "smooth_hinge_forward_backward": lambda: smooth_hinge_forward_backward(x, labels)[1],
+        "quadratic_cost, reduction='none'": lambda: quadratic_cost(x, target, reduction="none"),
+        "binary_cross_entropy_with_logits_forward_backward": lambda: (
+            binary_cross_entropy_with_logits_forward_backward(x, target)[1]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_large_calls()))
+def test_every_kind_of_output_is_wholly_written_into_a_stale_buffer(empty_cache, name):
+    # the row kernels, the loss drivers (ignored rows too), the margin rows and the elementwise
+    # driver each take their output from the cache: none may leave a stale entry
+    call = _large_calls()[name]
+    expected = np.array(call())  # a copy; the output itself goes back to the cache
+    empty_cache.clear()
+    stale = new_output((ROWS, CLASSES), np.float32)
+    stale[...] = np.nan
+    address = stale.ctypes.data
+    del stale
+    result = call()
+    assert result.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(result, expected)
 
 
 @pytest.mark.parametrize(("value", "message"), [("lots", "must be a number of MiB"), ("-1", "must be >= 0"),
