@@ -6,9 +6,9 @@ each writing its block of the gradient (and of the loss for ``reduction="none"``
 block's loss sum in float64; the row sums and the batch's sum are compensated sums of the
 block sums and of the row sums in a fixed order, so every result is bit-identical for any
 thread count.  The blocks' own sums stay plain (in lanes): their rounding errors, of
-either sign and independent between blocks, average out over a batch, where a plain sum
-over the rows rounds the batch's total itself (a float64 mean was one ULP off:
-``docs/performance.md``, sixth session).  A driver of its own
+either sign and independent between blocks, average out over a batch, while a plain sum
+over the rows would round the batch's total itself (about one ULP of a float64 mean; the
+measurements are in ``docs/performance.md``).  A driver of its own
 because the row drivers' reduce/merge/write passes would cost these losses a second
 pass over the logits for nothing.
 """
