@@ -55,7 +55,7 @@ FLOAT32_FUNCTIONS = ("exp32", "exp32_wide")
 def _vector_exp32(values):
     """The float32 rows' vector loop over ``values`` (x - 0, so exp(x) for x <= 0)."""
     out = np.empty_like(values)
-    store_exp32_floored(values, np.float32(0.0), out)
+    store_exp32_floored(values, np.float32(0.0), out, values[:0])
     return out
 
 

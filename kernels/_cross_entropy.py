@@ -281,8 +281,9 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
         return
     values = logits[i, start:stop]
     # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
-    # scratch for the loss alone (the same T either way)
-    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write))
+    # scratch for the loss alone (the same T either way); no block ahead (``following_block``):
+    # its prefetch measured no gain here (docs/performance.md, seventh session)
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write), values[:0])
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total
     if args.smoothing != 0.0:
@@ -383,7 +384,7 @@ def make_class_index_kernel(finish, plain, fused=True):
         values = logits[i]
         classes = values.shape[0]
         destination = exp_slot(grad, i, 0, classes, write)
-        largest, total = max_sum_exp_stored(values, destination)
+        largest, total = max_sum_exp_stored(values, destination, values[:0])
         if not math.isfinite(largest):
             return False
         if plain and args.smoothing == 0.0 and not args.weighted:
@@ -458,7 +459,7 @@ _index_kernel = make_class_index_kernel(cross_entropy_finish, plain=True)
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     values = logits[i, start:stop]
-    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write))
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write), values[:0])
     anchor = largest if math.isfinite(largest) else 0.0
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total

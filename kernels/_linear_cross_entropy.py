@@ -197,7 +197,7 @@ def _tile_statistics(first, last, part, logits, row0, col0, tile, args, partial,
                 values = logits[r, start:stop]
                 k = (col0 + start) // tile
                 # e_j stored in this block's scratch, as cross_entropy stores them for the loss alone
-                largest, total = max_sum_exp_stored(values, scratch[part, 0 : stop - start])
+                largest, total = max_sum_exp_stored(values, scratch[part, 0 : stop - start], values[:0])
                 partial[i, k, MAX] = largest
                 partial[i, k, SUM] = total
                 if args.smoothing != 0.0:

@@ -215,7 +215,7 @@ def reduce_scaled(values, scale):
     largest = block_max(values) * scale
     if not math.isfinite(largest):
         return infinite_block_pair(values, largest)
-    return largest, scaled_exp_sum(values, scale, largest, values)
+    return largest, scaled_exp_sum(values, scale, largest, values, values[:0])
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)

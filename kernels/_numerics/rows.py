@@ -177,12 +177,13 @@ def _block_max(values):
     return lambda values: _strided_max(values)
 
 
-def store_exp32_floored(values, largest, destination):
+def store_exp32_floored(values, largest, destination, ahead):
     """destination[j] = exp32_difference_floored(values[j], largest), float32 (JIT only).
 
     Contiguous rows take the explicit vector loop of ``vector.row_exp32_store`` (the
-    same operations, bit for bit; ``vscalefps`` for the scaling by 2**k on AVX-512),
-    others LLVM's vectorization of the scalar loop.  With the float64 sum after them, at
+    same operations, bit for bit; ``vscalefps`` for the scaling by 2**k on AVX-512; the
+    block ``ahead``, read next, prefetched along the way), others LLVM's vectorization of
+    the scalar loop.  With the float64 sum after them, at
     1000 classes on one thread: 0.31 ns per element, against 0.38 for the scalar loop.
     """
     raise NotImplementedError("store_exp32_floored is only callable from JIT code")
@@ -195,21 +196,22 @@ def _strided_exp32_store(values, largest, destination):
 
 
 @overload(store_exp32_floored, inline="always", jit_options=JIT_OPTIONS)
-def _store_exp32_floored(values, largest, destination):
-    if contiguous_float_row(values) and contiguous_float_row(destination):
-        return lambda values, largest, destination: row_exp32_store(values, largest, destination)
-    return lambda values, largest, destination: _strided_exp32_store(values, largest, destination)
+def _store_exp32_floored(values, largest, destination, ahead):
+    if contiguous_float_row(values) and contiguous_float_row(destination) and contiguous_float_row(ahead):
+        return lambda values, largest, destination, ahead: row_exp32_store(values, largest, destination, ahead)
+    return lambda values, largest, destination, ahead: _strided_exp32_store(values, largest, destination)
 
 
 def _make_exp_sum(store, scaled):
-    """Build ``exp_sum(values, scale, largest, destination) -> T`` for one combination of flags.
+    """Build ``exp_sum(values, scale, largest, destination, ahead) -> T`` for one combination of flags.
 
     T = sum_j exp(scale values[j] - largest) - 1, in float64, for
     largest = max_j scale values[j].  ``scale values[j]`` is rounded to float64 once
     (without ``scaled``, ``scale`` is ignored and taken as 1); the difference to
     ``largest`` is then exact (``exp_difference_for``).  NaN entries reach T.  With
     ``store`` each e_j is also written to ``destination`` (rounded to its dtype), for a
-    write pass to scale in place.
+    write pass to scale in place.  ``ahead``: the block the caller reads next, prefetched by
+    the float32 rows' stored exponentials (``vector.row_exp32_store``); empty for none.
 
     T is computed without cancellation: the entries equal to the max (each exp(0) = 1
     exactly) are counted and the others summed, T = sum + (count - 1).  That is what
@@ -270,14 +272,14 @@ def _make_exp_sum(store, scaled):
     terms_floored = make_terms_wide(floored=True)
 
     @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-    def terms_float32(values, scale, largest, destination):
+    def terms_float32(values, scale, largest, destination, ahead):
         # two loops: e_j = exp32(x_j - m) in float32 arithmetic (16 lanes), stored; then
         # their float64 sum.  In one loop the float64 sum halves the exp's vector width
         # (LLVM picks 8 lanes for both), which measured 25% slower; written on vectors
         # (vector.py) with the conversions to float64 in the exp loop, 12% slower.
         shift = np.float32(largest)
         if abs(shift) < EXP32_FLOOR_LIMIT:  # every row in practice
-            store_exp32_floored(values, shift, destination)
+            store_exp32_floored(values, shift, destination, ahead)
         else:
             for j in range(values.shape[0]):
                 destination[j] = exp32_difference(values[j], shift)
@@ -301,40 +303,41 @@ def _make_exp_sum(store, scaled):
             ties += 1.0 if e == 1.0 else 0.0
         return total, ties
 
-    def terms(values, scale, largest, destination):
+    def terms(values, scale, largest, destination, ahead):
         raise NotImplementedError("terms is only callable from JIT code")
 
     # inline: a dispatch with no arithmetic of its own; as a call it cost the float32 rows'
     # exponentials and sum 5% at 1000 classes (a call passes each array as 7 values)
     @overload(terms, inline="always", jit_options=JIT_OPTIONS)
-    def _terms(values, scale, largest, destination):
+    def _terms(values, scale, largest, destination, ahead):
         if store and not scaled and values.dtype == destination.dtype == types.float32:
-            return lambda values, scale, largest, destination: terms_float32(values, scale, largest, destination)
+            return lambda values, scale, largest, destination, ahead: terms_float32(values, scale, largest, destination,
+                                                                                   ahead)
         if values.dtype == types.float64:
 
-            def terms64(values, scale, largest, destination):
+            def terms64(values, scale, largest, destination, ahead):
                 if abs(largest) < EXP64_FLOOR_LIMIT:  # every row in practice
                     return terms_floored(values, scale, largest, destination)
                 return terms_wide(values, scale, largest, destination)
 
             return terms64
-        return lambda values, scale, largest, destination: terms_wide(values, scale, largest, destination)
+        return lambda values, scale, largest, destination, ahead: terms_wide(values, scale, largest, destination)
 
     # STRICT: with reassoc LLVM rewrote total + (ties - 1) as (total + ties) - 1, which
     # cancels (T = 1.8e-13 came out 1.5e-4 off; tests/kernels/test_exp.py guards it)
     # (and not inline="always": inlined, it took its REDUCTION_FASTMATH callers' flags and
     # the rewrite came back)
     @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def exp_sum(values, scale, largest, destination):
+    def exp_sum(values, scale, largest, destination, ahead):
         length = sum_chunk_for(values)
         if values.shape[0] <= length:
-            total, ties = terms(values, scale, largest, destination)
+            total, ties = terms(values, scale, largest, destination, ahead)
         else:
             total = 0.0
             ties = 0.0
             for base in range(0, values.shape[0], length):
                 written = destination[base : base + length] if store else destination
-                partial, count = terms(values[base : base + length], scale, largest, written)
+                partial, count = terms(values[base : base + length], scale, largest, written, ahead[:0])
                 total += partial
                 ties += count
         return total + (ties - 1.0)
@@ -368,28 +371,51 @@ def reduce_max_sum_exp(x, unused, out, i, start, stop):
     largest = block_max(values)
     if not math.isfinite(largest):
         return infinite_block_pair(values, largest)
-    return largest, exp_sum_minus_one(values, 1.0, largest, values)
+    return largest, exp_sum_minus_one(values, 1.0, largest, values, values[:0])
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-def max_sum_exp_stored(values, destination):
+def max_sum_exp_stored(values, destination, ahead):
     """(m_b, t_b) of a block as ``reduce_max_sum_exp``, each e_j stored in ``destination``.
 
     Storing is what lets a float32 block take its exponentials in float32 arithmetic
     (``_make_exp_sum``), twice as many per vector: log_softmax stores them in the output
     row it overwrites afterwards, cross-entropy in the gradient's block (or scratch).
-    Nothing is stored for a block whose max is infinite.
+    Nothing is stored for a block whose max is infinite.  ``ahead``: the block read next
+    (``following_block``), prefetched while the exponentials are computed; empty for none.
     """
     largest = block_max(values)
     if not math.isfinite(largest):
         return infinite_block_pair(values, largest)
-    return largest, store_exp_sum(values, 1.0, largest, destination)
+    return largest, store_exp_sum(values, 1.0, largest, destination, ahead)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def following_block(x, i, start, stop):
+    """The block a row kernel reads after x[i, start:stop]: the next ``stop - start`` entries of
+    row i, else the first ones of row i + 1; empty for a row of one block, or the last block.
+
+    Rows of more than one block (``BLOCK_BYTES``) are read from memory block by block: the
+    exp loop of one block prefetches the next (``vector.row_exp32_store``), which its max
+    pass then finds in cache.  softmax's and log_softmax's reduce take it (5-16% faster at
+    512 x 32000 and 64 x 262144 float32); cross-entropy's does not, its A/B being even.
+    Rows of one block are not hinted: the next row's prefetch gained nothing at 1000
+    classes (``benchmarks/prefetch_model.py``; ``docs/performance.md``, seventh session).
+    """
+    length = stop - start
+    if start == 0 and stop == x.shape[1]:
+        return x[i, 0:0]
+    if stop < x.shape[1]:
+        return x[i, stop : stop + length]
+    if i + 1 < x.shape[0]:
+        return x[i + 1, 0:length]
+    return x[i, 0:0]
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
 def reduce_max_sum_exp_via(x, unused, out, i, start, stop):
     """``reduce_max_sum_exp`` with ``out``'s block (of ``x``'s shape) as scratch for the e_j."""
-    return max_sum_exp_stored(x[i, start:stop], out[i, start:stop])
+    return max_sum_exp_stored(x[i, start:stop], out[i, start:stop], following_block(x, i, start, stop))
 
 
 @njit(**JIT_OPTIONS)

@@ -16,7 +16,10 @@ directly, and a third is not vectorized at all, so this module emits those loops
   by 2**k in one ``vscalefps`` instead of four instructions.  With the float64 sum that
   follows it, 0.38 -> 0.31 ns per element at 1000 classes (0.34 without ``vscalefps``:
   the loop LLVM makes of the scalar code is slower than the same operations written
-  here, by about 10%).
+  here, by about 10%).  Each vector also prefetches a line of the block the row kernel
+  reads next (``ahead``, ``rows.following_block``): the exp loop is arithmetic-bound and
+  the next block's max pass memory-bound, and with the hint they overlap instead of
+  taking turns (``docs/performance.md``, seventh session).
 
 * ``row_dot2`` and ``row_sum2``, the compensated float64 sums of the backward
   normalizers (sum_j y_j dy_j, sum_j dy_j): TwoSum's steps must not be reassociated,
@@ -50,6 +53,7 @@ VECTOR_BYTES = 64
 _ACCUMULATORS = 4
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
+_BYTE_POINTER = ir.IntType(8).as_pointer()
 
 
 def _indices(count, start=0):
@@ -266,16 +270,22 @@ def _exp32_floored_vector(builder, values, largest, floor, scale_by_scalef):
 
 
 @intrinsic
-def row_exp32_store(typingctx, values, largest, destination):
-    """destination[j] = exp32_difference_floored(values[j], largest) over a row (explicit vector IR).
+def row_exp32_store(typingctx, values, largest, destination, ahead):
+    """destination[j] = exp32_difference_floored(values[j], largest) over a row (explicit vector IR),
+    with the start of ``ahead`` prefetched into L1 along the way.
 
-    For C-contiguous float32 ``values`` and ``destination`` of one length and a float32
-    ``largest`` with |largest| < ``EXP32_FLOOR_LIMIT``.  Measured at 1000 classes, one
+    For C-contiguous float32 ``values``, ``destination`` (of one length) and ``ahead`` and a
+    float32 ``largest`` with |largest| < ``EXP32_FLOOR_LIMIT``.  Measured at 1000 classes, one
     thread, exp and the float64 sum after it: 0.31 ns per element against 0.38 for LLVM's
     vectorization of the scalar loop (0.34 with the two products instead of ``vscalefps``).
+
+    ``ahead`` is the block a row kernel reads next (empty for none): vector j also prefetches
+    the line of ``ahead[16 j]`` (``llvm.prefetch``, a hint: no fault, no effect on any value),
+    so that its max pass finds it in cache while this loop computes.  The exp loop is
+    arithmetic-bound and the max pass memory-bound: without the hint the two take turns.
     """
-    if not (contiguous_float_row(values) and contiguous_float_row(destination)
-            and values.dtype == destination.dtype == largest == types.float32):
+    if not (contiguous_float_row(values) and contiguous_float_row(destination) and contiguous_float_row(ahead)
+            and values.dtype == destination.dtype == ahead.dtype == largest == types.float32):
         return None
 
     def codegen(context, builder, signature, args):
@@ -283,27 +293,41 @@ def row_exp32_store(typingctx, values, largest, destination):
         vector_type = ir.VectorType(ir.FloatType(), lanes)
         source = context.make_array(signature.args[0])(context, builder, args[0])
         target = context.make_array(signature.args[2])(context, builder, args[2])
+        following = context.make_array(signature.args[3])(context, builder, args[3])
         length = builder.extract_value(source.shape, 0)
         largest_vector = _splat(builder, args[1], vector_type)
         floor = builder.fsub(largest_vector, ir.Constant(vector_type, [float(_FLOOR_OFFSET_32)] * lanes), flags=_FLAGS)
         use_scalef = _has_avx512(context)
+        prefetch = _declared(builder.module, "llvm.prefetch.p0",
+                             ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32]))
 
         def exponentials(loaded):
             return _exp32_floored_vector(builder, loaded, largest_vector, floor, use_scalef)
 
-        def body(index, carried):
-            loaded = builder.load(_vector_pointer(builder, source.data, index, vector_type), align=4)
-            builder.store(exponentials(loaded), _vector_pointer(builder, target.data, index, vector_type), align=4)
-            return []
+        def body(prefetching):
+            def step(index, carried):
+                if prefetching:
+                    # read (0), keep in L1 (3), data (1)
+                    line = builder.bitcast(builder.gep(following.data, [index]), _BYTE_POINTER)
+                    builder.call(prefetch, [line, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                loaded = builder.load(_vector_pointer(builder, source.data, index, vector_type), align=4)
+                builder.store(exponentials(loaded), _vector_pointer(builder, target.data, index, vector_type), align=4)
+                return []
+
+            return step
 
         whole = builder.and_(length, ir.Constant(_I64, -lanes))
-        index, _ = _counted_loop(builder, ir.Constant(_I64, 0), whole, lanes, [], body)
+        # the vectors with a line of ``ahead`` to prefetch, then the rest
+        ahead_whole = builder.and_(builder.extract_value(following.shape, 0), ir.Constant(_I64, -lanes))
+        hinted = builder.select(builder.icmp_signed("<", ahead_whole, whole), ahead_whole, whole)
+        index, _ = _counted_loop(builder, ir.Constant(_I64, 0), hinted, lanes, [], body(True))
+        index, _ = _counted_loop(builder, index, whole, lanes, [], body(False))
         # the last partial vector (lanes past the end load the floor and are not stored)
         tail, mask = _load_tail(builder, source.data, length, index, vector_type, floor)
         _store_tail(builder, exponentials(tail), target.data, index, mask)
         return context.get_dummy_value()
 
-    return types.none(values, largest, destination), codegen
+    return types.none(values, largest, destination, ahead), codegen
 
 
 # The compensated sums' instructions carry ``arcp`` alone, which only concerns divisions

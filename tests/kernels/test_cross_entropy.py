@@ -540,7 +540,7 @@ def test_hot_loops_vectorize():
     # the reduces (cross-entropy's, stored; distillation's, scaled) after the calls above compiled them
     for dtype in DTYPES:
         row = np.linspace(-3, 0, 300).astype(dtype)
-        max_sum_exp_stored(row, np.empty_like(row))
+        max_sum_exp_stored(row, np.empty_like(row), row[:0])
         reduce_scaled(row, 0.5)
     flavours = (scaled_exp_sum, store_exp_sum)
     loops = [(terms, signature) for flavour in flavours for terms in flavour.loops for signature in terms.signatures]

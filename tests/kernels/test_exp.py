@@ -155,8 +155,8 @@ def test_kernel_hot_loops_vectorize():
     # strided rows (contiguous rows: tests/kernels/test_vector.py)
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
-        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row))
-        _rows.exp_sum_minus_one(row, 1.0, 0.0, row)
+        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row), row[:0])
+        _rows.exp_sum_minus_one(row, 1.0, 0.0, row, row[:0])
         _rows._strided_max(row[::2])
     flavours = (_rows.store_exp_sum, _rows.exp_sum_minus_one)
     loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows._strided_max]
@@ -194,7 +194,7 @@ def test_sum_of_exponentials_minus_one_keeps_a_tiny_total(dtype, classes):
     for flavour in flavours:
         native = dtype == np.float32 and flavour is _rows.store_exp_sum
         terms_bound = 0.87 * 2.0**-23 if native else wide_bound
-        total = flavour(row, 1.0, largest, np.empty_like(row))
+        total = flavour(row, 1.0, largest, np.empty_like(row), row[:0])
         assert abs(total - exact_total) <= terms_bound * exact_total, (flavour, total, exact_total)
 
 

@@ -85,7 +85,7 @@ def test_contiguous_rows_compile_to_one_max_per_vector():
 
 @njit(cache=False)
 def _vector_exponentials(values, largest, out):
-    _rows.store_exp32_floored(values, largest, out)
+    _rows.store_exp32_floored(values, largest, out, values[:0])
 
 
 @njit(cache=False)
@@ -98,7 +98,7 @@ def _scalar_exponentials(values, largest, out):
 def _stored_in_a_reassociating_caller(rows, largest, out):
     # the cross-entropy and softmax path: the loop inlined into code compiled with reassoc
     for i in range(rows.shape[0]):
-        _rows.store_exp_sum(rows[i], 1.0, largest[i], out[i])
+        _rows.store_exp_sum(rows[i], 1.0, largest[i], out[i], rows[i, :0])
 
 
 def _bits(values):
@@ -126,6 +126,41 @@ def test_exp_store_equals_the_scalar_exponential_bit_for_bit(largest):
         _vector_exponentials(values[::-1][::-1], largest, strided[::2])
         np.testing.assert_array_equal(_bits(strided[::2]), _bits(scalar))
         np.testing.assert_array_equal(strided[1::2], 7.0)
+
+
+@njit(cache=False)
+def _exponentials_ahead(values, largest, out, ahead):
+    _rows.store_exp32_floored(values, largest, out, ahead)
+
+
+def test_exp_store_with_a_block_ahead_stores_the_same_bits_and_leaves_it_alone():
+    # the prefetch of the block read next is a hint: whatever its length (shorter than the row,
+    # longer, none), the stored exponentials are the scalar ones and ``ahead`` is not written
+    rng = np.random.default_rng(17)
+    largest = np.float32(2.5)
+    values = (largest - np.abs(rng.standard_normal(1000)).astype(np.float32) * 20).astype(np.float32)
+    scalar = np.empty_like(values)
+    _scalar_exponentials(values, largest, scalar)
+    for ahead_length in (0, 1, 15, 16, 17, 500, 1000, 4096):
+        ahead = rng.standard_normal(ahead_length).astype(np.float32)
+        kept = ahead.copy()
+        stored = np.full_like(values, np.nan)
+        _exponentials_ahead(values, largest, stored, ahead)
+        np.testing.assert_array_equal(_bits(stored), _bits(scalar))
+        np.testing.assert_array_equal(_bits(ahead), _bits(kept))
+    assembly = _exponentials_ahead.inspect_asm(_exponentials_ahead.signatures[0])
+    assert "prefetcht0" in assembly
+
+
+def test_following_block_is_the_next_block_of_the_row_then_of_the_next_row():
+    x = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)
+    following = _rows.following_block
+    np.testing.assert_array_equal(following(x, 0, 0, 4), x[0, 4:8])
+    np.testing.assert_array_equal(following(x, 0, 4, 8), x[0, 8:10])  # the row's partial last block
+    np.testing.assert_array_equal(following(x, 0, 8, 10), x[1, 0:2])  # then the next row's start
+    np.testing.assert_array_equal(following(x, 1, 8, 10), x[2, 0:2])
+    assert following(x, 2, 8, 10).shape == (0,)  # the last block of the last row
+    assert following(x, 1, 0, 10).shape == (0,)  # a row of one block is not hinted
 
 
 def test_exp_store_keeps_its_rounding_inside_a_reassociating_caller():
@@ -162,7 +197,7 @@ def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkey
 
     @njit(cache=False)
     def portable(values, largest, out):
-        _vector.row_exp32_store(values, largest, out)
+        _vector.row_exp32_store(values, largest, out, values[:0])
 
     rng = np.random.default_rng(11)
     for largest in (np.float32(0.0), np.float32(-7.5), np.float32(3e4)):
