@@ -183,8 +183,8 @@ def store_exp32_floored(values, largest, destination, ahead):
     Contiguous rows take the explicit vector loop of ``vector.row_exp32_store`` (the
     same operations, bit for bit; ``vscalefps`` for the scaling by 2**k on AVX-512; the
     block ``ahead``, read next, prefetched along the way), others LLVM's vectorization of
-    the scalar loop.  With the float64 sum after them, at
-    1000 classes on one thread: 0.31 ns per element, against 0.38 for the scalar loop.
+    the scalar loop.  With the float64 sum after them, at 1000 classes on one thread: 0.31
+    ns per element, against 0.38 for the scalar loop.
     """
     raise NotImplementedError("store_exp32_floored is only callable from JIT code")
 
@@ -397,10 +397,9 @@ def following_block(x, i, start, stop):
 
     Rows of more than one block (``BLOCK_BYTES``) are read from memory block by block: the
     exp loop of one block prefetches the next (``vector.row_exp32_store``), which its max
-    pass then finds in cache.  softmax's and log_softmax's reduce take it (5-16% faster at
-    512 x 32000 and 64 x 262144 float32); cross-entropy's does not, its A/B being even.
-    Rows of one block are not hinted: the next row's prefetch gained nothing at 1000
-    classes (``benchmarks/prefetch_model.py``; ``docs/performance.md``, seventh session).
+    pass then finds in cache.  softmax's and log_softmax's reduce take it; cross-entropy's
+    does not, and rows of one block are not hinted, the two cases where it measured no gain
+    (``benchmarks/prefetch_model.py``; the figures in ``docs/performance.md``).
     """
     length = stop - start
     if start == 0 and stop == x.shape[1]:
