@@ -1,6 +1,6 @@
-"""The normalizers at 4096 x 1000 float32 on one and on two threads, beside torch.
+"""The normalizers in float32 on one and on two threads, beside torch.
 
-    python benchmarks/thread_scaling.py [--rounds 2] [--calls 60]
+    python benchmarks/thread_scaling.py [--rounds 2] [--calls 60] [--shape 4096x1000]
 
 softmax, log_softmax and their backwards, softmaxlab and torch with the same thread count
 (``numba.set_num_threads``, ``torch.set_num_threads``), one process, each call timed
@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--shape", default="4096x1000", help="rows x classes (default 4096x1000)")
     args = parser.parse_args(argv)
     import numba
     import torch
@@ -28,7 +29,8 @@ def main(argv=None) -> int:
     from softmaxlab.kernels import log_softmax, log_softmax_backward, softmax, softmax_backward
 
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((4096, 1000)) * 3).astype(np.float32)
+    rows, classes = (int(size) for size in args.shape.split("x"))
+    x = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     y, log_y = softmax(x), log_softmax(x)
     t_x, t_dy, t_y, t_log_y = (torch.from_numpy(a) for a in (x, dy, y, log_y))
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
         "log_softmax_backward": (lambda: log_softmax_backward(log_y, dy),
                                  lambda: torch._log_softmax_backward_data(t_dy, t_log_y, -1, torch.float32)),
     }
-    print("4096 x 1000 float32; ms p20/p50/p80, softmaxlab then torch; torch p50 / softmaxlab p50")
+    print(f"{rows} x {classes} float32; ms p20/p50/p80, softmaxlab then torch; torch p50 / softmaxlab p50")
     for round_ in range(args.rounds):
         for threads in (1, 2):
             numba.set_num_threads(threads)
