@@ -27,16 +27,17 @@ from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
 from ._numerics.rows import (
-    exp_for,
     fill,
     merge_max_sum_exp,
     max_sum_exp_stored,
     merge_sum_and_max,
+    next_row_block,
     reduce_max_sum_exp,
     reduce_max_sum_exp_via,
     reduce_sum_and_max,
     reduce_sum_product,
     scale_shift_in_place,
+    store_exp_product_difference,
 )
 from ._validation import (
     as_rows,
@@ -238,8 +239,9 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
             destination[j] = 0.0 if y_values[j] == -np.inf else np.nan
         return
     # dx_i = dy_i - exp(y_i) sum_j dy_j   (docs/proofs/softmax.md#log-softmax-vjp)
-    for j in range(y_values.shape[0]):
-        destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
+    store_exp_product_difference(
+        y_values, dy_values, destination, total, next_row_block(y, i, start, stop), next_row_block(dy, i, start, stop)
+    )
 
 
 _softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_softmax, _softmax_row)

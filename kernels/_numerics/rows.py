@@ -39,7 +39,16 @@ from .exp import (
     exp64_pair,
     exp_f32_wide,
 )
-from .vector import VECTOR_BYTES, contiguous_float64_row, contiguous_float_row, row_dot2, row_exp32_store, row_max, row_sum2
+from .vector import (
+    VECTOR_BYTES,
+    contiguous_float64_row,
+    contiguous_float_row,
+    row_dot2,
+    row_exp32_store,
+    row_exp_product_difference32,
+    row_max,
+    row_sum2,
+)
 
 # Sums run in float64 (float32 inputs are widened), over chunks of SUM_CHUNK elements
 # that LLVM spreads over 4 x 8 lanes: each term passes through at most 8 additions in
@@ -200,6 +209,46 @@ def _store_exp32_floored(values, largest, destination, ahead):
     if contiguous_float_row(values) and contiguous_float_row(destination) and contiguous_float_row(ahead):
         return lambda values, largest, destination, ahead: row_exp32_store(values, largest, destination, ahead)
     return lambda values, largest, destination, ahead: _strided_exp32_store(values, largest, destination)
+
+
+def store_exp_product_difference(y_values, dy_values, destination, total, ahead_y, ahead_dy):
+    """destination[j] = dy_j - exp(y_j) total, exp to the rows' accuracy, one rounding (JIT only).
+
+    In float64 (``exp_for``) and rounded once to the rows' dtype.  Contiguous float32 rows
+    take the explicit vector loop of ``vector.row_exp_product_difference32`` (the same
+    operations, bit for bit), which prefetches ``ahead_y`` and ``ahead_dy``, the blocks the
+    kernel reads next (``next_row_block``); others LLVM's vectorization of the scalar loop.
+    """
+    raise NotImplementedError("store_exp_product_difference is only callable from JIT code")
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _scalar_exp_product_difference(y_values, dy_values, destination, total):
+    for j in range(y_values.shape[0]):
+        destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
+
+
+@overload(store_exp_product_difference, inline="always", jit_options=JIT_OPTIONS)
+def _store_exp_product_difference(y_values, dy_values, destination, total, ahead_y, ahead_dy):
+    rows = (y_values, dy_values, destination, ahead_y, ahead_dy)
+    if all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows):
+        return lambda y_values, dy_values, destination, total, ahead_y, ahead_dy: row_exp_product_difference32(
+            y_values, dy_values, destination, np.float64(total), ahead_y, ahead_dy)
+    return lambda y_values, dy_values, destination, total, ahead_y, ahead_dy: _scalar_exp_product_difference(
+        y_values, dy_values, destination, total)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def next_row_block(x, i, start, stop):
+    """x[i + 1, start:stop], the block of the next row at the same place; empty for the last row.
+
+    A row kernel that writes row i block by block after reducing it reads row i + 1 next
+    (one thread takes consecutive rows): a write loop bound by its arithmetic can prefetch it.
+    log_softmax_backward's float32 write does (``store_exp_product_difference``).
+    """
+    if i + 1 < x.shape[0]:
+        return x[i + 1, start:stop]
+    return x[i, 0:0]
 
 
 def _make_exp_sum(store, scaled):

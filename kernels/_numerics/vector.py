@@ -1,9 +1,9 @@
 """Row loops written as explicit LLVM vector IR, where LLVM's loop vectorizer does badly.
 
-The kernels' loops are scalar Numba code that LLVM vectorizes.  Two of them, the
+The kernels' loops are scalar Numba code that LLVM vectorizes.  Some of them, the
 float32 rows' hot loops, come out slower than the same arithmetic written on vectors
-directly, and a third is not vectorized at all, so this module emits those loops itself
-(Numba ``@intrinsic``, llvmlite IR):
+directly, or cannot carry a prefetch, and the compensated sums are not vectorized at all,
+so this module emits those loops itself (Numba ``@intrinsic``, llvmlite IR):
 
 * ``row_max``, the max of a row skipping NaN.  ``m = x if x > m else m`` is not
   vectorized without the ``nnan`` flag, which the kernels never use (``_config``);
@@ -21,19 +21,27 @@ directly, and a third is not vectorized at all, so this module emits those loops
   the next block's max pass memory-bound, and with the hint they overlap instead of
   taking turns (``docs/performance.md``, seventh session).
 
+* ``row_exp_product_difference32``, log_softmax_backward's float32 write, dx_j = dy_j -
+  e^(y_j) S with ``exp_f32_wide`` in float64 (bit for bit the scalar loop).  The loop is
+  bound by its multiplies, the next row's reduce by memory: the loop prefetches the same
+  block of the next row into L2, so the two overlap instead of taking turns (measured by
+  ``benchmarks/write_prefetch.py``; figures in ``docs/performance.md``).
+
 * ``row_dot2`` and ``row_sum2``, the compensated float64 sums of the backward
   normalizers (sum_j y_j dy_j, sum_j dy_j): TwoSum's steps must not be reassociated,
   and without ``reassoc`` LLVM keeps the loop scalar (4.9 ns per element, measured); on
   four vectors they cost 0.28 and 0.24 ns per element against 0.18 and 0.08 for the
   plain sums (one thread, a row of 10^6 float64 in cache).
 
-All of them loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an AVX-512
-register; LLVM splits them on narrower targets) and finish with a masked load (and
-store) of the last partial vector (``llvm.masked.load``/``store``, generic IR).  Only
-``vscalefps`` is x86-specific, emitted where the JIT target has AVX-512F.  The
-kernels call them through ``rows.block_max`` and ``rows.store_exp32_floored``, for
-C-contiguous rows; other rows keep the scalar loops.  Measured on one thread of a
-Zen 4 (``tests/kernels/test_vector.py`` checks the results and the instructions).
+All of them loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an
+AVX-512 register; the log_softmax_backward write widens its 16 float32 to two registers of
+float64; LLVM splits them on narrower targets) and finish with a masked load (and store)
+of the last partial vector (``llvm.masked.load``/``store``, generic IR).  Only
+``vscalefps`` is x86-specific, emitted where the JIT target has AVX-512F.  The kernels
+call them through ``rows.block_max``, ``rows.store_exp32_floored`` and
+``rows.store_exp_product_difference``, for C-contiguous rows; other rows keep the scalar
+loops.  Measured on one thread of a Zen 4 (``tests/kernels/test_vector.py`` checks the
+results and the instructions).
 
 Semantics of ``row_max``, element for element those of the scalar loop: acc = x if
 x > acc else acc from -inf, so NaN is skipped (every comparison with NaN is false) and
@@ -47,7 +55,22 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .exp import _FLOOR_OFFSET_32, _LN2_HI_32, _LN2_LO_32, _LOG2E_32, _P1_32, _POW2_OFFSET, _SHIFT_32
+from .exp import (
+    _FLOOR_OFFSET_32,
+    _FORMATS,
+    _HIGH_32,
+    _LN2,
+    _LN2_HI_32,
+    _LN2_LO_32,
+    _LOG2E,
+    _LOG2E_32,
+    _LOW_32,
+    _P1_32,
+    _P32,
+    _POW2_OFFSET,
+    _SHIFT,
+    _SHIFT_32,
+)
 
 VECTOR_BYTES = 64
 _ACCUMULATORS = 4
@@ -151,6 +174,30 @@ def _store_tail(builder, value, data, index, mask):
                       ir.FunctionType(ir.VoidType(), [vector_type, pointer_type, _I32, mask.type]))
     alignment = ir.Constant(_I32, _element_bytes(vector_type))
     builder.call(store, [value, _vector_pointer(builder, data, index, vector_type), alignment, mask])
+
+
+def _prefetch_line(builder, data, index, locality):
+    """A read prefetch of the line of data[index] (``llvm.prefetch``, a hint: no fault, no
+    effect on any value); ``locality`` 3 keeps it in L1, 2 in L2."""
+    prefetch = _declared(builder.module, "llvm.prefetch.p0",
+                         ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32]))
+    line = builder.bitcast(builder.gep(data, [index]), _BYTE_POINTER)
+    # read (0), the locality, data (1)
+    builder.call(prefetch, [line, ir.Constant(_I32, 0), ir.Constant(_I32, locality), ir.Constant(_I32, 1)])
+
+
+def _whole_vectors_hinted(builder, length, ahead_length, lanes, step):
+    """``step(index, prefetching)`` over the whole vectors of a row of ``length``: with
+    ``prefetching`` over those with a line of a block ``ahead_length`` long to prefetch, then
+    without over the rest.  Returns the index of the partial vector left."""
+    whole = builder.and_(length, ir.Constant(_I64, -lanes))
+    ahead_whole = builder.and_(ahead_length, ir.Constant(_I64, -lanes))
+    hinted = builder.select(builder.icmp_signed("<", ahead_whole, whole), ahead_whole, whole)
+    index = ir.Constant(_I64, 0)
+    for prefetching, stop in ((True, hinted), (False, whole)):
+        index, _ = _counted_loop(builder, index, stop, lanes, [],
+                                 lambda i, carried, prefetching=prefetching: step(i, prefetching) or [])
+    return index
 
 
 def contiguous_float_row(values):
@@ -298,36 +345,115 @@ def row_exp32_store(typingctx, values, largest, destination, ahead):
         largest_vector = _splat(builder, args[1], vector_type)
         floor = builder.fsub(largest_vector, ir.Constant(vector_type, [float(_FLOOR_OFFSET_32)] * lanes), flags=_FLAGS)
         use_scalef = _has_avx512(context)
-        prefetch = _declared(builder.module, "llvm.prefetch.p0",
-                             ir.FunctionType(ir.VoidType(), [_BYTE_POINTER, _I32, _I32, _I32]))
 
         def exponentials(loaded):
             return _exp32_floored_vector(builder, loaded, largest_vector, floor, use_scalef)
 
-        def body(prefetching):
-            def step(index, carried):
-                if prefetching:
-                    # read (0), keep in L1 (3), data (1)
-                    line = builder.bitcast(builder.gep(following.data, [index]), _BYTE_POINTER)
-                    builder.call(prefetch, [line, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                loaded = builder.load(_vector_pointer(builder, source.data, index, vector_type), align=4)
-                builder.store(exponentials(loaded), _vector_pointer(builder, target.data, index, vector_type), align=4)
-                return []
+        def step(index, prefetching):
+            if prefetching:
+                _prefetch_line(builder, following.data, index, locality=3)
+            loaded = builder.load(_vector_pointer(builder, source.data, index, vector_type), align=4)
+            builder.store(exponentials(loaded), _vector_pointer(builder, target.data, index, vector_type), align=4)
 
-            return step
-
-        whole = builder.and_(length, ir.Constant(_I64, -lanes))
-        # the vectors with a line of ``ahead`` to prefetch, then the rest
-        ahead_whole = builder.and_(builder.extract_value(following.shape, 0), ir.Constant(_I64, -lanes))
-        hinted = builder.select(builder.icmp_signed("<", ahead_whole, whole), ahead_whole, whole)
-        index, _ = _counted_loop(builder, ir.Constant(_I64, 0), hinted, lanes, [], body(True))
-        index, _ = _counted_loop(builder, index, whole, lanes, [], body(False))
+        index = _whole_vectors_hinted(builder, length, builder.extract_value(following.shape, 0), lanes, step)
         # the last partial vector (lanes past the end load the floor and are not stored)
         tail, mask = _load_tail(builder, source.data, length, index, vector_type, floor)
         _store_tail(builder, exponentials(tail), target.data, index, mask)
         return context.get_dummy_value()
 
     return types.none(values, largest, destination, ahead), codegen
+
+
+def _exp_f32_wide_vector(builder, values):
+    """``exp.exp_f32_wide`` on a float64 vector, the same operations in the same order.
+
+    As LLVM compiles the scalar function (``contract``): the clamps at [-708, 709] (NaN
+    passes, every comparison with it false); shifted = fma(x, log2e, 1.5 * 2**52), k =
+    shifted - 1.5 * 2**52, r = fma(-k, ln2, x); e^r = 1 + r Q(r) by Horner's rule in FMAs;
+    times 2**k, whose bits are (bits(shifted) - bits(1.5 * 2**52) + 1023) << 52.  So the
+    results are the scalar ones bit for bit.
+    """
+    vector_type = values.type
+    lanes = vector_type.count
+    int_type, magic, bias, mantissa_bits = _FORMATS[64]
+    integers = ir.VectorType(int_type, lanes)
+    fma = _declared(builder.module, f"llvm.fma.{_mangled(vector_type)}", ir.FunctionType(vector_type, [vector_type] * 3))
+
+    def constant(value, kind=vector_type):
+        return ir.Constant(kind, [value] * lanes)
+
+    def fused(a, b, c):
+        return builder.call(fma, [a, b, c])
+
+    low, high = constant(_LOW_32), constant(_HIGH_32)
+    clamped = builder.select(builder.fcmp_ordered("<", values, low, flags=_FLAGS), low, values)
+    clamped = builder.select(builder.fcmp_ordered(">", clamped, high, flags=_FLAGS), high, clamped)
+    shifted = fused(clamped, constant(_LOG2E), constant(_SHIFT))
+    k = builder.fsub(shifted, constant(_SHIFT), flags=_FLAGS)
+    r = fused(builder.fneg(k, flags=_FLAGS), constant(_LN2), clamped)
+    polynomial = constant(_P32[0])
+    for coefficient in _P32[1:]:
+        polynomial = fused(polynomial, r, constant(coefficient))
+    k_bits = builder.sub(builder.bitcast(shifted, integers), constant(magic, integers))
+    exponent = builder.shl(builder.add(k_bits, constant(bias, integers)), constant(mantissa_bits, integers))
+    return builder.fmul(polynomial, builder.bitcast(exponent, vector_type), flags=_FLAGS)
+
+
+@intrinsic
+def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, ahead_dy):
+    """destination[j] = float32(dy_j - exp_f32_wide(y_j) total) over a float32 row (explicit
+    vector IR), with the start of ``ahead_y`` and ``ahead_dy`` prefetched along the way.
+
+    log_softmax_backward's write: each element widened to float64, ``exp_f32_wide`` (the
+    operations of ``_exp_f32_wide_vector``), dy_j - e_j total in one FMA, rounded once to
+    float32: the scalar loop's results bit for bit.  For C-contiguous float32 ``y``, ``dy``,
+    ``destination`` (of one length), ``ahead_y``, ``ahead_dy`` and a float64 ``total``.
+
+    ``ahead_y`` and ``ahead_dy`` are the blocks the row kernel reads next (empty for none):
+    vector j (16 elements) also prefetches the lines of ``ahead_y[16 j]`` and
+    ``ahead_dy[16 j]`` into L2 (``llvm.prefetch``, a hint).  This loop is bound by its
+    arithmetic (``benchmarks/pass_costs.py`` counts it) and the next row's reduce by
+    memory: without the hint the two take turns.
+    """
+    rows = (y, dy, destination, ahead_y, ahead_dy)
+    if not (all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = VECTOR_BYTES // 4
+        narrow = ir.VectorType(ir.FloatType(), lanes)
+        wide = ir.VectorType(ir.DoubleType(), lanes)
+        source, upstream, target, following_y, following_dy = (
+            context.make_array(kind)(context, builder, value)
+            for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
+        )
+        length = builder.extract_value(source.shape, 0)
+        total = _splat(builder, args[3], wide)
+        fma = _declared(builder.module, f"llvm.fma.{_mangled(wide)}", ir.FunctionType(wide, [wide] * 3))
+
+        def differences(y_vector, dy_vector):
+            exponentials = _exp_f32_wide_vector(builder, builder.fpext(y_vector, wide))
+            # fma(-e, S, dy) as the scalar loop: fma(e, -S, dy) would give a NaN S's sign to the NaN
+            minus = builder.fneg(exponentials, flags=_FLAGS)
+            return builder.fptrunc(builder.call(fma, [minus, total, builder.fpext(dy_vector, wide)]), narrow)
+
+        def step(index, prefetching):
+            if prefetching:
+                for following in (following_y, following_dy):
+                    _prefetch_line(builder, following.data, index, locality=2)
+            loaded = [builder.load(_vector_pointer(builder, array.data, index, narrow), align=4)
+                      for array in (source, upstream)]
+            builder.store(differences(*loaded), _vector_pointer(builder, target.data, index, narrow), align=4)
+
+        index = _whole_vectors_hinted(builder, length, builder.extract_value(following_y.shape, 0), lanes, step)
+        # the last partial vector (lanes past the end load 0 and are not stored)
+        zeros = ir.Constant(narrow, [0.0] * lanes)
+        y_tail, mask = _load_tail(builder, source.data, length, index, narrow, zeros)
+        dy_tail, _ = _load_tail(builder, upstream.data, length, index, narrow, zeros)
+        _store_tail(builder, differences(y_tail, dy_tail), target.data, index, mask)
+        return context.get_dummy_value()
+
+    return types.none(y, dy, destination, total, ahead_y, ahead_dy), codegen
 
 
 # The compensated sums' instructions carry ``arcp`` alone, which only concerns divisions

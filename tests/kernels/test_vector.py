@@ -1,6 +1,7 @@
-"""Tests for kernels/_numerics/vector.py: the explicit vector loops of the row max and of the float32
-rows' exponentials, against NumPy and the scalar forms that strided rows keep (bit for
-bit), and their code (one max per vector; ``vscalefps`` on AVX-512)."""
+"""Tests for kernels/_numerics/vector.py: the explicit vector loops of the row max, of the float32
+rows' exponentials and of log_softmax_backward's float32 write, against NumPy and the scalar
+forms that strided rows keep (bit for bit), and their code (one max per vector;
+``vscalefps`` on AVX-512; the prefetches)."""
 
 from __future__ import annotations
 
@@ -208,6 +209,93 @@ def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkey
         _scalar_exponentials(values, largest, expected)
         np.testing.assert_array_equal(_bits(got), _bits(expected))
     assert "vscalefps" not in portable.inspect_asm(portable.signatures[0])
+
+
+# ---- log_softmax_backward's float32 write (row_exp_product_difference32) -------------------
+
+
+@njit(cache=False)
+def _vector_differences(y, dy, out, total, ahead_y, ahead_dy):
+    _rows.store_exp_product_difference(y, dy, out, total, ahead_y, ahead_dy)
+
+
+@njit(cache=False)
+def _scalar_differences(y, dy, out, total):
+    _rows._scalar_exp_product_difference(y, dy, out, total)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _differences_in_a_reassociating_caller(y, dy, out, totals):
+    for i in range(y.shape[0]):
+        _rows.store_exp_product_difference(y[i], dy[i], out[i], totals[i], y[i, :0], dy[i, :0])
+
+
+def _log_probabilities_and_upstream(rng, length):
+    # log-probabilities from near 0 to far below float32's exp range, then values no
+    # log-probability takes (positive, beyond the clamps at -708 and 709) and the specials
+    spread = rng.choice(np.array([1e-6, 1.0, 30.0, 200.0, 1000.0], np.float32), length)
+    y = (-np.abs(rng.standard_normal(length)).astype(np.float32) * spread).astype(np.float32)
+    dy = (rng.standard_normal(length) * rng.choice(np.array([1e-30, 1.0, 1e30], np.float32), length)).astype(np.float32)
+    if length > 8:
+        y[:8] = [-np.inf, np.nan, 0.0, -0.0, 3.5, -750.0, 800.0, np.inf]
+        dy[8 if length > 9 else 0] = np.nan
+    return y, dy
+
+
+@pytest.mark.parametrize("total", [0.0, 1.0, -0.75, 3e38, -1e-30, 2.0**-1000, np.inf, np.nan])
+def test_log_softmax_backward_write_equals_the_scalar_loop_bit_for_bit(total):
+    rng = np.random.default_rng(5)
+    for length in _LENGTHS:
+        y, dy = _log_probabilities_and_upstream(rng, length)
+        kept = y.copy(), dy.copy()
+        vector, scalar = np.empty_like(y), np.empty_like(y)
+        _vector_differences(y, dy, vector, total, y[:0], dy[:0])
+        _scalar_differences(y, dy, scalar, total)
+        np.testing.assert_array_equal(_bits(vector), _bits(scalar), err_msg=f"length {length}")
+        np.testing.assert_array_equal(_bits(y), _bits(kept[0]))
+        np.testing.assert_array_equal(_bits(dy), _bits(kept[1]))
+        # a strided row keeps the scalar loop: the same bits
+        strided = np.full(2 * length, np.float32(7.0))
+        _vector_differences(y, dy, strided[::2], total, y[:0], dy[:0])
+        np.testing.assert_array_equal(_bits(strided[::2]), _bits(scalar))
+        np.testing.assert_array_equal(strided[1::2], 7.0)
+
+
+def test_log_softmax_backward_write_prefetches_the_blocks_ahead_and_leaves_them_alone():
+    rng = np.random.default_rng(23)
+    y, dy = _log_probabilities_and_upstream(rng, 1000)
+    scalar = np.empty_like(y)
+    _scalar_differences(y, dy, scalar, -0.3)
+    for ahead_length in (0, 1, 15, 16, 17, 500, 1000, 4096):
+        ahead_y, ahead_dy = (rng.standard_normal(ahead_length).astype(np.float32) for _ in range(2))
+        kept = ahead_y.copy(), ahead_dy.copy()
+        stored = np.full_like(y, np.nan)
+        _vector_differences(y, dy, stored, -0.3, ahead_y, ahead_dy)
+        np.testing.assert_array_equal(_bits(stored), _bits(scalar))
+        np.testing.assert_array_equal(_bits(ahead_y), _bits(kept[0]))
+        np.testing.assert_array_equal(_bits(ahead_dy), _bits(kept[1]))
+    assembly = _vector_differences.inspect_asm(_vector_differences.signatures[0])
+    assert "prefetcht1" in assembly
+    assert "exp@" not in assembly and "callq\texp" not in assembly
+
+
+def test_log_softmax_backward_write_keeps_its_rounding_inside_a_reassociating_caller():
+    rng = np.random.default_rng(29)
+    y = (-np.abs(rng.standard_normal((16, 1000))) * 5).astype(np.float32)
+    dy = rng.standard_normal((16, 1000)).astype(np.float32)
+    totals = dy.astype(np.float64).sum(axis=1)
+    stored, scalar = np.empty_like(y), np.empty_like(y)
+    _differences_in_a_reassociating_caller(y, dy, stored, totals)
+    for i in range(y.shape[0]):
+        _scalar_differences(y[i], dy[i], scalar[i], totals[i])
+    np.testing.assert_array_equal(_bits(stored), _bits(scalar))
+
+
+def test_next_row_block_is_the_same_block_of_the_next_row():
+    x = np.arange(3 * 10, dtype=np.float32).reshape(3, 10)
+    np.testing.assert_array_equal(_rows.next_row_block(x, 0, 4, 8), x[1, 4:8])
+    np.testing.assert_array_equal(_rows.next_row_block(x, 1, 0, 10), x[2])
+    assert _rows.next_row_block(x, 2, 0, 10).shape == (0,)
 
 
 # ---- the compensated float64 sums of the backward normalizers (row_dot2, row_sum2) ---------
