@@ -16,12 +16,9 @@ Run: ``python benchmarks/prefetch_model.py [--rounds 6] [--threads 2]``.
 
 from __future__ import annotations
 
-import argparse
-
-import numba
 import numpy as np
 from numba import njit, prange
-from timing import call_seconds
+from timing import call_seconds, rounds_and_threads
 
 SHAPES = ((512, 32000), (64, 262144), (4096, 1000))
 
@@ -76,11 +73,7 @@ def _model():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="alternations of off and on (default 6)")
-    parser.add_argument("--threads", type=int, default=2, help="Numba threads (default 2)")
-    args = parser.parse_args(argv)
-    numba.set_num_threads(args.threads)
+    args = rounds_and_threads(__doc__.splitlines()[0], 6, "alternations of off and on", argv)
     from softmaxlab.kernels import softmax as reference
 
     model = _model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 
@@ -20,3 +21,16 @@ def call_seconds(function, calls: int) -> list[float]:
 def best_seconds(function, repeats: int) -> float:
     """The fastest of ``repeats`` calls of ``function()``, in seconds (``call_seconds``)."""
     return min(call_seconds(function, repeats))
+
+
+def rounds_and_threads(description: str, rounds: int, rounds_help: str, argv=None) -> argparse.Namespace:
+    """``--rounds`` (default ``rounds``) and ``--threads`` (default 2) parsed from ``argv``, the
+    Numba threads set to the latter: the options of the scripts that time variants in rotation."""
+    import numba
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default {rounds})")
+    parser.add_argument("--threads", type=int, default=2, help="Numba threads (default 2)")
+    args = parser.parse_args(argv)
+    numba.set_num_threads(args.threads)
+    return args
