@@ -7,7 +7,8 @@ the same block of the next row (``rows.next_row_block``), so that the next reduc
 in cache.  This script builds the kernel three times with ``make_row_kernel`` from the
 kernel's own reduce and merge, with three writes:
 
-* ``hint``: the kernel's (``rows.store_exp_product_difference`` with the next row's blocks);
+* ``hint``: the kernel's own (``_softmax._write_log_softmax_backward``: the loop with the
+  next row's blocks, ``rows.next_row_block``);
 * ``no hint``: the same loop, with nothing ahead;
 * ``scalar``: the scalar loop LLVM vectorizes (``rows._scalar_exp_product_difference``),
   which strided rows take, and which the kernel ran before the explicit loop.
@@ -34,17 +35,14 @@ def _kernels():
     from softmaxlab.kernels._numerics.rows import (
         _scalar_exp_product_difference,
         merge_sum_and_max,
-        next_row_block,
         reduce_sum_and_max,
         store_exp_product_difference,
     )
 
-    # the rows of the benchmark have a finite max: the kernel's branch for an all -inf row is left out
-    @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def hinted(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
-        store_exp_product_difference(y[i, start:stop], dy[i, start:stop], out[i, start:stop], total,
-                                     next_row_block(y, i, start, stop), next_row_block(dy, i, start, stop))
+    from softmaxlab.kernels._softmax import _write_log_softmax_backward
 
+    # the rows of the benchmark have a finite max: the other two leave out the kernel's
+    # branch for an all -inf row
     @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
     def unhinted(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
         store_exp_product_difference(y[i, start:stop], dy[i, start:stop], out[i, start:stop], total,
@@ -54,7 +52,7 @@ def _kernels():
     def scalar(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
         _scalar_exp_product_difference(y[i, start:stop], dy[i, start:stop], out[i, start:stop], total)
 
-    writes = {"hint": hinted, "no hint": unhinted, "scalar": scalar}
+    writes = {"hint": _write_log_softmax_backward, "no hint": unhinted, "scalar": scalar}
     return {name: make_row_kernel(reduce_sum_and_max, merge_sum_and_max, write) for name, write in writes.items()}
 
 
