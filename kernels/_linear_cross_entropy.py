@@ -16,7 +16,11 @@ products for float32 inputs; in float64 with ``precision="float64"``) in both:
    functions; ``_merge_rows`` merges the tiles of a row in tile order with
    ``cross_entropy``'s merge and forms its loss with its formula
    (``_cross_entropy.index_finite_cross_entropy``).  The loss is therefore
-   ``cross_entropy``'s of the same logits, bit for bit.
+   ``cross_entropy``'s of the same logits, bit for bit: of the logits the tiles' GEMMs give
+   (below), which are ``x @ W.T + b`` itself only where BLAS rounds an element the same
+   whatever the GEMM's width.  OpenBLAS's SkylakeX kernels (AVX-512 CPUs) were measured to;
+   its Haswell kernels (AVX2 CPUs, e.g. a Zen 3) round most elements of a 6 x 17084 float32
+   product in their last bit differently in one GEMM and in tiles of 2048 classes.
 2. **gradient** (``*_forward_backward``), one product tile (``ROW_TILE`` rows x
    ``PRODUCT_TILE`` classes) at a time, whatever the budget: the tile's logits are
    overwritten by G = dloss/du (``_chunk_gradient``, elementwise from the row's statistics:
@@ -44,7 +48,8 @@ functions whose rows are split over ``numba.get_num_threads()`` Python threads
 region, and the next GEMM shared the cores with them (about half the step's time).
 
 Tested (``tests/kernels/test_linear_cross_entropy.py``): the loss is ``cross_entropy`` of
-``x @ W.T + b`` bit for bit; every output is bit-identical for budgets from one tile to
+the tiles' logits bit for bit, and those are ``x @ W.T + b`` within the products' rounding;
+every output is bit-identical for budgets from one tile to
 everything and for 1 and 2 Numba threads (``test_bits_do_not_depend_on_the_budget``,
 ``..._on_the_thread_count``); permuting the rows permutes the per-row losses and the rows
 of ``grad_input`` bit for bit (the reductions, ``grad_linear_weight`` and the bias' gradient
@@ -605,7 +610,9 @@ def linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=N
     The loss is :func:`cross_entropy`'s of the same logits bit for bit (the same tiles,
     merge and formula; ``docs/design.md``'s error model applies to it).  The logits are
     computed by BLAS in the inputs' dtype (for float32 inputs, float32 products, as
-    ``x @ W.T`` is).  Results do not depend on ``memory_budget`` or the thread count: see
+    ``x @ W.T`` is), one GEMM per fixed tile of classes: where BLAS rounds an element
+    differently by the GEMM's width (OpenBLAS on AVX2 CPUs), they may differ from one
+    ``x @ W.T`` in their last bits.  Results do not depend on ``memory_budget`` or the thread count: see
     the module's docstring for the exact guarantee.
 
     Args:

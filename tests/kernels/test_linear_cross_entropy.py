@@ -24,7 +24,14 @@ from softmaxlab.kernels import (
     softmax,
 )
 from softmaxlab.kernels._config import block_length
-from softmaxlab.kernels._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, PRODUCT_TILE, ROW_TILE, chunk_plan
+from softmaxlab.kernels._linear_cross_entropy import (
+    DEFAULT_MEMORY_BUDGET,
+    PRODUCT_TILE,
+    ROW_TILE,
+    _aligned_empty,
+    _logits_into,
+    chunk_plan,
+)
 
 from ._shared import DTYPES, assert_close, random_array
 
@@ -43,6 +50,27 @@ def _problem(rows, features, classes, dtype, seed=0, bias=True, ignored=()):
 
 def _logits(x, linear_weight, linear_bias):
     return x @ linear_weight.T + (linear_bias if linear_bias is not None else 0)
+
+
+def _tile_logits(x, linear_weight, linear_bias):
+    """The logits as linear_cross_entropy's GEMMs give them: one product per fixed tile of
+    ROW_TILE rows x PRODUCT_TILE classes, into an aligned tile buffer (``_logits_into``)."""
+    rows, classes = x.shape[0], linear_weight.shape[0]
+    logits = np.empty((rows, classes), dtype=x.dtype)
+    product = _aligned_empty(min(rows, ROW_TILE) * min(classes, PRODUCT_TILE), x.dtype)
+    _logits_into(logits, x, linear_weight, linear_bias, 0, 0, 0.0, product)
+    return logits
+
+
+def _assert_within_product_rounding(logits, x, linear_weight, linear_bias):
+    """|logits - (x W^T + b)| <= 2 D u (|x| |W|^T + |b|): the tiles' GEMMs are x W^T + b up to
+    their rounding (summation in any order; float64 reference)."""
+    x64, w64 = x.astype(np.float64), linear_weight.astype(np.float64)
+    bias = 0.0 if linear_bias is None else linear_bias.astype(np.float64)
+    exact = x64 @ w64.T + bias
+    magnitude = np.abs(x64) @ np.abs(w64).T + np.abs(bias)
+    bound = 2 * (x.shape[1] + 1) * np.finfo(x.dtype).eps * magnitude
+    assert np.all(np.abs(logits - exact) <= bound)
 
 
 def _long_classes(dtype):
@@ -95,8 +123,9 @@ def _assert_matches_composition(ours, reference, dtype, what):
 @pytest.mark.parametrize("classes", [1, 37, "long"])
 def test_loss_is_cross_entropy_of_the_logits_bit_for_bit(dtype, classes):
     classes = _long_classes(dtype) if classes == "long" else classes
+    # the logits of the tiles' GEMMs: one x @ W.T may round some in their last bit otherwise
+    # (OpenBLAS's Haswell kernels, on AVX2 CPUs, by the column's place in the GEMM)
     x, linear_weight, linear_bias, target = _problem(6, 12, classes, dtype, ignored=[2])
-    logits = _logits(x, linear_weight, linear_bias)
     weight = np.linspace(0.5, 2.0, classes)
     for bias, options in itertools.product((None, linear_bias), (
         dict(),
@@ -104,7 +133,8 @@ def test_loss_is_cross_entropy_of_the_logits_bit_for_bit(dtype, classes):
         dict(label_smoothing=0.2),
         dict(weight=weight, label_smoothing=0.05, ignore_index=-100),
     )):
-        logits = _logits(x, linear_weight, bias)
+        logits = _tile_logits(x, linear_weight, bias)
+        _assert_within_product_rounding(logits, x, linear_weight, bias)
         for reduction in ("mean", "sum", "none"):
             expected = cross_entropy(logits, target, reduction=reduction, **options)
             ours = linear_cross_entropy(x, linear_weight, target, linear_bias=bias, reduction=reduction, **options)
