@@ -101,13 +101,34 @@ def thread_counts() -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's model name, then what Numba compiles for: e.g. ``AMD EPYC (znver4; AVX-512)``.
+
+    The model name alone can stand for several generations (a cloud host's ``AMD EPYC``);
+    the kernels' vector loops are as wide as the JIT target allows (``vscalefps`` only with
+    AVX-512F, ``kernels/_numerics/vector.py``), so a table is read with the target beside it.
+    No comma inside: ``harness/compare.py`` reads the model as the description's first field.
+    """
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({jit_target()})"
+
+
+def jit_target() -> str:
+    """Numba's CPU name and widest vector extension, e.g. ``znver3; AVX2`` (``NUMBA_CPU_*`` honoured)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    cpu = config.CPU_NAME or binding.get_host_cpu_name()
+    features = (config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(",")
+    widest = next((label for flag, label in (("+avx512f", "AVX-512"), ("+avx2", "AVX2"), ("+avx", "AVX"))
+                   if flag in features), "SSE")
+    return f"{cpu}; {widest}"
 
 
 def memory_gib() -> float | None:

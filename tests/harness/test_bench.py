@@ -181,6 +181,22 @@ def test_bench_command_writes_tidy_rows(tmp_path):
     assert "softmaxlab bench --profile smoke" in (tmp_path / "bench.md").read_text()
 
 
+def test_machine_names_the_jit_target(monkeypatch):
+    # the model name alone ("AMD EPYC") covers AVX2 and AVX-512 hosts; the target says which
+    from numba.core import config
+
+    described = environment.machine_description()
+    model = described.split(",")[0]  # harness/compare.py reads the CPU as the first field
+    assert model.endswith(f"({environment.jit_target()})")
+    monkeypatch.setattr(config, "CPU_NAME", "skylake-avx512")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma,+avx512f,-avx512fp16")
+    assert environment.jit_target() == "skylake-avx512; AVX-512"
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,-avx512f")
+    assert environment.jit_target() == "skylake-avx512; AVX2"
+    monkeypatch.setattr(config, "CPU_FEATURES", "+sse4.2,-avx")
+    assert environment.jit_target() == "skylake-avx512; SSE"
+
+
 def test_pin_threads_sets_every_framework():
     if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs at least 2 CPUs and sched_setaffinity")
