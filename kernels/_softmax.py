@@ -28,6 +28,7 @@ from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
 from ._numerics.rows import (
     fill,
+    following_block,
     merge_max_sum_exp,
     max_sum_exp_stored,
     merge_sum_and_max,
@@ -83,8 +84,8 @@ def _softmax_row(x, unused, out, i):
     """
     values = x[i]
     destination = out[i]
-    # e_j = exp(x_j - M) stored, T = sum_j e_j - 1; a_j = e_j / (1 + T)
-    largest, total = max_sum_exp_stored(values, destination, values[:0])
+    # e_j = exp(x_j - M) stored, T = sum_j e_j - 1; a_j = e_j / (1 + T); the next row prefetched
+    largest, total = max_sum_exp_stored(values, destination, following_block(x, i, 0, values.shape[0]))
     if not math.isfinite(largest):
         return False
     high, low = _softmax_factor(largest, largest, total)
@@ -170,7 +171,7 @@ def _log_softmax_row(x, unused, out, i):
     """``_softmax_row`` for log_softmax: ``reduce_max_sum_exp_via`` then ``_write_log_softmax``."""
     values = x[i]
     destination = out[i]
-    largest, total = max_sum_exp_stored(values, destination, values[:0])
+    largest, total = max_sum_exp_stored(values, destination, following_block(x, i, 0, values.shape[0]))
     if not math.isfinite(largest):
         return False
     _write_shifted_log(values, destination, largest, math.log1p(total))

@@ -442,17 +442,16 @@ def max_sum_exp_stored(values, destination, ahead):
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def following_block(x, i, start, stop):
     """The block a row kernel reads after x[i, start:stop]: the next ``stop - start`` entries of
-    row i, else the first ones of row i + 1; empty for a row of one block, or the last block.
+    row i, else the first ones of row i + 1 (the whole next row after a row of one block);
+    empty after the last row.
 
-    Rows of more than one block (``BLOCK_BYTES``) are read from memory block by block: the
-    exp loop of one block prefetches the next (``vector.row_exp32_store``), which its max
-    pass then finds in cache.  softmax's and log_softmax's reduce take it; cross-entropy's
-    does not, and rows of one block are not hinted, the two cases where it measured no gain
-    (``benchmarks/prefetch_model.py``; the figures in ``docs/performance.md``).
+    The rows are read from memory block by block: the exp loop of one block prefetches the
+    next (``vector.row_exp32_store``), which its max pass then finds in cache.  softmax's and
+    log_softmax's reduce take it, for rows of one block too (their fused rows); cross-entropy's
+    does not, where it measured no gain (``benchmarks/prefetch_model.py``; the figures, per
+    host, in ``docs/performance.md``).
     """
     length = stop - start
-    if start == 0 and stop == x.shape[1]:
-        return x[i, 0:0]
     if stop < x.shape[1]:
         return x[i, stop : stop + length]
     if i + 1 < x.shape[0]:

@@ -161,7 +161,8 @@ def test_following_block_is_the_next_block_of_the_row_then_of_the_next_row():
     np.testing.assert_array_equal(following(x, 0, 8, 10), x[1, 0:2])  # then the next row's start
     np.testing.assert_array_equal(following(x, 1, 8, 10), x[2, 0:2])
     assert following(x, 2, 8, 10).shape == (0,)  # the last block of the last row
-    assert following(x, 1, 0, 10).shape == (0,)  # a row of one block is not hinted
+    np.testing.assert_array_equal(following(x, 1, 0, 10), x[2])  # after a row of one block, the next row
+    assert following(x, 2, 0, 10).shape == (0,)  # nothing after the last row
 
 
 def test_exp_store_keeps_its_rounding_inside_a_reassociating_caller():
