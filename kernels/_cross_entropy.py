@@ -80,7 +80,7 @@ from ._driver.losses import (
     upstream_at,
 )
 from ._driver.reduction import row_scales
-from ._numerics.rows import SUM_CHUNK, fill, max_sum_exp_stored, pairwise_sum, scale_shift_in_place
+from ._numerics.rows import SUM_CHUNK, fill, following_block, max_sum_exp_stored, pairwise_sum, scale_shift_in_place
 from ._validation import (
     check_class_indices_counted,
     check_class_weight,
@@ -282,7 +282,8 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     values = logits[i, start:stop]
     # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
     # scratch for the loss alone (the same T either way); no block ahead (``following_block``):
-    # its prefetch measured no gain here (docs/performance.md, seventh session)
+    # for rows of several blocks its prefetch measured no gain (docs/performance.md, seventh
+    # session); the fused row of one block (``index_row``) does hint the next row
     largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write), values[:0])
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total
@@ -384,7 +385,8 @@ def make_class_index_kernel(finish, plain, fused=True):
         values = logits[i]
         classes = values.shape[0]
         destination = exp_slot(grad, i, 0, classes, write)
-        largest, total = max_sum_exp_stored(values, destination, values[:0])
+        # the next row prefetched while this one takes its exponentials (``following_block``)
+        largest, total = max_sum_exp_stored(values, destination, following_block(logits, i, 0, classes))
         if not math.isfinite(largest):
             return False
         if plain and args.smoothing == 0.0 and not args.weighted:
