@@ -3,8 +3,9 @@
 The float32 row kernels read a row of more than one block (``BLOCK_BYTES``) block by
 block: the block's max pass (``block_max``) waits on memory, then its exp loop
 (``vector.row_exp32_store``) computes from L1.  The loop can prefetch a line of the block
-read next per vector (its ``ahead``); the kernels give it ``rows.following_block``, which
-is empty for rows of one block.  This script times, in one process on the Numba threads,
+read next per vector (its ``ahead``); the kernels give it ``rows.following_block``: the next
+block of the row, or for a row of one block the next row (which measured no gain on a Zen 4
+and 25% on a Zen 3: ``docs/performance.md``).  This script times, in one process on the Numba threads,
 a softmax made of the kernels' own steps (max, exponentials stored, their float64 sum, the
 blocks merged, the scale in place; results equal to ``softmaxlab.kernels.softmax`` bit for
 bit, checked) with the hint off and on, in alternation, ``--rounds`` times: p50 of 40
