@@ -447,9 +447,9 @@ def following_block(x, i, start, stop):
 
     The rows are read from memory block by block: the exp loop of one block prefetches the
     next (``vector.row_exp32_store``), which its max pass then finds in cache.  softmax's and
-    log_softmax's reduce take it, for rows of one block too (their fused rows); cross-entropy's
-    does not, where it measured no gain (``benchmarks/prefetch_model.py``; the figures, per
-    host, in ``docs/performance.md``).
+    log_softmax's reduce take it, for rows of one block too (their fused rows); cross-entropy
+    only for rows of one block (its fused row): for its rows of several blocks it measured no
+    gain (``benchmarks/prefetch_model.py``; the figures, per host, in ``docs/performance.md``).
     """
     length = stop - start
     if stop < x.shape[1]:

@@ -63,8 +63,9 @@ def _tile_logits(x, linear_weight, linear_bias):
 
 
 def _assert_within_product_rounding(logits, x, linear_weight, linear_bias):
-    """|logits - (x W^T + b)| <= 2 D u (|x| |W|^T + |b|): the tiles' GEMMs are x W^T + b up to
-    their rounding (summation in any order; float64 reference)."""
+    """|logits - (x W^T + b)| <= 2 (D + 1) eps (|x| |W|^T + |b|): the tiles' GEMMs are x W^T + b
+    up to their rounding, summed in any order (the float64 reference's own rounding, for
+    float64 inputs, is of the same size and inside the factor 2)."""
     x64, w64 = x.astype(np.float64), linear_weight.astype(np.float64)
     bias = 0.0 if linear_bias is None else linear_bias.astype(np.float64)
     exact = x64 @ w64.T + bias
