@@ -120,12 +120,11 @@ def cpu_model() -> str:
 
 
 def jit_target() -> str:
-    """Numba's CPU name and widest vector extension, e.g. ``znver3; AVX2`` (``NUMBA_CPU_*`` honoured)."""
-    from llvmlite import binding
-    from numba.core import config
+    """Numba's CPU name and widest vector extension, e.g. ``znver3; AVX2`` (``kernels._cache.jit_cpu``)."""
+    from softmaxlab.kernels._cache import jit_cpu
 
-    cpu = config.CPU_NAME or binding.get_host_cpu_name()
-    features = (config.CPU_FEATURES or binding.get_host_cpu_features().flatten()).split(",")
+    cpu, features = jit_cpu()
+    features = features.split(",")
     widest = next((label for flag, label in (("+avx512f", "AVX-512"), ("+avx2", "AVX2"), ("+avx", "AVX"))
                    if flag in features), "SSE")
     return f"{cpu}; {widest}"

@@ -93,13 +93,18 @@ def source_hash() -> str:
     return digest.hexdigest()
 
 
-def cpu_key() -> str:
-    """The CPU Numba compiles for: its name and a hash of its feature string (``NUMBA_CPU_*`` honoured)."""
+def jit_cpu() -> tuple[str, str]:
+    """(name, feature string) of the CPU Numba compiles for (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES`` honoured)."""
     from llvmlite import binding
     from numba.core import config
 
     name = config.CPU_NAME or binding.get_host_cpu_name()
-    features = config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+    return name, config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+
+
+def cpu_key() -> str:
+    """The CPU Numba compiles for: its name and a hash of its feature string (``jit_cpu``)."""
+    name, features = jit_cpu()
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return f"{safe_name}-{hashlib.sha256(features.encode()).hexdigest()[:8]}"
 

@@ -124,8 +124,6 @@ def _assert_matches_composition(ours, reference, dtype, what):
 @pytest.mark.parametrize("classes", [1, 37, "long"])
 def test_loss_is_cross_entropy_of_the_logits_bit_for_bit(dtype, classes):
     classes = _long_classes(dtype) if classes == "long" else classes
-    # the logits of the tiles' GEMMs: one x @ W.T may round some in their last bit otherwise
-    # (OpenBLAS's Haswell kernels, on AVX2 CPUs, by the column's place in the GEMM)
     x, linear_weight, linear_bias, target = _problem(6, 12, classes, dtype, ignored=[2])
     weight = np.linspace(0.5, 2.0, classes)
     for bias, options in itertools.product((None, linear_bias), (
@@ -134,6 +132,8 @@ def test_loss_is_cross_entropy_of_the_logits_bit_for_bit(dtype, classes):
         dict(label_smoothing=0.2),
         dict(weight=weight, label_smoothing=0.05, ignore_index=-100),
     )):
+        # the logits of the tiles' GEMMs: one x @ W.T may round some in their last bit otherwise
+        # (OpenBLAS's Haswell kernels, on AVX2 CPUs, by the column's place in the GEMM)
         logits = _tile_logits(x, linear_weight, bias)
         _assert_within_product_rounding(logits, x, linear_weight, bias)
         for reduction in ("mean", "sum", "none"):
