@@ -355,6 +355,16 @@ class _ProgressPlugin:
             self.failures.append(f"{report.nodeid}: {report.longreprtext.strip().splitlines()[-1:]}")
 
 
+@contextlib.contextmanager
+def _outside_xdist():
+    """Hide an xdist worker's environment variables (``PYTEST_XDIST_*``) for the block."""
+    hidden = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("PYTEST_XDIST_")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def run_benchmarks(plan: BenchPlan, raw_folder: Path, label: str, progress: bool = True) -> tuple[pd.DataFrame, list]:
     """Run ``plan`` through pytest-benchmark in this process; returns (tidy rows, failures)."""
     import json
@@ -366,15 +376,18 @@ def run_benchmarks(plan: BenchPlan, raw_folder: Path, label: str, progress: bool
     raw_folder.mkdir(parents=True, exist_ok=True)
     json_path = raw_folder / f"bench-{label}.json"
     log_path = raw_folder / f"bench-{label}.log"
+    # The inner run is a plain pytest session whatever runs this one: pytest-benchmark turns
+    # itself off inside an xdist worker (it reads PYTEST_XDIST_WORKER), which would leave the
+    # plan untimed, so the worker's variables are hidden and xdist is not loaded.
     arguments = [
-        str(Path(benchmarks.__file__)), "-q", "--no-header", "-p", "no:cacheprovider",
+        str(Path(benchmarks.__file__)), "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:xdist",
         "--import-mode=importlib", "--benchmark-enable", "--benchmark-disable-gc",
         f"--benchmark-json={json_path}", "--benchmark-sort=name",
         f"--rootdir={Path(benchmarks.__file__).parent}",
     ]
     bar = tqdm(total=len(plan.cases), desc="bench", unit="test", disable=not progress, file=sys.stderr, leave=False)
     progress_plugin = _ProgressPlugin(bar)
-    with plan_in_effect(plan), open(log_path, "w") as log, contextlib.redirect_stdout(log), \
+    with plan_in_effect(plan), _outside_xdist(), open(log_path, "w") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         exit_code = pytest.main(arguments, plugins=[progress_plugin])
     bar.close()
@@ -382,6 +395,8 @@ def run_benchmarks(plan: BenchPlan, raw_folder: Path, label: str, progress: bool
     if exit_code not in (0, 5) and not failures:
         failures.append(f"pytest exited with {exit_code}; see {log_path}")
     report = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if plan.cases and not report.get("benchmarks") and not failures:
+        failures.append(f"pytest-benchmark timed none of the {len(plan.cases)} cases; see {log_path}")
     return tidy_rows(report), failures
 
 

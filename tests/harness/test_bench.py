@@ -241,3 +241,15 @@ def test_plots_draw_flagged_cells_hollow(tmp_path, monkeypatch):
     # both providers' ratios to torch at 4x16 are flagged, none at 4x8
     hatched = [bar for bar in speedup.patches if bar.get_hatch() == "///"]
     assert len(hatched) == 2 and {round(bar.get_x() + bar.get_width() / 2) for bar in hatched} == {1}
+
+
+def test_benchmarks_are_timed_inside_an_xdist_worker(tmp_path, monkeypatch):
+    # pytest-benchmark disables itself where PYTEST_XDIST_WORKER is set; the harness's inner
+    # session must not inherit that, or the plan would come back untimed
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw7")
+    entry = copy_entry(copy_implementation("softmaxlab"), copy_implementation("numpy"))
+    plan = bench.BenchPlan(TINY_BENCH, {"copy": entry}, threads=1)
+    rows, failures = bench.run_benchmarks(plan, tmp_path, "test", progress=False)
+    assert failures == []
+    assert {"softmaxlab", "numpy"} <= set(rows["provider"]) and (rows["p50_s"] > 0).all()
+    assert os.environ["PYTEST_XDIST_WORKER"] == "gw7"
