@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_COMMAND = 'pip install -c constraints.txt -e ".[test]" && pytest'
+TEST_COMMAND = 'pip install -c constraints.txt -e ".[test]" && pytest -n auto'
 MAIN_COMMAND = 'pip install -c constraints.txt -e ".[all]" && softmaxlab report'
 
 

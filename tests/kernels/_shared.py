@@ -44,3 +44,21 @@ def central_differences(loss, values, step=1e-6):
         minus[index] -= step
         gradient[index] = (loss(plus) - loss(minus)) / (2 * step)
     return gradient
+
+
+def compiled_here(dispatcher):
+    """A copy of the Numba ``dispatcher`` that compiles in this process and never reads the disk cache.
+
+    The suite runs with the kernels' cache on (``tests/conftest.py``): an overload loaded from
+    it keeps no assembly, and a kernel loaded from it never compiles the helpers it calls, so
+    their dispatchers list no signatures.  The copy compiles the same Python function with the
+    same options; calling it compiles (or loads) the helpers through their own dispatchers.
+    """
+    return type(dispatcher)(dispatcher.py_func, locals=dispatcher.locals, targetoptions=dict(dispatcher.targetoptions))
+
+
+def assembly_of(dispatcher, signature) -> str:
+    """``dispatcher``'s assembly for ``signature``, from a copy compiled in this process."""
+    copy = compiled_here(dispatcher)
+    copy.compile(signature)
+    return copy.inspect_asm(signature)

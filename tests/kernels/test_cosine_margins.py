@@ -13,6 +13,7 @@ import math
 import re
 
 import mpmath
+import numba
 import numpy as np
 import pytest
 
@@ -36,7 +37,7 @@ from softmaxlab.kernels import _cosine_margins, _margin_rows
 from softmaxlab.kernels._config import block_length
 
 from . import exact
-from ._shared import MARGINS
+from ._shared import MARGINS, assembly_of
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 1), (3, 7), (4, 257), (2, 3, 17)]
@@ -480,11 +481,10 @@ def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype)
 def test_hot_loops_vectorize_without_libm_calls(dtype):
     values = _cosines((300,), dtype)
     destination = np.empty_like(values)
-    _margin_rows._sum_exp_scaled(values, 64.0, 64.0)
-    _margin_rows._write_scaled_softmax(values, destination, 64.0, 64.0, 0.5)
-    for function in (_margin_rows._sum_exp_scaled, _margin_rows._write_scaled_softmax):
-        signature = next(sig for sig in function.signatures if str(sig[0].dtype) == np.dtype(dtype).name)
-        assembly = function.inspect_asm(signature)
+    calls = {_margin_rows._sum_exp_scaled: (values, 64.0, 64.0),
+             _margin_rows._write_scaled_softmax: (values, destination, 64.0, 64.0, 0.5)}
+    for function, arguments in calls.items():
+        assembly = assembly_of(function, tuple(numba.typeof(argument) for argument in arguments))
         assert re.search(r"%[yz]mm", assembly), function
         # no libm exp anywhere (called directly or through a loaded address): the kernels' own exp
         assert not re.search(r"\b(exp|expf|__exp_finite)\b", assembly), function

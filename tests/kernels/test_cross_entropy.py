@@ -24,12 +24,11 @@ from softmaxlab.kernels._cross_entropy import (
     cross_entropy_finish,
     make_class_index_kernel,
 )
-from softmaxlab.kernels._driver.losses import reduce_scaled
 from softmaxlab.kernels._hinge import _smooth_hinge_kernel, _smooth_hinge_of_cross_entropy
-from softmaxlab.kernels._numerics.rows import SUM_CHUNK, chunked_sum, max_sum_exp_stored, scaled_exp_sum, store_exp_sum
+from softmaxlab.kernels._numerics.rows import SUM_CHUNK, chunked_sum, scaled_exp_sum, store_exp_sum
 from softmaxlab.kernels._validation import check_class_indices_counted
 
-from ._shared import DTYPES, TOLERANCE, central_differences
+from ._shared import DTYPES, TOLERANCE, assembly_of, central_differences, compiled_here
 from ._shared import LOSS_SHAPES as SHAPES
 from ._shared import assert_close as _assert_close
 from ._shared import random_array as _random
@@ -537,16 +536,18 @@ def test_non_contiguous_inputs_and_inputs_not_modified(dtype):
 
 
 def test_hot_loops_vectorize():
-    # the reduces (cross-entropy's, stored; distillation's, scaled) after the calls above compiled them
+    # the exponential sums of the reduces: cross-entropy's (stored) and distillation's (scaled)
     for dtype in DTYPES:
         row = np.linspace(-3, 0, 300).astype(dtype)
-        max_sum_exp_stored(row, np.empty_like(row), row[:0])
-        reduce_scaled(row, 0.5)
+        # the sums as max_sum_exp_stored and reduce_scaled call them, compiled here so that
+        # the loops they call list their signatures
+        compiled_here(store_exp_sum)(row, 1.0, row.max(), np.empty_like(row), row[:0])
+        compiled_here(scaled_exp_sum)(row, 0.5, float(row.max()) * 0.5, row, row[:0])
     flavours = (scaled_exp_sum, store_exp_sum)
     loops = [(terms, signature) for flavour in flavours for terms in flavour.loops for signature in terms.signatures]
     assert len(loops) >= 4
     for terms, signature in loops:
-        assembly = terms.inspect_asm(signature)
+        assembly = assembly_of(terms, signature)
         assert sum(assembly.count(register) for register in ("%ymm", "%zmm")) > 50, signature
         assert "exp@" not in assembly and "callq\texp" not in assembly
 

@@ -32,6 +32,7 @@ from softmaxlab.kernels._numerics.exp import (
 )
 
 from . import exact
+from ._shared import assembly_of, compiled_here
 
 
 @pytest.fixture(autouse=True)
@@ -155,8 +156,9 @@ def test_kernel_hot_loops_vectorize():
     # strided rows (contiguous rows: tests/kernels/test_vector.py)
     for dtype in (np.float32, np.float64):
         row = np.linspace(-3, 0, 300).astype(dtype)
-        _rows.store_exp_sum(row, 1.0, 0.0, np.empty_like(row), row[:0])
-        _rows.exp_sum_minus_one(row, 1.0, 0.0, row, row[:0])
+        # compiled here, so that the loops they call list their signatures
+        compiled_here(_rows.store_exp_sum)(row, 1.0, 0.0, np.empty_like(row), row[:0])
+        compiled_here(_rows.exp_sum_minus_one)(row, 1.0, 0.0, row, row[:0])
         _rows._strided_max(row[::2])
     flavours = (_rows.store_exp_sum, _rows.exp_sum_minus_one)
     loops = [loop for flavour in flavours for loop in flavour.loops] + [_rows._strided_max]
@@ -164,7 +166,7 @@ def test_kernel_hot_loops_vectorize():
     for function in loops:
         for signature in function.signatures:
             compiled += 1
-            assert _vector_instructions(function.inspect_asm(signature)) > 20, (function, signature)
+            assert _vector_instructions(assembly_of(function, signature)) > 20, (function, signature)
     # float64 rows reach the floored loop, float32 rows that store the float32 one, the
     # others the float64 evaluation (terms_wide, terms_floored, terms_float32)
     wide, floored, native = _rows.store_exp_sum.loops
