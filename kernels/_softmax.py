@@ -241,7 +241,8 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
         return
     # dx_i = dy_i - exp(y_i) sum_j dy_j   (docs/proofs/softmax.md#log-softmax-vjp)
     store_exp_product_difference(
-        y_values, dy_values, destination, total, next_row_block(y, i, start, stop), next_row_block(dy, i, start, stop)
+        y_values, dy_values, destination, total, largest, next_row_block(y, i, start, stop),
+        next_row_block(dy, i, start, stop)
     )
 
 

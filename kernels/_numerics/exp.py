@@ -46,7 +46,8 @@ x <= 0; ``exp64`` at most 0.6533 ULP for normal results and 0.7712 ULP overall o
 1.1e8 random inputs and the ends of the range (subnormal results round twice, in the
 last addition and on the subnormal grid: bound 1 ULP there).
 ``exp64_difference_floored`` (the float64 kernels' exp(x - max)) equals ``exp64`` on
-every sampled x <= 0.
+every sampled x <= 0, and so does ``exp64_nonpositive`` (exp of a log-probability or of
+-|x|, in fewer operations; ``tests/kernels/test_exp.py``).
 
 Why float32 arithmetic: with the float64 evaluation the float32 loops ran at 8 lanes
 and their exp cost twice the float32 one; softmax at 1000 classes was 0.74x torch.
@@ -291,6 +292,21 @@ def exp64_difference_floored(value, largest):
 def exp64(x):
     """exp(x) for a float64 x; at most 0.66 ULP (1 for subnormal results), vectorizable by LLVM."""
     return exp64_pair(x, 0.0)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def exp64_nonpositive(x):
+    """exp(x) for a float64 x <= 0 (or NaN): the bits of ``exp64``, in fewer operations.
+
+    As ``exp64_difference_floored(x, 0)`` without its ``two_sum`` (the difference to 0 is
+    exact): one clamp (at -750; -inf comes out 0, NaN passes), no argument correction,
+    and k <= 0 scaled in one rounding (``_scale_pow2_nonpositive``) where ``exp64``
+    splits k.  The arguments of log_softmax_backward's exp, the log-probabilities, are
+    such values.
+    """
+    clamped = -_FLOOR_OFFSET_64 if x < -_FLOOR_OFFSET_64 else x
+    mantissa, shifted = _exp64_mantissa(clamped, 0.0)
+    return _scale_pow2_nonpositive(mantissa, shifted)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)

@@ -6,7 +6,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .._config import JIT_OPTIONS, STRICT_FASTMATH
-from .exp import exp64, exp_f32_wide
+from .exp import exp64_nonpositive, exp_f32_wide
 
 __all__ = ["sigmoids_for"]
 
@@ -15,8 +15,9 @@ def sigmoids_for(values, x):
     """(sigma(x), sigma(-x), e^-|x|) for a float64 ``x`` taken from ``values``, from e = e^-|x|
     in (0, 1]: no overflow, no cancellation (JIT only).
 
-    e to the accuracy of ``values``' dtype: ``exp64`` for float64 rows, ``exp_f32_wide``
-    (1.1e-10 relative, in float64) for float32 rows, about twice as fast.  Every output the
+    e to the accuracy of ``values``' dtype: ``exp64_nonpositive`` (``exp64``'s bits for an
+    argument <= 0) for float64 rows, ``exp_f32_wide`` (1.1e-10 relative, in float64) for
+    float32 rows, about twice as fast.  Every output the
     float32 kernels form from it is rounded once to float32 (2**-24), or summed in float64
     and then rounded: the 2**-33 adds a few thousandths of an ULP where the terms do not
     cancel (0.5028 ULP at most in the harness' regimes, against 0.49999 with ``exp64``).
@@ -34,7 +35,7 @@ def sigmoids_for(values, x):
 def _sigmoids_for(values, x):
     if values.dtype == types.float32:
         return lambda values, x: _sigmoids_from(x, exp_f32_wide(-abs(x)))
-    return lambda values, x: _sigmoids_from(x, exp64(-abs(x)))
+    return lambda values, x: _sigmoids_from(x, exp64_nonpositive(-abs(x)))
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)

@@ -36,6 +36,7 @@ from .exp import (
     exp32_difference_floored,
     exp64,
     exp64_difference_floored,
+    exp64_nonpositive,
     exp64_pair,
     exp_f32_wide,
 )
@@ -211,31 +212,50 @@ def _store_exp32_floored(values, largest, destination, ahead):
     return lambda values, largest, destination, ahead: _strided_exp32_store(values, largest, destination)
 
 
-def store_exp_product_difference(y_values, dy_values, destination, total, ahead_y, ahead_dy):
+def store_exp_product_difference(y_values, dy_values, destination, total, largest, ahead_y, ahead_dy):
     """destination[j] = dy_j - exp(y_j) total, exp to the rows' accuracy, one rounding (JIT only).
 
-    In float64 (``exp_for``) and rounded once to the rows' dtype.  Contiguous float32 rows
-    take the explicit vector loop of ``vector.row_exp_product_difference32`` (the same
+    In float64 (``exp_for``) and rounded once to the rows' dtype.  ``largest`` is the row's
+    max of y: where it is <= 0, as for log-probabilities, float64 rows take
+    ``exp64_nonpositive``, the bits of ``exp64`` in fewer operations.  Contiguous float32
+    rows take the explicit vector loop of ``vector.row_exp_product_difference32`` (the same
     operations, bit for bit), which prefetches ``ahead_y`` and ``ahead_dy``, the blocks the
     kernel reads next (``next_row_block``); others LLVM's vectorization of the scalar loop.
     """
     raise NotImplementedError("store_exp_product_difference is only callable from JIT code")
 
 
+def exp_nonpositive_for(values, value):
+    """exp(value) for a float64 ``value`` <= 0, as ``exp_for`` gives it (JIT only)."""
+    raise NotImplementedError("exp_nonpositive_for is only callable from JIT code")
+
+
+@overload(exp_nonpositive_for)
+def _exp_nonpositive_for(values, value):
+    if values.dtype == types.float32:
+        return lambda values, value: exp_f32_wide(value)
+    return lambda values, value: exp64_nonpositive(value)
+
+
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _scalar_exp_product_difference(y_values, dy_values, destination, total):
+def _scalar_exp_product_difference(y_values, dy_values, destination, total, largest):
+    if largest <= 0.0:
+        for j in range(y_values.shape[0]):
+            y = np.float64(y_values[j])
+            destination[j] = np.float64(dy_values[j]) - exp_nonpositive_for(y_values, y) * total
+        return
     for j in range(y_values.shape[0]):
         destination[j] = np.float64(dy_values[j]) - exp_for(y_values, np.float64(y_values[j])) * total
 
 
 @overload(store_exp_product_difference, inline="always", jit_options=JIT_OPTIONS)
-def _store_exp_product_difference(y_values, dy_values, destination, total, ahead_y, ahead_dy):
+def _store_exp_product_difference(y_values, dy_values, destination, total, largest, ahead_y, ahead_dy):
     rows = (y_values, dy_values, destination, ahead_y, ahead_dy)
     if all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows):
-        return lambda y_values, dy_values, destination, total, ahead_y, ahead_dy: row_exp_product_difference32(
-            y_values, dy_values, destination, np.float64(total), ahead_y, ahead_dy)
-    return lambda y_values, dy_values, destination, total, ahead_y, ahead_dy: _scalar_exp_product_difference(
-        y_values, dy_values, destination, total)
+        return lambda y_values, dy_values, destination, total, largest, ahead_y, ahead_dy: (
+            row_exp_product_difference32(y_values, dy_values, destination, np.float64(total), ahead_y, ahead_dy))
+    return lambda y_values, dy_values, destination, total, largest, ahead_y, ahead_dy: (
+        _scalar_exp_product_difference(y_values, dy_values, destination, total, largest))
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -26,6 +26,7 @@ from softmaxlab.kernels._numerics.exp import (
     exp32_wide,
     exp64,
     exp64_difference_floored,
+    exp64_nonpositive,
     exp64_pair,
     log1p_unit,
     two_sum,
@@ -95,6 +96,20 @@ def test_pair_form_is_as_accurate_as_an_exact_argument():
     # while exp of the rounded difference is off by up to |x - max| u
     rounded = max(exact.ulp_errors(np.array([exp64(v - largest)]), [mpmath.exp(mpmath.mpf(v) - mpmath.mpf(largest))])[0] for v in x)
     assert rounded > worst
+
+
+def test_exp64_of_a_nonpositive_argument_has_exp64s_bits():
+    # exp64_nonpositive (log_softmax_backward's exp of log-probabilities) against exp64 on
+    # x <= 0: the normal range, the subnormal results, the rounding to 0, the specials
+    rng = np.random.default_rng(13)
+    x = np.concatenate([-np.abs(rng.normal(0.0, 20.0, 20000)), -rng.uniform(700.0, 760.0, 20000),
+                        -np.abs(rng.standard_normal(2000)) * 1e-300,
+                        [0.0, -0.0, -5e-324, -745.1332191019411, -745.1332191019412, -746.0, -750.0, -750.5,
+                         -1e300, -np.inf, np.nan]])
+    fast = np.array([exp64_nonpositive(v) for v in x])
+    general = np.array([exp64(v) for v in x])
+    np.testing.assert_array_equal(fast.view(np.int64), general.view(np.int64))
+    assert (fast[x < -745.2] == 0.0).all() and (fast[(x > -745.0) & (x < -708.4)] > 0.0).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

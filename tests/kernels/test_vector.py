@@ -219,18 +219,18 @@ def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkey
 
 @njit(cache=False)
 def _vector_differences(y, dy, out, total, ahead_y, ahead_dy):
-    _rows.store_exp_product_difference(y, dy, out, total, ahead_y, ahead_dy)
+    _rows.store_exp_product_difference(y, dy, out, total, np.inf, ahead_y, ahead_dy)
 
 
 @njit(cache=False)
 def _scalar_differences(y, dy, out, total):
-    _rows._scalar_exp_product_difference(y, dy, out, total)
+    _rows._scalar_exp_product_difference(y, dy, out, total, np.inf)
 
 
 @njit(fastmath=REDUCTION_FASTMATH, cache=False)
 def _differences_in_a_reassociating_caller(y, dy, out, totals):
     for i in range(y.shape[0]):
-        _rows.store_exp_product_difference(y[i], dy[i], out[i], totals[i], y[i, :0], dy[i, :0])
+        _rows.store_exp_product_difference(y[i], dy[i], out[i], totals[i], np.inf, y[i, :0], dy[i, :0])
 
 
 def _log_probabilities_and_upstream(rng, length):
@@ -292,6 +292,27 @@ def test_log_softmax_backward_write_keeps_its_rounding_inside_a_reassociating_ca
     for i in range(y.shape[0]):
         _scalar_differences(y[i], dy[i], scalar[i], totals[i])
     np.testing.assert_array_equal(_bits(stored), _bits(scalar))
+
+
+@pytest.mark.parametrize("total", [0.0, 1.0, -0.75, 1e308, -1e-300, 2.0**-1000, np.inf, np.nan])
+def test_float64_write_of_nonpositive_rows_has_the_general_loops_bits(total):
+    # rows whose max is <= 0 (log-probabilities) take exp64_nonpositive: the same bits as exp64
+    rng = np.random.default_rng(6)
+    for length in _LENGTHS:
+        y, dy = (part.astype(np.float64) for part in _log_probabilities_and_upstream(rng, length))
+        y[y > 0] = -745.5  # a subnormal exp, in place of the values no log-probability takes
+        if length > 8:
+            y[4:8] = [-745.1, -745.2, -1e300, -708.9]
+        dy[::3] *= 1e250
+        nonpositive, general = np.full_like(y, 7.0), np.full_like(y, 7.0)
+        _scalar_differences_at(y, dy, nonpositive, total, 0.0)
+        _scalar_differences_at(y, dy, general, total, np.inf)
+        np.testing.assert_array_equal(_bits(nonpositive), _bits(general), err_msg=f"length {length}")
+
+
+@njit(cache=False)
+def _scalar_differences_at(y, dy, out, total, largest):
+    _rows.store_exp_product_difference(y, dy, out, total, largest, y[:0], dy[:0])
 
 
 def test_next_row_block_is_the_same_block_of_the_next_row():
