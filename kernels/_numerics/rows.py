@@ -118,21 +118,33 @@ def _cast_like(values, value):
     return lambda values, value: np.float64(value)
 
 
-def exp_for(values, value):
-    """exp(value) for a float64 ``value``, to the accuracy of ``values``' dtype (JIT only).
+def _dtype_exp(name, float64_exp, doc):
+    """A JIT-only ``name(values, value)``: ``exp_f32_wide(value)`` for float32 ``values``,
+    ``float64_exp(value)`` for float64 ones."""
+
+    def dtype_exp(values, value):
+        raise NotImplementedError(f"{name} is only callable from JIT code")
+
+    @overload(dtype_exp)
+    def _dtype_exp_overload(values, value):
+        if values.dtype == types.float32:
+            return lambda values, value: exp_f32_wide(value)
+        return lambda values, value: float64_exp(value)
+
+    dtype_exp.__name__ = dtype_exp.__qualname__ = name
+    dtype_exp.__doc__ = doc
+    return dtype_exp
+
+
+exp_for = _dtype_exp("exp_for", exp64, """exp(value) for a float64 ``value``, to the accuracy of ``values``' dtype (JIT only).
 
     float32 rows: ``exp_f32_wide`` (float32 accuracy, computed in float64); float64
     rows: ``exp64``.  The result is a float64 either way: float32 kernels round it once
     when they store it.
-    """
-    raise NotImplementedError("exp_for is only callable from JIT code")
-
-
-@overload(exp_for)
-def _exp_for(values, value):
-    if values.dtype == types.float32:
-        return lambda values, value: exp_f32_wide(value)
-    return lambda values, value: exp64(value)
+    """)
+exp_nonpositive_for = _dtype_exp(
+    "exp_nonpositive_for", exp64_nonpositive,
+    """exp(value) for a float64 ``value`` <= 0, as ``exp_for`` gives it, ``exp64_nonpositive`` for float64 rows (JIT only).""")
 
 
 def exp_difference_for(values, value, shift):
@@ -223,18 +235,6 @@ def store_exp_product_difference(y_values, dy_values, destination, total, larges
     kernel reads next (``next_row_block``); others LLVM's vectorization of the scalar loop.
     """
     raise NotImplementedError("store_exp_product_difference is only callable from JIT code")
-
-
-def exp_nonpositive_for(values, value):
-    """exp(value) for a float64 ``value`` <= 0, as ``exp_for`` gives it (JIT only)."""
-    raise NotImplementedError("exp_nonpositive_for is only callable from JIT code")
-
-
-@overload(exp_nonpositive_for)
-def _exp_nonpositive_for(values, value):
-    if values.dtype == types.float32:
-        return lambda values, value: exp_f32_wide(value)
-    return lambda values, value: exp64_nonpositive(value)
 
 
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
