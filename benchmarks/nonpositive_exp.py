@@ -39,6 +39,7 @@ def _sigmoid_loop(exponential):
 def main(argv=None):
     args = rounds_and_threads(__doc__.splitlines()[0], 11, "alternations", argv)
     from softmaxlab.kernels import log_softmax, log_softmax_backward
+    from softmaxlab.kernels._numerics.exp import exp64, exp64_nonpositive
 
     rng = np.random.default_rng(0)
     y = log_softmax(rng.standard_normal(SHAPE) * 3)
@@ -47,8 +48,6 @@ def main(argv=None):
     y_general[:, 0] = 1e-300
     out = np.empty_like(y)
     x = rng.standard_normal(SHAPE) * 5
-    from softmaxlab.kernels._numerics.exp import exp64, exp64_nonpositive
-
     general, nonpositive = _sigmoid_loop(exp64), _sigmoid_loop(exp64_nonpositive)
     sigmoid_general, sigmoid_nonpositive = np.empty_like(x), np.empty_like(x)
     general(x, sigmoid_general)

@@ -301,8 +301,8 @@ def exp64_nonpositive(x):
     As ``exp64_difference_floored(x, 0)`` without its ``two_sum`` (the difference to 0 is
     exact): one clamp (at -750; -inf comes out 0, NaN passes), no argument correction,
     and k <= 0 scaled in one rounding (``_scale_pow2_nonpositive``) where ``exp64``
-    splits k.  The arguments of log_softmax_backward's exp, the log-probabilities, are
-    such values.
+    splits k.  log_softmax_backward's arguments (log-probabilities) and the sigmoid
+    losses' (-|x|) are such values.
     """
     clamped = -_FLOOR_OFFSET_64 if x < -_FLOOR_OFFSET_64 else x
     mantissa, shifted = _exp64_mantissa(clamped, 0.0)
