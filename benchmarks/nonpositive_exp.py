@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-from timing import call_seconds, rounds_and_threads
+from timing import alternated, rounds_and_threads
 
 SHAPE = (4096, 1000)
 
@@ -65,11 +65,7 @@ def main(argv=None):
     }
     print(f"{SHAPE[0]} x {SHAPE[1]} float64, {args.threads} threads, p50 of 20 calls per round, ms")
     for name, variants in cases.items():
-        times = {variant: [] for variant in variants}
-        for round_ in range(args.rounds):
-            order = list(variants) if round_ % 2 else list(reversed(variants))
-            for variant in order:
-                times[variant].append(float(np.median(call_seconds(variants[variant], 20))))
+        times = alternated(variants, args.rounds, 20)
         ratios = np.array(times["exp64"]) / np.array(times["exp64_nonpositive"])
         print(f"{name}: " + ", ".join(f"{variant} {1e3 * np.median(values):.2f}" for variant, values in times.items())
               + f"; exp64 / exp64_nonpositive per round {ratios.min():.3f}-{ratios.max():.3f}, median {np.median(ratios):.3f}")

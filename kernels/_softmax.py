@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length, block_schedule
 from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
@@ -34,6 +35,7 @@ from ._numerics.rows import (
     merge_sum_and_max,
     next_row_block,
     reduce_max_sum_exp,
+    reduce_max_sum_exp_scratch,
     reduce_max_sum_exp_via,
     reduce_sum_and_max,
     reduce_sum_product,
@@ -249,6 +251,8 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
 _softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_softmax, _softmax_row)
 _log_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_log_softmax, _log_softmax_row)
 _logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
+# float32 rows: the exponentials in float32 arithmetic through a scratch row per thread
+_logsumexp_stored_kernel = make_row_kernel(reduce_max_sum_exp_scratch, merge_max_sum_exp, _write_logsumexp)
 _softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)
 _log_softmax_backward_kernel = make_row_kernel(
     reduce_sum_and_max, merge_sum_and_max, _write_log_softmax_backward
@@ -363,7 +367,13 @@ def logsumexp(x, axis=-1):
     x = check_float_array("x", x)
     axis = check_axis("axis", axis, x.ndim)
     rows = as_rows(x, axis)
-    out = _run(_logsumexp_kernel, rows, rows, np.empty(rows.shape[0], dtype=x.dtype))
+    out = np.empty(rows.shape[0], dtype=x.dtype)
+    if rows.dtype == np.float32:
+        # float64 rows gain nothing from storing: their exponentials are float64 either way
+        scratch = np.empty((numba.config.NUMBA_NUM_THREADS, min(rows.shape[1], block_length(4))), dtype=np.float32)
+        _run(_logsumexp_stored_kernel, rows, scratch, out)
+    else:
+        _run(_logsumexp_kernel, rows, rows, out)
     return out.reshape(x.shape[:axis] + x.shape[axis + 1 :])
 
 

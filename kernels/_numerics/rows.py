@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import get_thread_id, njit, types
 from numba.extending import intrinsic, overload
 
 from .._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
@@ -299,7 +299,7 @@ def _make_exp_sum(store, scaled):
     The loops (``exp_sum.loops``):
 
     * float32 rows that store (softmax and log_softmax into their output, cross-entropy
-      into the gradient, unscaled): the exponentials in float32 arithmetic
+      into the gradient, logsumexp into a scratch row, unscaled): the exponentials in float32 arithmetic
       (``exp32_difference_floored``, 16 lanes a vector; for contiguous rows the explicit
       vector loop ``store_exp32_floored``), stored, then summed in float64 in a second
       loop (a third, counting the ties as the stored e_j equal to 1, for a
@@ -449,7 +449,8 @@ def max_sum_exp_stored(values, destination, ahead):
 
     Storing is what lets a float32 block take its exponentials in float32 arithmetic
     (``_make_exp_sum``), twice as many per vector: log_softmax stores them in the output
-    row it overwrites afterwards, cross-entropy in the gradient's block (or scratch).
+    row it overwrites afterwards, cross-entropy in the gradient's block (or scratch),
+    logsumexp in a scratch row of its thread (``reduce_max_sum_exp_scratch``).
     Nothing is stored for a block whose max is infinite.  ``ahead``: the block read next
     (``following_block``), prefetched while the exponentials are computed; empty for none.
     """
@@ -483,6 +484,22 @@ def following_block(x, i, start, stop):
 def reduce_max_sum_exp_via(x, unused, out, i, start, stop):
     """``reduce_max_sum_exp`` with ``out``'s block (of ``x``'s shape) as scratch for the e_j."""
     return max_sum_exp_stored(x[i, start:stop], out[i, start:stop], following_block(x, i, start, stop))
+
+
+@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+def reduce_max_sum_exp_scratch(x, scratch, out, i, start, stop):
+    """``reduce_max_sum_exp`` with the e_j stored in this thread's row of ``scratch``.
+
+    For a kernel with no output row to store its exponentials in (logsumexp): ``scratch``
+    is (threads, block) of ``x``'s dtype, one row per thread of Numba's pool
+    (``get_thread_id``, below ``get_num_threads``), so a float32 block takes its
+    exponentials in float32 arithmetic as ``max_sum_exp_stored`` does for log_softmax,
+    whose T it then equals bit for bit.  Each block is computed by one thread from its
+    own elements alone, so the scratch row it lands in changes no result.
+    """
+    return max_sum_exp_stored(
+        x[i, start:stop], scratch[get_thread_id(), : stop - start], following_block(x, i, start, stop)
+    )
 
 
 @njit(**JIT_OPTIONS)

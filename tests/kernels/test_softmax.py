@@ -104,6 +104,26 @@ def test_long_rows_split_across_blocks_match_exact_reference(dtype):
         assert exact.ulp_errors(logsumexp(x), exact.logsumexp(x)).max() <= log_ulp(dtype, x.shape[-1])
 
 
+@pytest.mark.parametrize("classes", [1, 7, 1000, _long_row_classes(np.float32)])
+@pytest.mark.parametrize("rows", [1, 64])
+def test_float32_logsumexp_sums_the_exponentials_log_softmax_sums(threads, rows, classes):
+    # float32 logsumexp stores its e_j in a scratch row per thread, as log_softmax stores them
+    # in its output: the same T.  With the max at 0, logsumexp = float32(log1p(T)) and
+    # log_softmax at the max = 0 - float32(log1p(T)), so the two agree bit for bit; rows=1
+    # shares a long row's blocks between the threads, rows=64 gives each thread whole rows.
+    x = _random((rows, classes), np.float32, seed=classes)
+    if rows > 1:
+        x[1] = -40.0  # a dominant max: T < 1/16, the ties counted again
+        x[1, classes // 2] = 0.0
+        x[2, ::3] = x[2].max()  # ties of the max
+        x[3, 1::2] = -np.inf
+    x -= x.max(axis=1, keepdims=True)
+    argmax = x.argmax(axis=1)
+    for count in (1, 2):
+        threads(count)
+        np.testing.assert_array_equal(logsumexp(x), -log_softmax(x)[np.arange(rows), argmax])
+
+
 def test_rows_of_a_million_classes_sum_to_one_without_drift():
     # sums must not lose accuracy linearly with the row length
     x = _random((1, 1_000_000), np.float32)
