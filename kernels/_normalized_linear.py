@@ -2,8 +2,8 @@
 
 ``normalized_linear(x, W)`` is ``cos_ij = x_i . W_j / (|x_i| |W_j|)`` and
 ``normalized_linear_backward`` the gradients through both L2 normalizations.  The matrix
-products are NumPy's BLAS (``np.matmul``), in float64 for float32 inputs (their products
-are then exact and the sums' rounding far below a float32 ulp, which a float32 product's
+products are NumPy's BLAS (``np.matmul``), in float64 for float32 inputs (the unit rows'
+and the sums' rounding is then far below a float32 ulp, which a float32 product's
 rounding is not: it is many ulp of the small cosines and gradient entries); the norms, the
 normalization and the gradient's correction terms (the projections that remove the radial
 components) are Numba kernels.
@@ -23,6 +23,7 @@ from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
 from ._driver.threads import run_row_blocks
 from ._numerics.eft import fma, two_product, two_sum
 from ._numerics.rows import maxnum
+from ._outputs import new_output
 from ._validation import check_float_array
 
 __all__ = ["normalized_linear", "normalized_linear_backward"]
@@ -156,6 +157,21 @@ def _divide_by_product(dot, x_norm, w_norm):
     return quotient + (fma(-quotient, product, dot) - quotient * product_low) / product
 
 
+def _clamped_cosines_kernel(cosines, out):
+    _rows(_clamped_cosines, cosines.shape[0], cosines, out)
+
+
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _clamped_cosines(first, last, part, cosines, out):
+    # the float64 cosines rounded once to out's dtype and clamped to [-1, 1] (NaN passes)
+    for i in range(first, last):
+        row = cosines[i]
+        destination = out[i]
+        for j in range(row.shape[0]):
+            value = row[j]
+            destination[j] = 1.0 if value > 1.0 else (-1.0 if value < -1.0 else value)
+
+
 def _cosines_from_dots_kernel(dots, x_norms, w_norms, out):
     _rows(_cosines_from_dots, dots.shape[0], dots, x_norms, w_norms, out)
 
@@ -255,7 +271,7 @@ def unit_rows(values: np.ndarray, norms: np.ndarray) -> np.ndarray:
 
 
 def _unit_rows64(values: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    out = np.empty(values.shape, dtype=np.float64)
+    out = new_output(values.shape, np.float64)
     _normalize_rows_kernel(values, norms, out)
     return out
 
@@ -297,9 +313,11 @@ def normalized_linear(x, W):
         epsilon is added).  NaN or inf in a row gives NaN in that row's cosines.
 
     The norms are computed in float64 with an exact power-of-two scaling (no overflow or
-    underflow of the squares; compensated for float64 inputs); the dot products of the raw
-    rows are one ``np.matmul`` (BLAS) in float64 (float32 inputs converted: exact products),
-    divided by |x_i| |W_j| and rounded once.  For float64 inputs the cosines with
+    underflow of the squares; compensated for float64 inputs).  float32 inputs: the unit
+    rows x_i / |x_i| and W_j / |W_j| in float64, their product one ``np.matmul`` (BLAS) in
+    float64, rounded once to float32.  float64 inputs: the dot products of the rows (scaled
+    by powers of two) in one ``np.matmul``, each divided by |x_i| |W_j| with the product
+    carried exactly; the cosines with
     |cos| < 2^-7, where the product's rounding (about u |x| |W|) is many ulp of the result,
     are recomputed from a compensated (Dot2) dot product.  Measured against mpmath
     (``softmaxlab accuracy --kernels normalized_linear``, 32 x 1000, D = 16): float32 within
@@ -318,10 +336,13 @@ def normalized_linear(x, W):
     rows, W, leading = features_and_weights(x, W)
     x_norms, w_norms = row_norms("x", rows), row_norms("W", W)
     if rows.dtype == np.float32:
-        # float64 products of float32 values are exact and cannot overflow: one float64 product
-        dots = np.matmul(rows.astype(np.float64), W.astype(np.float64).T)
-        cosines = np.empty(dots.shape, dtype=np.float32)
-        _cosines_from_dots_kernel(dots, x_norms, w_norms, cosines)
+        # the unit rows in float64 (one rounding each, 2^-53), then their float64 product is the
+        # cosines: its rounding, about D 2^-53 at most, is far below a float32 ulp of any cosine
+        # above 2^-20, and the division is done once per feature, not once per cosine
+        x_unit, w_unit = _unit_rows64(rows, x_norms), _unit_rows64(W, w_norms)
+        cosines64 = np.matmul(x_unit, w_unit.T, out=new_output((rows.shape[0], W.shape[0]), np.float64))
+        cosines = np.empty(cosines64.shape, dtype=np.float32)
+        _clamped_cosines_kernel(cosines64, cosines)
     else:
         scaled_x, scaled_x_norms = _scaled_rows(rows, x_norms)
         scaled_w, scaled_w_norms = _scaled_rows(W, w_norms)

@@ -231,6 +231,9 @@ def test_nan_row(dtype):
     features, weights = rows([[NAN, 1], [1, 2], [3, -1]], dtype), rows([[1, 0], [0, 1], [1, 1]], dtype)
     cosines = kernels.normalized_linear(features, weights)
     assert np.isnan(cosines[0]).all() and np.isfinite(cosines[1:]).all()
+    # an infinite feature has no direction either: its row's cosines are NaN, the others' finite
+    infinite = kernels.normalized_linear(rows([[INF, 1], [1, 2], [3, -1]], dtype), weights)
+    assert np.isnan(infinite[0]).all() and np.array_equal(infinite[1:], cosines[1:])
     dx, dW = kernels.normalized_linear_backward(features, weights, np.ones_like(cosines))
     assert np.isnan(dx[0]).all() and np.isfinite(dx[1:]).all() and np.isnan(dW).all()
     for normalize_weights in (False, True):
