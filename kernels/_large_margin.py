@@ -208,8 +208,7 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     rho = (lambda_ * cosine + psi) / (1.0 + lambda_)
     # the row kernel gives dL/dz with the target's entries 0 (slope 0); dL/dz_y per row apart
     losses, gradient, target_gradients = margin_rows(
-        logits, targets, target_logits, np.zeros(count), np.zeros(count), upstream, 1.0, with_gradient, out=logits,
-        between_products=True)
+        logits, targets, target_logits, np.zeros(count), np.zeros(count), upstream, 1.0, with_gradient, out=logits)
     loss = reduce_losses(losses, reduction, (count,), x.dtype, count)
     if not with_gradient:
         return loss

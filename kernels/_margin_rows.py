@@ -31,8 +31,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH, block_schedule
-from ._driver.rows import PAIR, make_row_kernel
-from ._driver.threads import run_row_blocks
+from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair, exp_f32_wide
 from ._numerics.rows import SUM_CHUNK, block_max, has_nan, pairwise_sum
@@ -227,14 +226,11 @@ _margin_rows_kernel = make_row_kernel(_reduce_without_target, _merge_without_tar
 
 
 def margin_rows(logits, targets, target_high, target_low, target_slopes, upstream, scale, with_gradient,
-                 out=None, between_products=False):
+                 out=None):
     """Run the row kernel on C-contiguous ``logits`` (rows, classes).
 
     Returns the per-row losses (float64) and, with ``with_gradient``, dL/dlogits (written to
     ``out``, which may be ``logits`` itself) and dL/dz_y per row (float64).
-    ``between_products``: the caller takes BLAS products before and after (L-Softmax), so
-    whole rows run on Python threads (``_driver/threads.py``), whose idle workers do not
-    spin against BLAS's; the same bits either way.
     """
     rows_count, classes = logits.shape
     block, split = block_schedule(rows_count, classes, logits.itemsize)
@@ -245,13 +241,7 @@ def margin_rows(logits, targets, target_high, target_low, target_slopes, upstrea
     else:
         gradient = np.empty((0, 0), dtype=logits.dtype)
     rows = MarginRows(targets, target_high, target_low, target_slopes, upstream, float(scale))
-    outputs = MarginOutputs(gradient, losses, target_gradients)
-    if between_products and not split:
-        partial = np.empty((rows_count, max(1, -(-classes // block)), PAIR))
-        run_row_blocks(_margin_rows_kernel.serial_rows, rows_count, logits, rows, outputs, block, partial,
-                       elements=logits.size)
-    else:
-        _margin_rows_kernel(logits, rows, outputs, block, split)
+    _margin_rows_kernel(logits, rows, MarginOutputs(gradient, losses, target_gradients), block, split)
     if not with_gradient:
         return losses, None, None
     return losses, gradient, target_gradients

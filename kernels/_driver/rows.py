@@ -49,11 +49,6 @@ def make_row_kernel(reduce_block, merge_row, write_block, fused_row=no_fused_row
     False, having written nothing, for a row it leaves to the three functions (a row
     whose max is infinite, say).  It must give their results bit for bit.  softmax's and
     log_softmax's are 2-7% faster than the three at 4096 x 1000 (measured side by side).
-
-    The kernel's ``serial_rows(first, last, part, a, b, out, block, partial)`` is the
-    whole-row schedule over rows first..last as a serial ``nogil`` function, for kernels
-    that take turns with BLAS products (``_driver/threads.py``, ``run_row_blocks``): the
-    same arithmetic per row, so the same bits.  ``partial`` is (rows, blocks, PAIR) float64.
     """
 
     @njit(parallel=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -108,10 +103,4 @@ def make_row_kernel(reduce_block, merge_row, write_block, fused_row=no_fused_row
         for k in range(blocks):
             _write_task(a, b, out, i, k, block, partial, s0, s1)
 
-    @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-    def serial_rows(first, last, part, a, b, out, block, partial):
-        for i in range(first, last):
-            _row_task(a, b, out, np.int64(i), block, partial)
-
-    kernel.serial_rows = serial_rows
     return kernel

@@ -559,26 +559,3 @@ def test_bad_inputs_raise_clear_errors(call, error, message):
 def test_integral_float_margin_is_accepted():
     assert large_margin_cross_entropy(_X + np.arange(4), _W, _TARGET, m=2.0) == large_margin_cross_entropy(
         _X + np.arange(4), _W, _TARGET, m=2)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(6, 37), (5, 20000)])
-def test_margin_rows_between_products_give_the_parallel_kernels_bits(threads, dtype, shape):
-    # L-Softmax runs the rows on Python threads (between_products), whose idle workers do not
-    # spin against BLAS's; the per-row arithmetic is the prange kernel's, so every output is too
-    rng = np.random.default_rng(shape[1])
-    logits = (rng.standard_normal(shape) * 4).astype(dtype)
-    rows = shape[0]
-    targets = rng.integers(0, shape[1], rows)
-    target_high = logits[np.arange(rows), targets].astype(np.float64) - 1.5
-    arguments = (targets, target_high, np.zeros(rows), rng.uniform(0.5, 2.0, rows), rng.uniform(0.1, 1.0, rows), 1.7)
-    results = []
-    for count in (1, 2):
-        threads(count)
-        for between_products in (False, True):
-            losses, gradient, target_gradients = _margin_rows.margin_rows(
-                logits, *arguments, True, between_products=between_products)
-            results.append((losses, gradient, target_gradients))
-    for other in results[1:]:
-        for expected, actual in zip(results[0], other):
-            np.testing.assert_array_equal(actual, expected)
