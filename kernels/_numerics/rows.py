@@ -299,11 +299,11 @@ def _make_exp_sum(store, scaled):
     The loops (``exp_sum.loops``):
 
     * float32 rows that store (softmax and log_softmax into their output, cross-entropy
-      into the gradient, logsumexp into a scratch row, unscaled): the exponentials in float32 arithmetic
-      (``exp32_difference_floored``, 16 lanes a vector; for contiguous rows the explicit
-      vector loop ``store_exp32_floored``), stored, then summed in float64 in a second
-      loop (a third, counting the ties as the stored e_j equal to 1, for a
-      dominant max).
+      into the gradient, logsumexp into a scratch row, unscaled): the exponentials in
+      float32 arithmetic (``exp32_difference_floored``, 16 lanes a vector; for contiguous
+      rows the explicit vector loop ``store_exp32_floored``), stored, then summed in
+      float64 in a second loop (a third, counting the ties as the stored e_j equal to 1,
+      for a dominant max).
     * float64 rows: ``exp64_difference_floored`` (for |largest| < 2**40, every row in
       practice) or ``exp64_pair`` of the ``two_sum``.
     * the rest (float32 rows scaled by a temperature, or not stored): the float64
