@@ -338,7 +338,7 @@ def normalized_linear(x, W):
     if rows.dtype == np.float32:
         # the unit rows in float64 (one rounding each, 2^-53), then their float64 product is the
         # cosines: its rounding, about D 2^-53 at most, is far below a float32 ulp of any cosine
-        # above 2^-20, and the division is done once per feature, not once per cosine
+        # above 2^-20, and the divisions are one per entry of x and W, not one per cosine
         x_unit, w_unit = _unit_rows64(rows, x_norms), _unit_rows64(W, w_norms)
         cosines64 = np.matmul(x_unit, w_unit.T, out=new_output((rows.shape[0], W.shape[0]), np.float64))
         cosines = np.empty(cosines64.shape, dtype=np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_length, block_schedule
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
 from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
@@ -369,9 +369,12 @@ def logsumexp(x, axis=-1):
     rows = as_rows(x, axis)
     out = np.empty(rows.shape[0], dtype=x.dtype)
     if rows.dtype == np.float32:
-        # float64 rows gain nothing from storing: their exponentials are float64 either way
-        scratch = np.empty((numba.config.NUMBA_NUM_THREADS, min(rows.shape[1], block_length(4))), dtype=np.float32)
-        _run(_logsumexp_stored_kernel, rows, scratch, out)
+        # a block of scratch for each thread of the pool (get_thread_id is below the thread
+        # count, which NUMBA_NUM_THREADS bounds without asking the pool); float64 rows gain
+        # nothing from storing: their exponentials are float64 either way
+        block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
+        scratch = np.empty((numba.config.NUMBA_NUM_THREADS, min(rows.shape[1], block)), dtype=np.float32)
+        _logsumexp_stored_kernel(rows, scratch, out, block, split)
     else:
         _run(_logsumexp_kernel, rows, rows, out)
     return out.reshape(x.shape[:axis] + x.shape[axis + 1 :])
