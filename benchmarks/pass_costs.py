@@ -28,12 +28,13 @@ absorbs a neighbour; the lines are comparable within one run only.
 from __future__ import annotations
 
 import argparse
-import re
 
 import numba
 import numpy as np
 from numba import njit
 from timing import best_seconds
+
+from softmaxlab.harness.machine_code import hot_loop
 
 ROWS, CLASSES = 4096, 1000
 
@@ -64,43 +65,6 @@ def _passes():
                 destination[j] = upstream[j] - exp32(values[j]) * np.float32(0.25)
 
     return reduce_pass, write_pass_wide, write_pass_exp32
-
-
-_LABEL = re.compile(r"^(\.LBB\w+):")
-_BRANCH = re.compile(r"^\s+j\w+\s+(\.LBB\w+)")
-_STORE = re.compile(r"^\s+(?:vmov[ua]p[sd]|vmovdq[ua]\d*)\s+%([xyz])mm\d+,\s*[^%]*\(")
-_STORE_BYTES = {"x": 16, "y": 32, "z": 64}
-# the multiplier pipes' instructions (multiplies and FMAs), the busiest in an exp loop
-_MULTIPLY = re.compile(r"^\s+(?:vfn?m(?:add|sub)\d+[ps][sd]|vmul[ps][sd])\s")
-
-
-def hot_loop(function, itemsize):
-    """Instructions per element of the innermost loop of ``function``'s machine code that stores
-    the most elements an iteration, as a dict: ``all``, ``vector`` (on x/y/zmm registers) and
-    ``multiply`` (multiplies and FMAs), each over the elements its full-register vector stores
-    write (their bytes over ``itemsize``), and ``elements``.  A loop is the lines from a label
-    to the branch back to it with no label between.  ``function`` has been compiled (called
-    once)."""
-    lines = function.inspect_asm(function.signatures[0]).splitlines()
-    starts, best = {}, {"elements": 0}
-    for number, line in enumerate(lines):
-        label = _LABEL.match(line)
-        if label:
-            starts = {label.group(1): number}  # a loop with a label inside is not innermost
-            continue
-        branch = _BRANCH.match(line)
-        if branch and branch.group(1) in starts:
-            body = lines[starts[branch.group(1)] + 1 : number + 1]
-            instructions = [text for text in body if text.startswith("\t") and not text.startswith("\t.")]
-            elements = sum(_STORE_BYTES[m.group(1)] for m in map(_STORE.match, instructions) if m) // itemsize
-            if elements > best["elements"]:
-                best = {
-                    "all": len(instructions) / elements,
-                    "vector": sum("mm" in text for text in instructions) / elements,
-                    "multiply": sum(bool(_MULTIPLY.match(text)) for text in instructions) / elements,
-                    "elements": elements,
-                }
-    return best
 
 
 def _row_sums():
@@ -163,7 +127,7 @@ def main(argv=None):
         print(f"  {name:62s} {best_seconds(function, args.repeats) * 1e3:7.3f} ms")
     print("log_softmax_backward's writes: the vectorized loop's instructions per element")
     for name, function in (("exp_f32_wide, float64", write_pass_wide), ("exp32, float32", write_pass_exp32)):
-        counts = hot_loop(function, out.itemsize)
+        counts = hot_loop(function.inspect_asm(function.signatures[0]), out.itemsize)
         print(f"  {name:30s} all {counts['all']:.2f}, vector {counts['vector']:.2f}, multiplies and FMAs "
               f"{counts['multiply']:.2f} ({counts['elements']} elements a loop)")
     a, b = rng.standard_normal(10**6), rng.standard_normal(10**6)

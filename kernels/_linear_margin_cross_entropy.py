@@ -70,9 +70,8 @@ from ._linear_cross_entropy import (
     chunk_plan,
     product_loop,
 )
-from ._margin_rows import _merge_without_target, _with_target, exp_scaled_difference
+from ._margin_rows import _merge_without_target, _with_target, exp_scaled_difference, reduce_without
 from ._normalized_linear import _divide_by_product, _dot64, compensated_dot, features_and_weights, row_norms
-from ._numerics.rows import block_max, has_nan
 from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
 
 __all__ = ["linear_margin_cross_entropy", "linear_margin_cross_entropy_forward_backward"]
@@ -97,7 +96,7 @@ def _cosine(product, x_inverse, w_inverse):
 def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosines, partial, scratch):
     """Per row first..last of the chunk ``products`` (rows row0.., classes col0..) and class tile
     k: partial[i, k] = (s m, sum_j e^(s c_j - s m)) over the tile's non-target classes, m their
-    largest cosine ((-inf, 0) for none; ``_margin_rows._reduce_without_target``'s pair).
+    largest cosine (``_margin_rows.reduce_without``'s pair, (-inf, 0) for none).
     ``scratch[part]`` holds a tile's cosines."""
     cols = products.shape[1]
     scale = cosines.scale
@@ -109,22 +108,13 @@ def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosin
         for start in range(0, cols, tile):
             stop = min(cols, start + tile)
             row = scratch[part, : stop - start]
-            for j in range(start, stop):
-                row[j - start] = -np.inf if j == label else _cosine(values[j], x_inverse,
-                                                                      cosines.w_inverse[col0 + j])
-            k = (col0 + start) // tile
-            largest = block_max(row)
-            if largest == -np.inf:  # nothing but the target, or NaN: the sum carries it
-                partial[i, k, 0] = largest
-                partial[i, k, 1] = np.nan if has_nan(row) else 0.0
-                continue
-            shift = scale * largest
-            total = 0.0
+            # slices indexed from 0: an index known to be non-negative lets the loop vectorize
+            products_tile = values[start:stop]
+            w_inverse = cosines.w_inverse[col0 + start : col0 + stop]
             for j in range(stop - start):
-                if row[j] != -np.inf:
-                    total += exp_scaled_difference(values, row[j], scale, shift)
-            partial[i, k, 0] = shift
-            partial[i, k, 1] = total
+                row[j] = _cosine(products_tile[j], x_inverse, w_inverse[j])
+            k = (col0 + start) // tile
+            partial[i, k, 0], partial[i, k, 1] = reduce_without(values, row, label - start, scale)
 
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -159,10 +149,10 @@ def _cosine_tile_gradient(first, last, part, products, row0, col0, cosines, upst
         shift = state[i, STATE_SHIFT]
         factor = upstream[i] * scale * state[i, STATE_INVERSE_TOTAL]
         values = products[r]
+        w_inverse = cosines.w_inverse[col0 : col0 + cols]  # indexed from 0, as in the statistics
         for j in range(cols):
-            w_inverse = cosines.w_inverse[col0 + j]
-            c = _cosine(values[j], x_inverse, w_inverse)
-            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse
+            c = _cosine(values[j], x_inverse, w_inverse[j])
+            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse[j]
         label = cosines.targets[i] - col0
         if 0 <= label < cols:
             values[label] = (upstream[i] * state[i, STATE_TARGET_FACTOR] * state[i, STATE_TARGET_MINUS_ONE]

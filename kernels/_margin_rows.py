@@ -97,14 +97,15 @@ MarginOutputs = namedtuple(
 
 
 @njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
-def _sum_exp_scaled(values, scale, shift):
-    """sum_j exp(scale * values[j] - shift) in float64, chunked as ``_numerics.rows.SUM_CHUNK``."""
+def _sum_exp_scaled(like, values, scale, shift):
+    """sum_j exp(scale * values[j] - shift) in float64, chunked as ``_numerics.rows.SUM_CHUNK``,
+    each term as ``exp_scaled_difference`` takes it for rows of ``like``'s dtype."""
     total = 0.0
     for base in range(0, values.shape[0], SUM_CHUNK):
         chunk = values[base : base + SUM_CHUNK]
         partial = 0.0
         for j in range(chunk.shape[0]):
-            partial += exp_scaled_difference(values, chunk[j], scale, shift)
+            partial += exp_scaled_difference(like, chunk[j], scale, shift)
         total += partial
     return total
 
@@ -118,8 +119,16 @@ def _reduce_without_target(logits, rows, out, i, start, stop):
     (-inf, NaN) if it holds a NaN; +inf entries (not cosines) give NaN.
     """
     values = logits[i, start:stop]
-    scale = rows.scale
-    local = rows.targets[i] - start
+    return reduce_without(values, values, rows.targets[i] - start, rows.scale)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def reduce_without(like, values, local, scale):
+    """(m, t) over ``values`` without entry ``local`` (none when out of range): m = max_j s v_j,
+    t = sum_j e^(s v_j - m), the terms as ``exp_scaled_difference`` takes them for rows of
+    ``like``'s dtype.  The excluded entry splits the values into two slices, each looped from
+    0.  Nothing but -inf (or nothing at all) gives (-inf, 0), or (-inf, NaN) with a NaN; a +inf
+    entry (not a cosine) gives NaN."""
     if 0 <= local < values.shape[0]:
         left = values[:local]
         right = values[local + 1 :]
@@ -132,7 +141,7 @@ def _reduce_without_target(logits, rows, out, i, start, stop):
     if largest == np.inf:
         return largest, np.nan
     shift = scale * largest
-    return shift, _sum_exp_scaled(left, scale, shift) + _sum_exp_scaled(right, scale, shift)
+    return shift, _sum_exp_scaled(like, left, scale, shift) + _sum_exp_scaled(like, right, scale, shift)
 
 
 @njit(**JIT_OPTIONS)

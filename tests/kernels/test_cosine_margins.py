@@ -481,7 +481,7 @@ def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype)
 def test_hot_loops_vectorize_without_libm_calls(dtype):
     values = _cosines((300,), dtype)
     destination = np.empty_like(values)
-    calls = {_margin_rows._sum_exp_scaled: (values, 64.0, 64.0),
+    calls = {_margin_rows._sum_exp_scaled: (values, values, 64.0, 64.0),
              _margin_rows._write_scaled_softmax: (values, destination, 64.0, 64.0, 0.5)}
     for function, arguments in calls.items():
         assembly = assembly_of(function, tuple(numba.typeof(argument) for argument in arguments))
