@@ -520,7 +520,8 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
     them with G over its rows (``run_row_blocks``), the rows in ``fallback`` (index -> G row)
     taken as given; then grad_input += G W (float64, in tile order) and G^T x summed over the
     row tiles in float64.  A class tile's float64 sum is rounded into grad_weight, or, with
-    ``finish``, handed to ``finish(cols, sum, grad_weight[cols])``.
+    ``finish``, handed to ``finish(cols, sum, grad_weight[cols])``.  With one row tile the sum
+    is the tile's product itself, in the product's dtype (exactly the float64 sum's values).
     """
     rows, features = x.shape
     shard = linear_weight.shape[0]
@@ -533,7 +534,7 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
     grad_bias = np.zeros(shard) if linear_bias is not None else None
     outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, product.dtype),
                _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, product.dtype))
-    summed = rows > ROW_TILE or finish is not None
+    summed = rows > ROW_TILE
     sums = np.empty((min(max(shard, 1), PRODUCT_TILE), features)) if summed else None
     for cols in _tiles(0, shard, PRODUCT_TILE):
         accumulator = None
@@ -546,10 +547,10 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
             for i, gradient in (fallback or {}).items():
                 if row_tile[0] <= i < row_tile[1]:
                     tile[i - row_tile[0]] = gradient[cols[0] : cols[1]]
-            _accumulate_products(tile, x, linear_weight, row_tile, cols, grad_input, grad_weight, grad_bias,
-                                 accumulator, outputs)
+            product_of_tile = _accumulate_products(tile, x, linear_weight, row_tile, cols, grad_input, grad_weight,
+                                                   grad_bias, accumulator, outputs, finish is not None)
         if finish is not None:
-            finish(cols, accumulator, grad_weight[cols[0] : cols[1]])
+            finish(cols, accumulator if summed else product_of_tile, grad_weight[cols[0] : cols[1]])
         elif accumulator is not None:
             grad_weight[cols[0] : cols[1]] = accumulator
     return grad_input, grad_weight, grad_bias
@@ -561,10 +562,12 @@ def upstream_at_py(row_scale, i):
 
 
 def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_weight, grad_bias, accumulator,
-                         outputs):
+                         outputs, finished=False):
     """The products of one tile G of rows x cols: grad_input[rows] += G W[cols] in float64,
     G^T x[rows] into grad_weight[cols] (or added to the float64 ``accumulator`` when the rows
-    take several tiles), the bias' gradient += G's column sums in float64.
+    take several tiles), the bias' gradient += G's column sums in float64.  Returns G^T x[rows]
+    as computed, before any rounding into grad_weight; ``finished``: the caller writes
+    grad_weight[cols] from it, and it is left in a buffer of ``outputs``.
 
     Both products are written into the aligned buffers ``outputs`` (``_aligned_empty``), not
     into arrays NumPy allocates: OpenBLAS's small-GEMM result for an element depended on
@@ -574,19 +577,20 @@ def _accumulate_products(tile, x, linear_weight, rows, cols, grad_input, grad_we
     dx = into_dx[: (rows[1] - rows[0]) * features].reshape(rows[1] - rows[0], features)
     np.matmul(tile, np.ascontiguousarray(linear_weight[cols[0] : cols[1]], dtype=tile.dtype), out=dx)
     grad_input[rows[0] : rows[1]] += dx
-    if accumulator is None and grad_weight.dtype == tile.dtype:
+    if accumulator is None and grad_weight.dtype == tile.dtype and not finished:
         # the product is the result: written in place (the GEMM's threads touch the fresh pages;
         # a copy from a buffer faulted them in one thread, 14 ms per 4 MiB tile on this machine)
-        np.matmul(tile.T, x[rows[0] : rows[1]], out=grad_weight[cols[0] : cols[1]])
+        dw = np.matmul(tile.T, x[rows[0] : rows[1]], out=grad_weight[cols[0] : cols[1]])
     else:
         dw = into_dw[: (cols[1] - cols[0]) * features].reshape(cols[1] - cols[0], features)
         np.matmul(tile.T, x[rows[0] : rows[1]], out=dw)
-        if accumulator is None:
-            grad_weight[cols[0] : cols[1]] = dw  # rounded once to the output's dtype
-        else:
+        if accumulator is not None:
             accumulator += dw
+        elif not finished:
+            grad_weight[cols[0] : cols[1]] = dw  # rounded once to the output's dtype
     if grad_bias is not None:
         grad_bias[cols[0] : cols[1]] += tile.sum(axis=0, dtype=np.float64)
+    return dw
 
 
 # ---- public API ---------------------------------------------------------------------------------
