@@ -7,7 +7,7 @@ The exchange, per call:
 
 0. bounds: as ``_sharded.py`` (one all_gather of 3 float64);
 1. pass 1 of the fused margin loss on the shard (``cosine_statistics``): per row and local
-   class tile the non-target pair (s m_k, t_k); the owner of a row's target computes its
+   product tile the non-target pair (s m_k, t_k); the owner of a row's target computes its
    cosine by Dot2, as the single process does;
 2. round 1: the owner of each row (``_comm.row_blocks``) receives every rank's largest
    non-target logit of it (an all_to_all of N float64, ``rows_to_owners``), takes the max
@@ -26,8 +26,10 @@ The exchange, per call:
 
 The margin applies only where the target is, on the rank that owns it; the other ranks see
 the row's target cosine only through round 2.  The conditions for the single process's bits
-are ``_sharded.py``'s: with shards of 2^j whole class tiles (``block_length``) the pairwise
-trees are the single process's, so the loss and grad_weight_shard are its bits; grad_input
+are ``_sharded.py``'s in the margin's tiles, the product tiles (``PRODUCT_TILE`` classes):
+with every shard but the last 2^j whole product tiles and the last at most 2^j (shards of
+2^j of ``_sharded.py``'s class tiles are such shards) the pairwise trees are the single
+process's, so the loss and grad_weight_shard are its bits; grad_input
 sums the same float64 product-tile terms in another association (bit-identical when every
 shard is one product tile, else within the bound of ``_sharded.py``'s docstring).
 
@@ -47,7 +49,7 @@ from ..kernels._config import JIT_OPTIONS
 from ..kernels._cosine_margins import combined_margin_target, derivative_limit
 from ..kernels._driver.reduction import reduce_losses, row_scales
 from ..kernels._driver.threads import run_row_blocks
-from ..kernels._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, chunk_plan
+from ..kernels._linear_cross_entropy import DEFAULT_MEMORY_BUDGET
 from ..kernels._linear_margin_cross_entropy import (
     STATE_TARGET_FACTOR,
     Cosines,
@@ -154,8 +156,7 @@ def sharded_linear_margin_cross_entropy_forward_backward(x, weight_shard, target
 
     x_work = np.ascontiguousarray(x, dtype=np.float64 if precision == "float64" else dtype)
     cosines = Cosines(local_targets, 1.0 / x_norms, 1.0 / w_norms, s)
-    partial, product = cosine_statistics(x_work, weight_shard, cosines,
-                                         chunk_plan(rows, shard, features, x_work.dtype, budget, True))
+    partial, product = cosine_statistics(x_work, weight_shard, cosines)
 
     # round 1: each row's owner takes its largest non-target logit over every rank; every rank gets it
     first, last, maxima = rows_to_owners(partial[:, :, 0].max(axis=1)[:, None], group, log=log,

@@ -3,9 +3,9 @@ without the (rows, classes) cosines.
 
 The face-recognition losses (NormFace, CosFace / AM-Softmax, ArcFace and InsightFace's
 combination) at class counts where the cosines and their gradient would be the largest
-arrays of the step.  The two passes and the fixed product tiles of the fused linear
-cross-entropy (``_linear_cross_entropy.chunk_loop`` and ``product_loop``) with the margin
-row kernel's arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
+arrays of the step.  The fixed product tiles of the fused linear cross-entropy
+(``_linear_cross_entropy._logit_tile``, ``product_loop``) with the margin row kernel's
+arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
 
 * the products P_ij = x_i . W_j are BLAS's, per fixed tile, in the inputs' dtype (float64
   with ``precision="float64"``), and the cosines c_ij = P_ij (1/|x_i|) (1/|W_j|) are formed
@@ -14,10 +14,12 @@ row kernel's arithmetic (``_margin_rows``: the target's logit kept apart from th
   ``_normalized_linear.compensated_dot``) divided by |x_i| |W_y| with the product as an
   exact pair, the error of ``normalized_linear``'s float64 path, because f(c) and f'(c)
   (ArcFace's slope near theta = pi - m) amplify an error of c;
-* pass 1 keeps, per row and class tile, the largest non-target logit s c and the sum of
-  e^(s c - m) over the non-target classes (``_margin_rows._reduce_without_target``'s pair);
-  the tiles are merged in tile order (``_merge_without_target``) and the target joined
-  (``_with_target``): loss and a_y - 1 without cancellation;
+* pass 1 keeps, per row and product tile, the largest non-target logit s c and the sum of
+  e^(s c - m) over the non-target classes (``_margin_rows.reduce_without``'s pair), taken
+  as soon as BLAS has written the tile: it keeps no chunk of products, one product tile
+  whatever ``memory_budget``, and N C / 128 bytes of pairs; the tiles are merged in tile
+  order (``_merge_without_target``) and the target joined (``_with_target``): loss and
+  a_y - 1 without cancellation;
 * pass 2 overwrites each product tile with A_ij = dL/dc_ij / (|x_i| |W_j|), where
   dL/dc_ij = g s a_ij (j != y) and g s f'(c_iy) (a_iy - 1); then
   v_i = sum_j A_ij W_j and u_j = sum_i A_ij x_i (the tiles' products summed in float64),
@@ -26,8 +28,8 @@ row kernel's arithmetic (``_margin_rows``: the target's logit kept apart from th
 
       dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
 
-What does not depend on ``memory_budget`` or the thread count is what the fused linear
-cross-entropy guarantees (its module docstring): the same fixed product tiles, the same
+Nothing depends on ``memory_budget`` (pass 2 works one product tile at a time, as the fused
+linear cross-entropy's does) or on the thread count: the same fixed product tiles, the same
 tile-order merges and float64 sums, kernels that compute each row alone; the tests check
 bit-identity over budgets and thread counts.
 
@@ -65,9 +67,12 @@ from ._driver.reduction import reduce_losses, row_scales
 from ._driver.threads import run_row_blocks
 from ._linear_cross_entropy import (
     DEFAULT_MEMORY_BUDGET,
+    PRODUCT_TILE,
+    ROW_TILE,
+    _aligned_empty,
+    _logit_tile,
+    _tiles,
     check_precision,
-    chunk_loop,
-    chunk_plan,
     product_loop,
 )
 from ._margin_rows import _merge_without_target, _with_target, exp_scaled_difference, reduce_without
@@ -94,8 +99,8 @@ def _cosine(product, x_inverse, w_inverse):
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosines, partial, scratch):
-    """Per row first..last of the chunk ``products`` (rows row0.., classes col0..) and class tile
-    k: partial[i, k] = (s m, sum_j e^(s c_j - s m)) over the tile's non-target classes, m their
+    """Per row first..last of the product tile ``products`` (rows row0.., classes col0..) and
+    class tile k: partial[i, k] = (s m, sum_j e^(s c_j - s m)) over its non-target classes, m their
     largest cosine (``_margin_rows.reduce_without``'s pair, (-inf, 0) for none).
     ``scratch[part]`` holds a tile's cosines."""
     cols = products.shape[1]
@@ -187,15 +192,24 @@ def target_cosines(x, linear_weight, targets, x_norms, w_norms):
     return out
 
 
-def cosine_statistics(x_work, linear_weight, cosines, plan):
-    """Pass 1: (partial, product): per row and class tile of ``linear_weight`` the non-target
+def cosine_statistics(x_work, linear_weight, cosines):
+    """Pass 1: (partial, product): per row and product tile of ``linear_weight`` the non-target
     pair (``_cosine_tile_statistics``; ``cosines.targets`` index these classes, -1 for none),
-    and the aligned product buffer for pass 2."""
+    and the aligned product buffer for pass 2.
+
+    Each product tile's pairs are taken as soon as BLAS has written it, while it is in cache,
+    in the order of pass 2 (class tiles outer, row tiles inner): no chunk of products is kept,
+    so pass 1 needs one product tile whatever ``memory_budget``."""
     rows = x_work.shape[0]
     classes = linear_weight.shape[0]
-    partial = np.zeros((rows, max(1, -(-classes // plan.tile)), 2))
-    scratch = np.empty((numba.get_num_threads(), min(classes, plan.tile)))
-    product = chunk_loop(x_work, linear_weight, None, 0.0, plan, _cosine_tile_statistics, cosines, partial, scratch)
+    partial = np.zeros((rows, max(1, -(-classes // PRODUCT_TILE)), 2))
+    scratch = np.empty((numba.get_num_threads(), min(classes, PRODUCT_TILE)))
+    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(max(classes, 1), PRODUCT_TILE), x_work.dtype)
+    for cols in _tiles(0, classes, PRODUCT_TILE):
+        for row_tile in _tiles(0, rows, ROW_TILE):
+            tile = _logit_tile(x_work, linear_weight, None, row_tile, cols, product)
+            run_row_blocks(_cosine_tile_statistics, tile.shape[0], tile, row_tile[0], cols[0], PRODUCT_TILE, cosines,
+                           partial, scratch)
     return partial, product
 
 
@@ -250,8 +264,7 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
     cosines = Cosines(targets, 1.0 / x_norms, 1.0 / w_norms, s)
 
     # pass 1: per row and class tile the non-target pairs, merged per row with the target
-    partial, product = cosine_statistics(x_work, linear_weight, cosines,
-                                         chunk_plan(rows, classes, features, x_work.dtype, budget, write))
+    partial, product = cosine_statistics(x_work, linear_weight, cosines)
     losses = np.empty(rows)
     state = np.empty((rows, 4))
     run_row_blocks(_merge_margin_rows, rows, partial, high, low, losses, state)
@@ -278,10 +291,10 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
 
     The presets: NormFace (m2 = m3 = 0), CosFace / AM-Softmax (m3 > 0, e.g. s = 64,
     m3 = 0.35), ArcFace (m2 > 0, e.g. s = 64, m2 = 0.5, with InsightFace's fallback where
-    theta + m2 > pi, as :func:`arcface`).  Computed in chunks of classes under
-    ``memory_budget`` bytes as :func:`linear_cross_entropy` is; the products x_i . W_j are
-    BLAS's in the inputs' dtype (float32 products for float32 inputs) or, with
-    ``precision="float64"``, in float64; the target's cosine is a compensated dot product.
+    theta + m2 > pi, as :func:`arcface`).  Computed one product tile of at most 1024 rows by
+    2048 classes at a time; the products x_i . W_j are BLAS's in the inputs' dtype (float32
+    products for float32 inputs) or, with ``precision="float64"``, in float64; the target's
+    cosine is a compensated dot product.
     Results do not depend on ``memory_budget`` or the thread count (the module docstring).
 
     Args:
@@ -294,7 +307,8 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
             and additive cosine margins.
         reduction: "mean" (over the rows), "sum" or "none".
         memory_budget: bytes the chunk buffers may take (default 32 MiB), as
-            :func:`linear_cross_entropy`'s.
+            :func:`linear_cross_entropy`'s; checked, and met by any budget: this loss keeps
+            no chunk, its buffers are one product tile.
         precision: "input" (default) or "float64", the dtype of the products.
 
     Returns:

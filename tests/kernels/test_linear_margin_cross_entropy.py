@@ -28,7 +28,7 @@ from softmaxlab.kernels import (
 )
 from softmaxlab.kernels import _linear_margin_cross_entropy as fused
 from softmaxlab.kernels._config import block_length
-from softmaxlab.kernels._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, PRODUCT_TILE, ROW_TILE, chunk_plan
+from softmaxlab.kernels._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, PRODUCT_TILE, ROW_TILE
 
 from ._shared import DTYPES, MARGINS as PRESETS, assembly_of, central_differences
 
@@ -147,19 +147,41 @@ def _outputs(x, linear_weight, target, **options):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ["classes", "rows"])
 def test_bits_do_not_depend_on_the_budget(dtype, shape):
-    if shape == "classes":  # three class tiles of the first pass, several product tiles
+    if shape == "classes":  # several product tiles, more classes than a block of the row kernels
         rows, features, classes = 5, 6, 2 * block_length(np.dtype(dtype).itemsize) + 700
     else:  # more rows than a row tile: grad_linear_weight summed over row tiles
         rows, features, classes = ROW_TILE + 37, 3, 2 * PRODUCT_TILE + 5
     x, linear_weight, target = _problem(rows, features, classes, dtype, seed=4)
-    tile = rows * block_length(np.dtype(dtype).itemsize) * np.dtype(dtype).itemsize
-    everything = 4 * rows * classes * np.dtype(dtype).itemsize  # one chunk for every class
-    budgets = [1, 1, 2 * tile, DEFAULT_MEMORY_BUDGET, everything]  # the first twice: run to run told apart
-    assert len({chunk_plan(rows, classes, features, dtype, budget)[:3] for budget in budgets}) >= 2
+    everything = 4 * rows * classes * np.dtype(dtype).itemsize
+    budgets = [1, 1, 2 * rows * PRODUCT_TILE * x.itemsize, DEFAULT_MEMORY_BUDGET, everything]  # 1 twice: run to run
     results = [_outputs(x, linear_weight, target, memory_budget=budget) for budget in budgets]
     for budget, other in zip(budgets[1:], results[1:]):
         for name, first, second in zip(("losses", "grad_input", "grad_linear_weight", "mean"), results[0], other):
             np.testing.assert_array_equal(first, second, err_msg=f"{name} at budget {budget}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_forward_holds_one_product_tile_whatever_the_budget(dtype):
+    """Pass 1 takes each product tile's pairs as BLAS writes it: the forward's largest NumPy
+    allocation is one product tile, not a chunk of the budget's size (traced by tracemalloc,
+    which sees NumPy's buffers)."""
+    import tracemalloc
+
+    rows, features, classes = 64, 8, 5 * PRODUCT_TILE + 3
+    x, linear_weight, target = _problem(rows, features, classes, dtype, seed=8)
+    tile = rows * PRODUCT_TILE * x.itemsize
+    linear_margin_cross_entropy(x, linear_weight, target, s=30.0, m2=0.5)  # compiled before tracing
+    for budget in (DEFAULT_MEMORY_BUDGET, 4 * rows * classes * x.itemsize):
+        tracemalloc.start()
+        linear_margin_cross_entropy(x, linear_weight, target, s=30.0, m2=0.5, memory_budget=budget)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # the tile, the threads' cosine rows, the per-tile pairs, the classes' norms and inverses
+        # (float64) and room for the rows' vectors
+        pairs = rows * -(-classes // PRODUCT_TILE) * 16
+        assert peak < tile + 8 * numba.get_num_threads() * PRODUCT_TILE + pairs + 4 * 8 * classes + 65536, (budget,
+                                                                                                          peak)
+        assert peak < rows * classes * x.itemsize / 2  # far below the products a chunk would hold
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
