@@ -156,7 +156,7 @@ def sharded_linear_margin_cross_entropy_forward_backward(x, weight_shard, target
 
     x_work = np.ascontiguousarray(x, dtype=np.float64 if precision == "float64" else dtype)
     cosines = Cosines(local_targets, 1.0 / x_norms, 1.0 / w_norms, s)
-    partial, product = cosine_statistics(x_work, weight_shard, cosines)
+    partial, product, kept = cosine_statistics(x_work, weight_shard, cosines, budget)
 
     # round 1: each row's owner takes its largest non-target logit over every rank; every rank gets it
     first, last, maxima = rows_to_owners(partial[:, :, 0].max(axis=1)[:, None], group, log=log,
@@ -178,7 +178,8 @@ def sharded_linear_margin_cross_entropy_forward_backward(x, weight_shard, target
     state = np.ascontiguousarray(merged[:, ROW_STATE])
     loss = reduce_losses(np.ascontiguousarray(merged[:, ROW_LOSS]), reduction, (rows,), dtype, rows)
 
-    projected, grad_weight_shard = cosine_gradients(x_work, weight_shard, dtype, product, cosines, upstream, state)
+    projected, grad_weight_shard = cosine_gradients(x_work, weight_shard, dtype, product, cosines, upstream, state,
+                                                    kept)
 
     def tangent_rows(start, stop, total):  # the owner's rows of grad_input, before the one rounding
         return tangent_part(total, x[start:stop], cosines.x_inverse[start:stop], np.empty_like(total))

@@ -511,7 +511,8 @@ def gradient_pass(x, linear_weight, linear_bias, cap, z_loss, args, state, statu
                         (classes, args, cap, z_loss, state, status), fallback)
 
 
-def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_args, fallback=None, finish=None):
+def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_args, fallback=None, finish=None,
+                 kept=None):
     """Pass 2's loop: (grad_input in float64, grad_weight in ``dtype``, the bias' gradient in
     float64 or None).
 
@@ -522,6 +523,9 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
     row tiles in float64.  A class tile's float64 sum is rounded into grad_weight, or, with
     ``finish``, handed to ``finish(cols, sum, grad_weight[cols])``.  With one row tile the sum
     is the tile's product itself, in the product's dtype (exactly the float64 sum's values).
+    ``kept``: the tiles' logits as pass 1 computed them, by (first row, first class), taken
+    instead of recomputed (the same GEMMs into aligned buffers: the same bits); ``product``
+    may then be None.
     """
     rows, features = x.shape
     shard = linear_weight.shape[0]
@@ -532,8 +536,8 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
     if rows == 0:
         grad_weight.fill(0.0)  # no row tile: no product writes it
     grad_bias = np.zeros(shard) if linear_bias is not None else None
-    outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, product.dtype),
-               _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, product.dtype))
+    outputs = (_aligned_empty(min(max(rows, 1), ROW_TILE) * features, x.dtype),
+               _aligned_empty(min(max(shard, 1), PRODUCT_TILE) * features, x.dtype))
     summed = rows > ROW_TILE
     sums = np.empty((min(max(shard, 1), PRODUCT_TILE), features)) if summed else None
     for cols in _tiles(0, shard, PRODUCT_TILE):
@@ -542,7 +546,10 @@ def product_loop(x, linear_weight, linear_bias, dtype, product, kernel, kernel_a
             accumulator = sums[: cols[1] - cols[0]]
             accumulator.fill(0.0)
         for row_tile in _tiles(0, rows, ROW_TILE):
-            tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
+            if kept is not None:
+                tile = kept.pop((row_tile[0], cols[0]))
+            else:
+                tile = _logit_tile(x, linear_weight, linear_bias, row_tile, cols, product)
             run_row_blocks(kernel, tile.shape[0], tile, row_tile[0], cols[0], *kernel_args)
             for i, gradient in (fallback or {}).items():
                 if row_tile[0] <= i < row_tile[1]:

@@ -16,10 +16,11 @@ arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
   (ArcFace's slope near theta = pi - m) amplify an error of c;
 * pass 1 keeps, per row and product tile, the largest non-target logit s c and the sum of
   e^(s c - m) over the non-target classes (``_margin_rows.reduce_without``'s pair), taken
-  as soon as BLAS has written the tile: it keeps no chunk of products, one product tile
-  whatever ``memory_budget``, and N C / 128 bytes of pairs; the tiles are merged in tile
-  order (``_merge_without_target``) and the target joined (``_with_target``): loss and
-  a_y - 1 without cancellation;
+  as soon as BLAS has written the tile, and N C / 128 bytes of pairs; the tiles are merged
+  in tile order (``_merge_without_target``) and the target joined (``_with_target``): loss
+  and a_y - 1 without cancellation.  It needs one product tile; with the gradient, when all
+  the products fit in ``memory_budget``, it keeps each tile for pass 2, which then reads
+  them instead of recomputing them (the same bits);
 * pass 2 overwrites each product tile with A_ij = dL/dc_ij / (|x_i| |W_j|), where
   dL/dc_ij = g s a_ij (j != y) and g s f'(c_iy) (a_iy - 1); then
   v_i = sum_j A_ij W_j and u_j = sum_i A_ij x_i (the tiles' products summed in float64),
@@ -28,8 +29,8 @@ arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
 
       dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
 
-Nothing depends on ``memory_budget`` (pass 2 works one product tile at a time, as the fused
-linear cross-entropy's does) or on the thread count: the same fixed product tiles, the same
+Nothing depends on ``memory_budget`` (it decides only whether the products are kept) or on
+the thread count: the same fixed product tiles, the same
 tile-order merges and float64 sums, kernels that compute each row alone; the tests check
 bit-identity over budgets and thread counts.
 
@@ -192,28 +193,40 @@ def target_cosines(x, linear_weight, targets, x_norms, w_norms):
     return out
 
 
-def cosine_statistics(x_work, linear_weight, cosines):
-    """Pass 1: (partial, product): per row and product tile of ``linear_weight`` the non-target
-    pair (``_cosine_tile_statistics``; ``cosines.targets`` index these classes, -1 for none),
-    and the aligned product buffer for pass 2.
+def cosine_statistics(x_work, linear_weight, cosines, keep_bytes=0):
+    """Pass 1: (partial, product, kept): per row and product tile of ``linear_weight`` the
+    non-target pair (``_cosine_tile_statistics``; ``cosines.targets`` index these classes, -1
+    for none), the aligned product buffer for pass 2, and the tiles' products for pass 2
+    (``product_loop``'s ``kept``) when all of them fit in ``keep_bytes``, else None.
 
     Each product tile's pairs are taken as soon as BLAS has written it, while it is in cache,
-    in the order of pass 2 (class tiles outer, row tiles inner): no chunk of products is kept,
-    so pass 1 needs one product tile whatever ``memory_budget``."""
+    in the order of pass 2 (class tiles outer, row tiles inner).  Without keeping, pass 1
+    needs one product tile; kept, each tile has its own 64-byte aligned place in one buffer,
+    laid out as the product buffer is, so pass 2 reads the bits it would have recomputed."""
     rows = x_work.shape[0]
     classes = linear_weight.shape[0]
     partial = np.zeros((rows, max(1, -(-classes // PRODUCT_TILE)), 2))
     scratch = np.empty((numba.get_num_threads(), min(classes, PRODUCT_TILE)))
-    product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(max(classes, 1), PRODUCT_TILE), x_work.dtype)
-    for cols in _tiles(0, classes, PRODUCT_TILE):
-        for row_tile in _tiles(0, rows, ROW_TILE):
-            tile = _logit_tile(x_work, linear_weight, None, row_tile, cols, product)
-            run_row_blocks(_cosine_tile_statistics, tile.shape[0], tile, row_tile[0], cols[0], PRODUCT_TILE, cosines,
-                           partial, scratch)
-    return partial, product
+    tiles = [(row_tile, cols) for cols in _tiles(0, classes, PRODUCT_TILE) for row_tile in _tiles(0, rows, ROW_TILE)]
+    step = 64 // x_work.itemsize
+    places = np.cumsum([0] + [-(-(r[1] - r[0]) * (c[1] - c[0]) // step) * step for r, c in tiles])
+    kept = None
+    if places[-1] * x_work.itemsize <= keep_bytes:
+        kept, store = {}, _aligned_empty(int(places[-1]), x_work.dtype)
+        product = None
+    else:
+        product = _aligned_empty(min(max(rows, 1), ROW_TILE) * min(max(classes, 1), PRODUCT_TILE), x_work.dtype)
+    for (row_tile, cols), place in zip(tiles, places):
+        buffer = product if kept is None else store[place:]
+        tile = _logit_tile(x_work, linear_weight, None, row_tile, cols, buffer)
+        if kept is not None:
+            kept[(row_tile[0], cols[0])] = tile
+        run_row_blocks(_cosine_tile_statistics, tile.shape[0], tile, row_tile[0], cols[0], PRODUCT_TILE, cosines,
+                       partial, scratch)
+    return partial, product, kept
 
 
-def cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state):
+def cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state, kept=None):
     """Pass 2: (v in float64, grad_linear_weight in ``dtype``): A per product tile
     (``_cosine_tile_gradient``), v = A W summed over the class tiles, and each class tile's
     u = A^T x reduced to its tangent part (``tangent_part``)."""
@@ -222,7 +235,7 @@ def cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, s
         tangent_part(summed, linear_weight[cols[0] : cols[1]], cosines.w_inverse[cols[0] : cols[1]], out)
 
     projected, grad_weight, _ = product_loop(x_work, linear_weight, None, dtype, product, _cosine_tile_gradient,
-                                             (cosines, upstream, state), finish=finish)
+                                             (cosines, upstream, state), finish=finish, kept=kept)
     return projected, grad_weight
 
 
@@ -264,7 +277,7 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
     cosines = Cosines(targets, 1.0 / x_norms, 1.0 / w_norms, s)
 
     # pass 1: per row and class tile the non-target pairs, merged per row with the target
-    partial, product = cosine_statistics(x_work, linear_weight, cosines)
+    partial, product, kept = cosine_statistics(x_work, linear_weight, cosines, budget if write else 0)
     losses = np.empty(rows)
     state = np.empty((rows, 4))
     run_row_blocks(_merge_margin_rows, rows, partial, high, low, losses, state)
@@ -274,7 +287,7 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
 
     # pass 2: A per product tile; v = A W and u = A^T x in float64, then their tangent parts
     state[:, STATE_TARGET_FACTOR] = s * slope
-    projected, grad_weight = cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state)
+    projected, grad_weight = cosine_gradients(x_work, linear_weight, dtype, product, cosines, upstream, state, kept)
     return loss, (tangent_part(projected, x, cosines.x_inverse, np.empty_like(x)), grad_weight)
 
 
@@ -292,7 +305,8 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
     The presets: NormFace (m2 = m3 = 0), CosFace / AM-Softmax (m3 > 0, e.g. s = 64,
     m3 = 0.35), ArcFace (m2 > 0, e.g. s = 64, m2 = 0.5, with InsightFace's fallback where
     theta + m2 > pi, as :func:`arcface`).  Computed one product tile of at most 1024 rows by
-    2048 classes at a time; the products x_i . W_j are BLAS's in the inputs' dtype (float32
+    2048 classes at a time (with the gradient, all kept for the backward pass when they fit in
+    ``memory_budget``); the products x_i . W_j are BLAS's in the inputs' dtype (float32
     products for float32 inputs) or, with ``precision="float64"``, in float64; the target's
     cosine is a compensated dot product.
     Results do not depend on ``memory_budget`` or the thread count (the module docstring).
@@ -307,8 +321,9 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
             and additive cosine margins.
         reduction: "mean" (over the rows), "sum" or "none".
         memory_budget: bytes the chunk buffers may take (default 32 MiB), as
-            :func:`linear_cross_entropy`'s; checked, and met by any budget: this loss keeps
-            no chunk, its buffers are one product tile.
+            :func:`linear_cross_entropy`'s: the forward takes one product tile whatever the
+            budget; with the gradient the N x C products are kept for the backward pass when
+            they fit in it, and recomputed otherwise.
         precision: "input" (default) or "float64", the dtype of the products.
 
     Returns:

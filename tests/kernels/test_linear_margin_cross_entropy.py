@@ -185,6 +185,25 @@ def test_the_forward_holds_one_product_tile_whatever_the_budget(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_the_backward_keeps_the_products_only_within_the_budget(dtype):
+    """With the gradient, pass 1 keeps every product tile for pass 2 when all fit in
+    ``memory_budget`` and none otherwise: the traced peak grows by about the products."""
+    import tracemalloc
+
+    rows, features, classes = 64, 8, 5 * PRODUCT_TILE + 3
+    x, linear_weight, target = _problem(rows, features, classes, dtype, seed=9)
+    products = rows * classes * x.itemsize
+    peaks = {}
+    for budget in (products // 2, 2 * products):
+        linear_margin_cross_entropy_forward_backward(x, linear_weight, target, s=30.0, m2=0.5, memory_budget=budget)
+        tracemalloc.start()
+        linear_margin_cross_entropy_forward_backward(x, linear_weight, target, s=30.0, m2=0.5, memory_budget=budget)
+        peaks[budget] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[2 * products] - peaks[products // 2] > 0.9 * products - rows * PRODUCT_TILE * x.itemsize, peaks
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_bits_do_not_depend_on_the_thread_count(threads, dtype):
     x, linear_weight, target = _problem(7, 6, 2 * block_length(np.dtype(dtype).itemsize) + 9, dtype, seed=6)
     results = []
