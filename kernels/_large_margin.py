@@ -4,10 +4,13 @@
 ``x_i . W_j`` (``|x_i| cos_ij`` for SphereFace, whose weights are normalized), the
 target's replaced by ``(lambda |W_y||x| cos + |W_y||x| psi(theta)) / (1 + lambda)`` with
 ``psi`` from the Chebyshev polynomial of ``cos(theta)`` (no arccos) and the target's
-cosine from a compensated dot product (from the half chord |x_hat -+ w_hat| near +-1); the
-margin row kernel (``_margin_rows.py``, scale 1) gives dL/dlogits without the target's
-entries, and the true gradients in x and W follow by two matrix products and the target's
-terms, split into tangent and radial parts.
+cosine from a compensated dot product (from the half chord |x_hat -+ w_hat| near +-1).  The
+logits are never formed whole: they go through the fused margin loss's product tiles
+(``_linear_margin_cross_entropy.py``, as raw values with s = 1), each tile reduced to its
+rows' non-target pairs as BLAS writes it and, with the gradient, kept for the backward pass
+when all fit in 32 MiB (recomputed otherwise); pass 2 turns each tile into dL/dlogits without
+the target's entries, and the true gradients in x and W follow as the tiles' products (G W
+summed in float64) and the target's terms, split into tangent and radial parts.
 
 Proof book: ``docs/proofs/margins.md`` (psi and the Chebyshev form, the large-margin
 target gradient).
@@ -23,9 +26,10 @@ from numba import njit
 from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.reduction import reduce_losses, row_scales
 from ._driver.threads import run_row_blocks
-from ._margin_rows import margin_rows
-from ._normalized_linear import (checked_norms, compensated_dot, features_and_weights, product_over_classes,
-                                 tangent_kernel, unit_rows)
+from ._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, product_loop
+from ._linear_margin_cross_entropy import (STATE_TARGET_FACTOR, STATE_TARGET_MINUS_ONE, Cosines,
+                                           _cosine_tile_gradient, _merge_margin_rows, cosine_statistics)
+from ._normalized_linear import checked_norms, compensated_dot, features_and_weights, tangent_kernel, unit_rows
 from ._numerics.eft import fma, two_product
 from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
 
@@ -187,7 +191,6 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     raw_w_norms = checked_norms("W", W)
     weights = unit_rows(W, raw_w_norms) if normalize_weights else W
     w_norms = np.ones(W.shape[0]) if normalize_weights else raw_w_norms
-    logits = np.matmul(x, weights.T)  # x_i . W_j (|x_i| cos_ij for SphereFace)
 
     # the target logit (docs/proofs/margins.md#large-margin-target-logit-gradient):
     # z_y = (lambda w.x + |w||x| psi(c)) / (1 + lambda),  c = w.x / (|w||x|),  w = W_y
@@ -206,17 +209,27 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     # radial parts: as alpha w + beta x the two terms are up to m^2 times the result and cancel)
     alpha = (lambda_ + psi_slope) / (1.0 + lambda_)
     rho = (lambda_ * cosine + psi) / (1.0 + lambda_)
-    # the row kernel gives dL/dz with the target's entries 0 (slope 0); dL/dz_y per row apart
-    losses, gradient, target_gradients = margin_rows(
-        logits, targets, target_logits, np.zeros(count), np.zeros(count), upstream, 1.0, with_gradient, out=logits)
+
+    # the logits x_i . W_j (|x_i| cos_ij for SphereFace), one product tile at a time, reduced
+    # as the fused margin loss reduces its cosines: raw values, factors of 1, s = 1; the
+    # target's entry of dL/dlogits is 0 (slope 0), its dL/dz_y taken per row apart
+    values = Cosines(targets, np.ones(count), np.ones(W.shape[0]), 1.0, False)
+    partial, product, kept = cosine_statistics(x, weights, values, DEFAULT_MEMORY_BUDGET if with_gradient else 0)
+    losses = np.empty(count)
+    state = np.empty((count, 4))
+    run_row_blocks(_merge_margin_rows, count, partial, target_logits, np.zeros(count), losses, state)
     loss = reduce_losses(losses, reduction, (count,), x.dtype, count)
     if not with_gradient:
         return loss
-    # dx = G W + the target terms, dW = G^T x + the target terms (G without its target entries)
-    dx = product_over_classes(gradient, weights)
+    state[:, STATE_TARGET_FACTOR] = 0.0
+    target_gradients = upstream * state[:, STATE_TARGET_MINUS_ONE]
+    # dx = G W + the target terms (G W summed over the product tiles in float64, rounded once
+    # with the terms), dW = G^T x + the target terms (G without its target entries)
+    dx, dW, _ = product_loop(x, weights, None, x.dtype, product, _cosine_tile_gradient, (values, upstream, state),
+                             kept=kept)
     _add_target_terms_x(dx, x, W, targets, x_norms, raw_w_norms, cosine,
                         target_gradients * w_norms[targets], alpha, rho)
-    dW = np.matmul(gradient.T, x)
+    dx = dx.astype(x.dtype, copy=False)
     # SphereFace: the radial part rho w_hat is removed by the projection through W / |W| below
     _add_target_terms_w(dW, x, W, targets, x_norms, raw_w_norms, cosine, target_gradients * x_norms, alpha,
                         np.zeros(count) if normalize_weights else rho)
@@ -286,7 +299,7 @@ def large_margin_cross_entropy_forward_backward(x, W, target, *, m, lambda_=0.0,
                                                 reduction="mean", grad_output=1.0):
     r"""(loss, dx, dW) of :func:`large_margin_cross_entropy`: the true gradients.
 
-    With G = dL/dz (one fused row pass, :math:`G_{ij} = g_i (a_{ij} - \delta_{jy_i})`):
+    With G = dL/dz (per product tile, :math:`G_{ij} = g_i (a_{ij} - \delta_{jy_i})`):
 
     .. math::
         dx_i = \sum_{j \ne y_i} G_{ij} W_j + G_{iy}\|W_y\|\,(\alpha_i t_i + \rho_i \hat x_i),\qquad

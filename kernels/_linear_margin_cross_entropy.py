@@ -84,8 +84,10 @@ __all__ = ["linear_margin_cross_entropy", "linear_margin_cross_entropy_forward_b
 
 PAGE = "docs/proofs/linear_cross_entropy.md"
 
-#: What the tile kernels read per row and class: labels, 1/|x_i|, 1/|W_j|, the scale s.
-Cosines = namedtuple("Cosines", ["targets", "x_inverse", "w_inverse", "scale"])
+#: What the tile kernels read per row and class: labels, 1/|x_i|, 1/|W_j|, the scale s, and whether
+#: the values are cosines, clamped to [-1, 1].  L-Softmax (``_large_margin``) passes its raw
+#: products x_i . W_j as unclamped values with factors of 1 and s = 1.
+Cosines = namedtuple("Cosines", ["targets", "x_inverse", "w_inverse", "scale", "clamped"], defaults=(True,))
 
 # per-row state of pass 2: the logits' shift M, 1/S, a_y - 1, and dL/dz_y's factor g s f'(c_y)
 STATE_SHIFT, STATE_INVERSE_TOTAL, STATE_TARGET_MINUS_ONE, STATE_TARGET_FACTOR = 0, 1, 2, 3
@@ -96,6 +98,18 @@ def _cosine(product, x_inverse, w_inverse):
     """c = P (1/|x|) (1/|W|) in float64, clamped to [-1, 1] (NaN passes)."""
     c = np.float64(product) * x_inverse * w_inverse
     return 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _values_into(row, products, x_inverse, w_inverse, clamped):
+    """row_j = P_j (1/|x|) (1/|W_j|) in float64, clamped as cosines if ``clamped``: one loop for
+    each case (a test of ``clamped`` inside the loop kept it from vectorizing)."""
+    if clamped:
+        for j in range(row.shape[0]):
+            row[j] = _cosine(products[j], x_inverse, w_inverse[j])
+    else:
+        for j in range(row.shape[0]):
+            row[j] = np.float64(products[j]) * x_inverse * w_inverse[j]
 
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -117,8 +131,7 @@ def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosin
             # slices indexed from 0: an index known to be non-negative lets the loop vectorize
             products_tile = values[start:stop]
             w_inverse = cosines.w_inverse[col0 + start : col0 + stop]
-            for j in range(stop - start):
-                row[j] = _cosine(products_tile[j], x_inverse, w_inverse[j])
+            _values_into(row, products_tile, x_inverse, w_inverse, cosines.clamped)
             k = (col0 + start) // tile
             partial[i, k, 0], partial[i, k, 1] = reduce_without(values, row, label - start, scale)
 
@@ -143,6 +156,20 @@ def join_target(i, others_shift, others_total, target_high, target_low, losses, 
     state[i, STATE_TARGET_MINUS_ONE] = target_minus_one
 
 
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _gradient_into(values, x_inverse, w_inverse, factor, scale, shift, clamped):
+    """values_j <- factor e^(s c_j - M) (1/|x|) (1/|W_j|) for c_j from values_j as ``_values_into``
+    takes it, one loop for each case."""
+    if clamped:
+        for j in range(values.shape[0]):
+            c = _cosine(values[j], x_inverse, w_inverse[j])
+            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse[j]
+    else:
+        for j in range(values.shape[0]):
+            c = np.float64(values[j]) * x_inverse * w_inverse[j]
+            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse[j]
+
+
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _cosine_tile_gradient(first, last, part, products, row0, col0, cosines, upstream, state):
     """Overwrite rows first..last of the product tile with A_ij = dL/dc_ij (1/|x_i|) (1/|W_j|):
@@ -156,9 +183,7 @@ def _cosine_tile_gradient(first, last, part, products, row0, col0, cosines, upst
         factor = upstream[i] * scale * state[i, STATE_INVERSE_TOTAL]
         values = products[r]
         w_inverse = cosines.w_inverse[col0 : col0 + cols]  # indexed from 0, as in the statistics
-        for j in range(cols):
-            c = _cosine(values[j], x_inverse, w_inverse[j])
-            values[j] = factor * exp_scaled_difference(values, c, scale, shift) * x_inverse * w_inverse[j]
+        _gradient_into(values, x_inverse, w_inverse, factor, scale, shift, cosines.clamped)
         label = cosines.targets[i] - col0
         if 0 <= label < cols:
             values[label] = (upstream[i] * state[i, STATE_TARGET_FACTOR] * state[i, STATE_TARGET_MINUS_ONE]
