@@ -30,9 +30,9 @@ arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
       dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
 
 Nothing depends on ``memory_budget`` (it decides only whether the products are kept) or on
-the thread count: the same fixed product tiles, the same
-tile-order merges and float64 sums, kernels that compute each row alone; the tests check
-bit-identity over budgets and thread counts.
+the thread count: the same fixed product tiles, the same tile-order merges and float64
+sums, kernels that compute each row alone; the tests check bit-identity over budgets and
+thread counts.
 
 Error bound in terms of the inputs.  A BLAS product P_ij in a dtype of unit roundoff u,
 accumulated over D features in any order, is within gamma_D sum_k |x_ik W_jk| <= gamma_D
@@ -233,7 +233,7 @@ def cosine_statistics(x_work, linear_weight, cosines, keep_bytes=0):
     partial = np.zeros((rows, max(1, -(-classes // PRODUCT_TILE)), 2))
     scratch = np.empty((numba.get_num_threads(), min(classes, PRODUCT_TILE)))
     tiles = [(row_tile, cols) for cols in _tiles(0, classes, PRODUCT_TILE) for row_tile in _tiles(0, rows, ROW_TILE)]
-    step = 64 // x_work.itemsize
+    step = 64 // x_work.itemsize  # each kept tile starts on 64 bytes, as the product buffer does
     places = np.cumsum([0] + [-(-(r[1] - r[0]) * (c[1] - c[0]) // step) * step for r, c in tiles])
     kept = None
     if places[-1] * x_work.itemsize <= keep_bytes:
@@ -301,7 +301,7 @@ def _linear_margin_cross_entropy(x, linear_weight, target, s, m1, m2, m3, reduct
     x_work = np.ascontiguousarray(x, dtype=np.float64 if precision == "float64" else dtype)
     cosines = Cosines(targets, 1.0 / x_norms, 1.0 / w_norms, s)
 
-    # pass 1: per row and class tile the non-target pairs, merged per row with the target
+    # pass 1: per row and product tile the non-target pairs, merged per row with the target
     partial, product, kept = cosine_statistics(x_work, linear_weight, cosines, budget if write else 0)
     losses = np.empty(rows)
     state = np.empty((rows, 4))
