@@ -113,27 +113,21 @@ def _values_into(row, products, x_inverse, w_inverse, clamped):
 
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _cosine_tile_statistics(first, last, part, products, row0, col0, tile, cosines, partial, scratch):
-    """Per row first..last of the product tile ``products`` (rows row0.., classes col0..) and
-    class tile k: partial[i, k] = (s m, sum_j e^(s c_j - s m)) over its non-target classes, m their
-    largest cosine (``_margin_rows.reduce_without``'s pair, (-inf, 0) for none).
-    ``scratch[part]`` holds a tile's cosines."""
+def _cosine_tile_statistics(first, last, part, products, row0, col0, cosines, partial, scratch):
+    """Per row first..last of the product tile ``products`` (rows row0.., classes col0.., tile k =
+    col0 / PRODUCT_TILE): partial[i, k] = (s m, sum_j e^(s c_j - s m)) over its non-target classes,
+    m their largest cosine (``_margin_rows.reduce_without``'s pair, (-inf, 0) for none).
+    ``scratch[part]`` holds the row's cosines."""
     cols = products.shape[1]
-    scale = cosines.scale
+    k = col0 // PRODUCT_TILE
+    # w_inverse sliced to the tile, indexed from 0: an index known to be non-negative lets the
+    # loops vectorize
+    w_inverse = cosines.w_inverse[col0 : col0 + cols]
     for r in range(first, last):
         i = row0 + r
-        x_inverse = cosines.x_inverse[i]
-        label = cosines.targets[i] - col0
-        values = products[r]
-        for start in range(0, cols, tile):
-            stop = min(cols, start + tile)
-            row = scratch[part, : stop - start]
-            # slices indexed from 0: an index known to be non-negative lets the loop vectorize
-            products_tile = values[start:stop]
-            w_inverse = cosines.w_inverse[col0 + start : col0 + stop]
-            _values_into(row, products_tile, x_inverse, w_inverse, cosines.clamped)
-            k = (col0 + start) // tile
-            partial[i, k, 0], partial[i, k, 1] = reduce_without(values, row, label - start, scale)
+        row = scratch[part, :cols]
+        _values_into(row, products[r], cosines.x_inverse[i], w_inverse, cosines.clamped)
+        partial[i, k, 0], partial[i, k, 1] = reduce_without(products, row, cosines.targets[i] - col0, cosines.scale)
 
 
 @njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
@@ -176,13 +170,13 @@ def _cosine_tile_gradient(first, last, part, products, row0, col0, cosines, upst
     dL/dc_ij = g_i s a_ij (j != y), g_i s f'(c_y) (a_y - 1) (``docs/proofs/margins.md``)."""
     cols = products.shape[1]
     scale = cosines.scale
+    w_inverse = cosines.w_inverse[col0 : col0 + cols]  # indexed from 0, as in the statistics
     for r in range(first, last):
         i = row0 + r
         x_inverse = cosines.x_inverse[i]
         shift = state[i, STATE_SHIFT]
         factor = upstream[i] * scale * state[i, STATE_INVERSE_TOTAL]
         values = products[r]
-        w_inverse = cosines.w_inverse[col0 : col0 + cols]  # indexed from 0, as in the statistics
         _gradient_into(values, x_inverse, w_inverse, factor, scale, shift, cosines.clamped)
         label = cosines.targets[i] - col0
         if 0 <= label < cols:
@@ -246,8 +240,7 @@ def cosine_statistics(x_work, linear_weight, cosines, keep_bytes=0):
         tile = _logit_tile(x_work, linear_weight, None, row_tile, cols, buffer)
         if kept is not None:
             kept[(row_tile[0], cols[0])] = tile
-        run_row_blocks(_cosine_tile_statistics, tile.shape[0], tile, row_tile[0], cols[0], PRODUCT_TILE, cosines,
-                       partial, scratch)
+        run_row_blocks(_cosine_tile_statistics, tile.shape[0], tile, row_tile[0], cols[0], cosines, partial, scratch)
     return partial, product, kept
 
 

@@ -67,6 +67,32 @@ def test_large_margin_matches_the_proven_closed_forms(m, lambda_):
     assert float(large_margin_cross_entropy(x, W, target, m=m, lambda_=lambda_, reduction="sum")) == float(loss)
 
 
+def test_large_margin_over_several_product_tiles_matches_the_closed_forms(threads):
+    """More classes than two product tiles: the tiles' pairs merged, the products kept for the
+    backward pass, G W summed over the tiles; the same bits on one and two threads, and the
+    forward's loss is the forward-backward's."""
+    from softmaxlab.kernels._linear_cross_entropy import PRODUCT_TILE
+
+    rng = np.random.default_rng(22)
+    classes = 2 * PRODUCT_TILE + 5
+    x, W = rng.standard_normal((4, 4)), rng.standard_normal((classes, 4)) * 0.7
+    target = np.array([0, PRODUCT_TILE + 3, classes - 1, 7])
+    results = []
+    for count in (1, 2):
+        threads(count)
+        results.append(large_margin_cross_entropy_forward_backward(x, W, target, m=3, lambda_=0.2,
+                                                                   reduction="sum"))
+        assert float(large_margin_cross_entropy(x, W, target, m=3, lambda_=0.2, reduction="sum")) == float(
+            results[-1][0])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+    loss, dx, dW = results[0]
+    expected = _expected_large_margin(x, W, target, 3, 0.2)
+    np.testing.assert_allclose(loss, expected[0], rtol=1e-12)
+    np.testing.assert_allclose(dx, expected[1], rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(dW, expected[2], rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("normalize_weights", [False, True])
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_large_margin_gradient_matches_central_differences(m, normalize_weights):

@@ -258,15 +258,17 @@ def test_inputs_are_not_modified_and_views_are_taken():
         np.testing.assert_array_equal(before, after)
 
 
+@pytest.mark.parametrize("clamped", [True, False])  # the cosines; L-Softmax's raw products
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tile_kernels_element_loops_vectorize(dtype):
+def test_tile_kernels_element_loops_vectorize(dtype, clamped):
     """The cosines of a tile (pass 1) and its A_ij (pass 2) are element loops that must compile
     to vector loops.  The statistics' cosine loop is a multiply and a clamp: at most 4
     instructions an element (an index that may be negative, ``w_inverse[col0 + j]``, left it
-    9.5 an element on 4 lanes and the statistics 2.3 times slower)."""
+    9.5 an element on 4 lanes and the statistics 2.3 times slower; a test of ``clamped`` inside
+    the loop left it scalar)."""
     products = np.ones((2, 8), dtype=dtype)
-    cosines = fused.Cosines(np.zeros(2, dtype=np.int64), np.ones(2), np.ones(8), 64.0)
-    statistics = (0, 2, 0, products, 0, 0, 8, cosines, np.zeros((2, 1, 2)), np.empty((1, 8)))
+    cosines = fused.Cosines(np.zeros(2, dtype=np.int64), np.ones(2), np.ones(8), 64.0, clamped)
+    statistics = (0, 2, 0, products, 0, 0, cosines, np.zeros((2, 1, 2)), np.empty((1, 8)))
     gradient = (0, 2, 0, products, 0, 0, cosines, np.ones(2), np.ones((2, 4)))
     signature = lambda arguments: tuple(numba.typeof(argument) for argument in arguments)  # noqa: E731
     loop = hot_loop(assembly_of(fused._cosine_tile_statistics, signature(statistics)), 8)  # float64 cosines
