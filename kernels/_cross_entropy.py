@@ -66,7 +66,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ._config import JIT_OPTIONS, REDUCTION_FASTMATH, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, STRICT_FASTMATH
 from ._driver.losses import (
     NO_WEIGHT,
     block_factor,
@@ -80,7 +80,8 @@ from ._driver.losses import (
     upstream_at,
 )
 from ._driver.reduction import row_scales
-from ._numerics.rows import SUM_CHUNK, fill, following_block, max_sum_exp_stored, pairwise_sum, scale_shift_in_place
+from ._numerics.rows import (SUM_CHUNK, fill, following_block, gap_sums, max_sum_exp_stored, pairwise_sum,
+                             scale_shift_in_place, target_gap_sums)
 from ._validation import (
     check_class_indices_counted,
     check_class_weight,
@@ -128,66 +129,49 @@ ProbabilityArgs = namedtuple(
 )
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _gap(anchor, value):
-    return anchor - np.float64(value)
-
-
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _weighted_gap(weight, anchor, value):
-    # w (anchor - z), and 0 where w = 0: a masked logit (-inf) of weight 0 adds nothing
-    return weight * (anchor - np.float64(value)) if weight != 0.0 else 0.0
-
-
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=False, **JIT_OPTIONS)
 def _probability_weight(probability, weight, keep, uniform):
-    # tw_c = w_c ((1 - eps) p_c + eps / C)
+    # tw_c = w_c ((1 - eps) p_c + eps / C), rounded as the gap sums round it (rows.target_gap_sums)
     return weight * (keep * np.float64(probability) + uniform)
 
 
-@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _gap_sums(values, weights, anchor, weighted):
-    """(sum_j w_j (anchor - z_j), sum_j w_j) over a block (w = 1 unless ``weighted``); float64."""
+    """(sum_j w_j (anchor - z_j), sum_j w_j) over a block (w = 1 unless ``weighted``); float64.
+
+    Each chunk of SUM_CHUNK by ``rows.gap_sums`` (its order fixed on 32 lanes), the chunks
+    added in order: the same bits in every kernel that calls it (cross_entropy, the fused
+    linear cross-entropy), compiled in the process or loaded from the cache.
+    """
     total = 0.0
     weight_total = 0.0
     for base in range(0, values.shape[0], SUM_CHUNK):
         chunk = values[base : base + SUM_CHUNK]
-        partial = 0.0
         if weighted:
-            weight_chunk = weights[base : base + SUM_CHUNK]
-            for j in range(chunk.shape[0]):
-                partial += _weighted_gap(weight_chunk[j], anchor, chunk[j])
-                weight_total += weight_chunk[j]
+            partial, chunk_weight = gap_sums(chunk, weights[base : base + SUM_CHUNK], anchor)
         else:
-            for j in range(chunk.shape[0]):
-                partial += _gap(anchor, chunk[j])
+            partial, chunk_weight = gap_sums(chunk, None, anchor)
         total += partial
-    if not weighted:
-        weight_total = np.float64(values.shape[0])
+        weight_total += chunk_weight
     return total, weight_total
 
 
-@njit(fastmath=REDUCTION_FASTMATH, **JIT_OPTIONS)
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _probability_gap_sums(values, probabilities, weights, anchor, keep, uniform, weighted):
-    """(sum_j tw_j (anchor - z_j), sum_j tw_j) over a block, tw_j = w_j ((1 - eps) p_j + eps/C)."""
+    """(sum_j tw_j (anchor - z_j), sum_j tw_j) over a block, tw_j = w_j ((1 - eps) p_j + eps/C);
+    each chunk by ``rows.target_gap_sums`` (an order of its own), the chunks added in order."""
     total = 0.0
     weight_total = 0.0
     for base in range(0, values.shape[0], SUM_CHUNK):
         chunk = values[base : base + SUM_CHUNK]
         probability_chunk = probabilities[base : base + SUM_CHUNK]
-        partial = 0.0
         if weighted:
-            weight_chunk = weights[base : base + SUM_CHUNK]
-            for j in range(chunk.shape[0]):
-                target_weight = _probability_weight(probability_chunk[j], weight_chunk[j], keep, uniform)
-                partial += _weighted_gap(target_weight, anchor, chunk[j])
-                weight_total += target_weight
+            partial, chunk_weight = target_gap_sums(chunk, probability_chunk, weights[base : base + SUM_CHUNK], anchor,
+                                                    keep, uniform)
         else:
-            for j in range(chunk.shape[0]):
-                target_weight = _probability_weight(probability_chunk[j], 1.0, keep, uniform)
-                partial += _weighted_gap(target_weight, anchor, chunk[j])
-                weight_total += target_weight
+            partial, chunk_weight = target_gap_sums(chunk, probability_chunk, None, anchor, keep, uniform)
         total += partial
+        weight_total += chunk_weight
     return total, weight_total
 
 

@@ -47,7 +47,9 @@ from .vector import (
     row_dot2,
     row_exp32_store,
     row_exp_product_difference32,
+    row_gap_sums,
     row_max,
+    row_target_gap_sums,
     row_sum2,
 )
 
@@ -630,6 +632,92 @@ def _make_strided_compensated(product):
 
 _strided_dot2 = _make_strided_compensated(product=True)
 _strided_sum2 = _make_strided_compensated(product=False)
+
+
+def _gap_weight(probabilities, weights, j, keep, uniform):
+    """The weight of term j: w_j, or w_j (keep p_j + uniform) with probabilities (JIT only)."""
+    raise NotImplementedError("_gap_weight is only callable from JIT code")
+
+
+@overload(_gap_weight, inline="always", jit_options=JIT_OPTIONS)
+def _gap_weight_overload(probabilities, weights, j, keep, uniform):
+    if isinstance(probabilities, types.NoneType):
+        if isinstance(weights, types.NoneType):
+            return lambda probabilities, weights, j, keep, uniform: 1.0
+        return lambda probabilities, weights, j, keep, uniform: weights[j]
+    if isinstance(weights, types.NoneType):
+        return lambda probabilities, weights, j, keep, uniform: keep * np.float64(probabilities[j]) + uniform
+    return lambda probabilities, weights, j, keep, uniform: weights[j] * (keep * np.float64(probabilities[j]) + uniform)
+
+
+@njit(fastmath=False, **JIT_OPTIONS)
+def _strided_gap_sums(values, probabilities, weights, anchor, keep, uniform, plain):
+    # the scalar twin of ``vector.row_gap_sums`` (``probabilities`` None) and
+    # ``row_target_gap_sums``: their lanes, operations and order (no flags, so no product is
+    # fused into a sum, as there), for rows that are not C-contiguous; ``plain``: no weights
+    totals = np.zeros(_LANES64)
+    weight_totals = np.zeros(_LANES64)
+    length = values.shape[0]
+    padded = (length // _LANES64 + 1) * _LANES64
+    for j in range(padded):
+        lane = j % _LANES64
+        term, weight = 0.0, 0.0
+        if j < length:
+            gap = anchor - np.float64(values[j])
+            if plain:
+                term = gap
+            else:
+                weight = _gap_weight(probabilities, weights, j, keep, uniform)
+                term = weight * gap if weight != 0.0 else 0.0
+        totals[lane] = totals[lane] + term
+        weight_totals[lane] = weight_totals[lane] + weight
+    half = _LANES64
+    while half > 1:
+        half //= 2
+        for lane in range(half):
+            totals[lane] = totals[lane] + totals[lane + half]
+            weight_totals[lane] = weight_totals[lane] + weight_totals[lane + half]
+    if plain:
+        return totals[0], np.float64(length)
+    return totals[0], weight_totals[0]
+
+
+def gap_sums(values, weights, anchor):
+    """(sum_j w_j (anchor - z_j), sum_j w_j) in an order of their own (JIT only; ``weights`` None: w = 1).
+
+    ``vector.row_gap_sums`` for C-contiguous rows (float64 weights), its scalar twin
+    ``_strided_gap_sums`` for others: bit for bit the same sums, whatever kernel calls them.
+    """
+    raise NotImplementedError("gap_sums is only callable from JIT code")
+
+
+def target_gap_sums(values, probabilities, weights, anchor, keep, uniform):
+    """``gap_sums`` with the weights tw_j = w_j (keep p_j + uniform) of class probabilities (JIT only).
+
+    ``vector.row_target_gap_sums`` for C-contiguous rows, ``_strided_gap_sums`` for others.
+    """
+    raise NotImplementedError("target_gap_sums is only callable from JIT code")
+
+
+def _contiguous_weights(weights):
+    return isinstance(weights, types.NoneType) or contiguous_float64_row(weights)
+
+
+@overload(gap_sums, inline="always", jit_options=JIT_OPTIONS)
+def _gap_sums_overload(values, weights, anchor):
+    if contiguous_float_row(values) and _contiguous_weights(weights):
+        return lambda values, weights, anchor: row_gap_sums(values, weights, np.float64(anchor))
+    plain = isinstance(weights, types.NoneType)
+    return lambda values, weights, anchor: _strided_gap_sums(values, None, weights, np.float64(anchor), 1.0, 0.0, plain)
+
+
+@overload(target_gap_sums, inline="always", jit_options=JIT_OPTIONS)
+def _target_gap_sums_overload(values, probabilities, weights, anchor, keep, uniform):
+    if contiguous_float_row(values) and contiguous_float_row(probabilities) and _contiguous_weights(weights):
+        return lambda values, probabilities, weights, anchor, keep, uniform: row_target_gap_sums(
+            values, probabilities, weights, np.float64(anchor), np.float64(keep), np.float64(uniform))
+    return lambda values, probabilities, weights, anchor, keep, uniform: _strided_gap_sums(
+        values, probabilities, weights, np.float64(anchor), np.float64(keep), np.float64(uniform), False)
 
 
 def block_dot2(a, b):

@@ -543,6 +543,143 @@ def _compensated_codegen(product):
     return codegen
 
 
+def _gap_sums_codegen(probabilities, weighted):
+    """Codegen of ``row_gap_sums`` (``probabilities`` False) or ``row_target_gap_sums`` (True)."""
+
+    def codegen(context, builder, signature, args):
+        lanes = VECTOR_BYTES // 8
+        vector_type = ir.VectorType(ir.DoubleType(), lanes)
+        zeros = ir.Constant(vector_type, [0.0] * lanes)
+        rows = [signature.args[0]] + ([signature.args[1]] if probabilities else [])
+        arrays = [context.make_array(kind)(context, builder, value) for kind, value in zip(rows, args)]
+        weight_index = len(rows)
+        weights = context.make_array(signature.args[weight_index])(context, builder, args[weight_index]) if weighted else None
+        anchor = _splat(builder, args[weight_index + 1], vector_type)
+        if probabilities:
+            keep, uniform = (_splat(builder, value, vector_type) for value in args[weight_index + 2 : weight_index + 4])
+        length = builder.extract_value(arrays[0].shape, 0)
+        loaded_types = [ir.VectorType(context.get_value_type(kind.dtype), lanes) for kind in rows]
+        summed_weights = weighted or probabilities
+
+        def widened(vector):
+            return vector if vector.type == vector_type else builder.fpext(vector, vector_type)
+
+        def step(loaded, carried):
+            # no ``contract``: no product is fused into a sum, here or in the scalar twin
+            value, probability, weight = loaded
+            gap = builder.fsub(anchor, value, flags=_EXACT)
+            if not summed_weights:
+                return [builder.fadd(carried[0], gap, flags=_EXACT)]
+            if probabilities:  # tw_j = w_j ((1 - eps) p_j + eps / C)
+                target = builder.fadd(builder.fmul(keep, probability, flags=_EXACT), uniform, flags=_EXACT)
+                weight = builder.fmul(weight, target, flags=_EXACT) if weighted else target
+            # tw_j (anchor - z_j), and 0 where tw_j = 0 (a masked logit of weight 0)
+            product = builder.fmul(weight, gap, flags=_EXACT)
+            term = builder.select(builder.fcmp_ordered("!=", weight, zeros), product, zeros)
+            return [builder.fadd(carried[0], term, flags=_EXACT), builder.fadd(carried[1], weight, flags=_EXACT)]
+
+        def load(index, u):
+            position = builder.add(index, ir.Constant(_I64, u * lanes))
+            loaded = [widened(builder.load(_vector_pointer(builder, array.data, position, kind), align=4))
+                      for array, kind in zip(arrays, loaded_types)]
+            weight = builder.load(_vector_pointer(builder, weights.data, position, vector_type), align=8) if weighted else None
+            return (loaded[0], loaded[1] if probabilities else None, weight)
+
+        per = 2 if summed_weights else 1
+
+        def steps(loads, carried):
+            return [value for u in range(_ACCUMULATORS) for value in step(loads[u], carried[per * u : per * u + per])]
+
+        group = lanes * _ACCUMULATORS
+        grouped = builder.and_(length, ir.Constant(_I64, -group))
+        index, carried = _counted_loop(
+            builder, ir.Constant(_I64, 0), grouped, group, [zeros] * (per * _ACCUMULATORS),
+            lambda i, carried: steps([load(i, u) for u in range(_ACCUMULATORS)], carried),
+        )
+        # the last partial group: its lanes past the end are zero terms (the value the anchor,
+        # a gap of 0; the weight 0)
+        tails = []
+        for u in range(_ACCUMULATORS):
+            position = builder.add(index, ir.Constant(_I64, u * lanes))
+            loaded = []
+            for array, kind in zip(arrays, loaded_types):
+                vector, mask = _load_tail(builder, array.data, length, position, kind, ir.Constant(kind, [0.0] * lanes))
+                loaded.append(widened(vector))
+            value = builder.select(mask, loaded[0], anchor)
+            weight = _load_tail(builder, weights.data, length, position, vector_type, zeros)[0] if weighted else None
+            tail = step((value, loaded[1] if probabilities else None, weight), [zeros] * per)
+            # the tail's terms on their own, masked, then added: a padded lane adds exactly 0
+            masked = [builder.select(mask, term, zeros) for term in tail]
+            tails.append([builder.fadd(carried[per * u + c], masked[c], flags=_EXACT) for c in range(per)])
+        carried = [value for tail in tails for value in tail]
+        sums = []
+        for column in range(per):
+            # the 32 logical lanes (accumulator u, lane k: 8 u + k) halved: lane L + L + 16,
+            # then + 8 (the accumulators), then + 4, + 2, + 1 inside the vector
+            totals = carried[column::per]
+            while len(totals) > 1:
+                half = len(totals) // 2
+                totals = [builder.fadd(totals[u], totals[u + half], flags=_EXACT) for u in range(half)]
+            total = totals[0]
+            width = lanes
+            while width > 1:
+                width //= 2
+                total = builder.fadd(builder.shuffle_vector(total, total, _indices(width)),
+                                     builder.shuffle_vector(total, total, _indices(width, width)), flags=_EXACT)
+            sums.append(builder.extract_element(total, ir.Constant(_I32, 0)))
+        if not summed_weights:
+            sums.append(builder.uitofp(length, ir.DoubleType()))
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return codegen
+
+
+def _weights_type(weights):
+    """(whether weighted, whether the type is accepted): None, or a C-contiguous float64 row."""
+    if isinstance(weights, types.NoneType):
+        return False, True
+    return True, contiguous_float_row(weights) and weights.dtype == types.float64
+
+
+@intrinsic
+def row_gap_sums(typingctx, values, weights, anchor):
+    """(sum_j w_j (anchor - z_j), sum_j w_j) over a C-contiguous float row ``values`` (explicit vector IR).
+
+    ``weights`` a C-contiguous float64 row of the same length, or None for w = 1 (the
+    second sum is then the length).  A term whose w_j is 0 is 0 (a masked logit of weight
+    0 adds nothing).
+
+    The sums run in float64 on 32 logical lanes, lane L taking the terms j = L mod 32 (the
+    row padded with zero terms to one more group of 32), then joined by halving (lane L with
+    L + 16, + 8, + 4, + 2, + 1): an order fixed here, whatever the caller.  Written on vectors
+    because an order left to LLVM's vectorizer (``reassoc``) is not fixed: one function
+    linked into two kernels was vectorized differently in each, and which copy ran depended
+    on whether a kernel was compiled in the process or loaded from Numba's cache
+    (``docs/performance.md``, "Bits that depended on the cache").  ``rows.gap_sums`` does
+    the same operations in the same order for other layouts.
+    """
+    weighted, accepted = _weights_type(weights)
+    if not (contiguous_float_row(values) and accepted and isinstance(anchor, types.Float)):
+        return None
+    return types.UniTuple(types.float64, 2)(values, weights, anchor), _gap_sums_codegen(False, weighted)
+
+
+@intrinsic
+def row_target_gap_sums(typingctx, values, probabilities, weights, anchor, keep, uniform):
+    """``row_gap_sums`` with the target weights of class probabilities: tw_j = w_j (keep p_j + uniform).
+
+    ``probabilities`` a C-contiguous row of the values' dtype; ``weights`` as in
+    ``row_gap_sums`` (None: w = 1); keep = 1 - eps, uniform = eps / C.  The same lanes and
+    order; tw_j is the rounded sum of the rounded product keep p_j and uniform, times w_j.
+    """
+    weighted, accepted = _weights_type(weights)
+    scalars = all(isinstance(value, types.Float) for value in (anchor, keep, uniform))
+    if not (contiguous_float_row(values) and contiguous_float_row(probabilities) and accepted and scalars):
+        return None
+    signature = types.UniTuple(types.float64, 2)(values, probabilities, weights, anchor, keep, uniform)
+    return signature, _gap_sums_codegen(True, weighted)
+
+
 def contiguous_float64_row(values):
     """Whether the Numba type ``values`` is a C-contiguous 1-D float64 array."""
     return contiguous_float_row(values) and values.dtype == types.float64

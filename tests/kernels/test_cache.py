@@ -37,8 +37,26 @@ CHILD = textwrap.dedent(
     from softmaxlab.kernels import _cache, logsumexp
 
     def compute():
+        if os.environ.get("COMPUTE") == "smoothed":
+            return smoothed()
         x = (np.random.default_rng(7).standard_normal((3, 20000)) * 3).astype(np.float32)
         return logsumexp(x)
+
+    def smoothed():
+        # cross-entropy with label smoothing, and with class-probability targets, float64 rows
+        # of several sum chunks and blocks
+        from softmaxlab.kernels import cross_entropy
+        rng = np.random.default_rng(1)
+        losses = []
+        for problem in range(40):
+            rows, classes = int(rng.integers(1, 8)), int(rng.integers(3000, 12000))
+            logits = rng.standard_normal((rows, classes)) * rng.uniform(0.5, 8)
+            target = rng.integers(0, classes, rows)
+            losses.append(cross_entropy(logits, target, reduction="none", label_smoothing=0.2))
+            if problem < 5:
+                probabilities = rng.dirichlet(np.ones(classes), rows)
+                losses.append(cross_entropy(logits, probabilities, reduction="none"))
+        return np.concatenate(losses)
 
     def main():
         go = os.environ.get("GO_FILE")
@@ -181,6 +199,22 @@ def test_cached_kernel_gives_the_bits_of_a_fresh_compile_with_any_thread_count(r
     serial = _run(script, root, NUMBA_NUM_THREADS=1)
     assert serial["loaded"] > 0 and serial["saved"] == 0
     assert serial["bits"] == fresh["bits"] == _parse(outputs[0][1])["bits"]
+
+
+def test_smoothing_and_probability_targets_give_the_same_bits_compiled_or_loaded(script, tmp_path):
+    # cross_entropy's sums of the logits' gaps to the max (label smoothing) were a loop whose
+    # order LLVM chose (reassoc): the function, linked into the kernel and into the block
+    # function it calls, was vectorized differently in each copy, and which copy ran depended
+    # on whether the kernel was compiled here or loaded (5 of these 40 float64 problems
+    # changed their loss's last bits, and every problem with probability targets, whose sum
+    # of the target weights is the same loop).  The order is now fixed (vector.row_gap_sums,
+    # row_target_gap_sums).
+    fresh = _run(script, tmp_path / "unused", SOFTMAXLAB_CACHE="0", COMPUTE="smoothed")
+    written = _run(script, tmp_path / "cache", COMPUTE="smoothed")
+    loaded = _run(script, tmp_path / "cache", COMPUTE="smoothed")
+    assert written["saved"] > 0
+    assert loaded["loaded"] > 0 and loaded["saved"] == 0
+    assert fresh["bits"] == written["bits"] == loaded["bits"]
 
 
 @pytest.mark.parametrize("call_from, start", [("thread", None), ("pool", "spawn"), ("pool", "fork")])

@@ -420,3 +420,98 @@ def test_compensated_sums_compile_to_vectors():
     for function in (_dot2, _sum2):
         assembly = function.inspect_asm(function.signatures[0])
         assert "ymm" in assembly or "zmm" in assembly
+
+
+# ---- the gap sums of label smoothing (row_gap_sums, row_target_gap_sums), in an order of their own -
+
+
+@njit(cache=False)
+def _gap_sums(values, weights, anchor):
+    return _rows.gap_sums(values, weights, anchor)
+
+
+@njit(cache=False)
+def _plain_gap_sums(values, anchor):
+    return _rows.gap_sums(values, None, anchor)
+
+
+@njit(fastmath=REDUCTION_FASTMATH, cache=False)
+def _gap_sums_in_a_reassociating_caller(values, weights, anchor):
+    # the caller's reassoc must not reach the sums' order
+    total, weight_total = _rows.gap_sums(values, weights, anchor)
+    return total + 0.0, weight_total
+
+
+@njit(cache=False)
+def _target_gap_sums(values, probabilities, weights, anchor, keep, uniform):
+    return _rows.target_gap_sums(values, probabilities, weights, anchor, keep, uniform)
+
+
+def _lane_order_gap_sums(values, weights, anchor, probabilities=None, keep=1.0, uniform=0.0):
+    """The specified order in plain Python floats: lane L sums the terms j = L mod 32 in
+    order (the row padded with zero terms to one more group of 32), then lane L + L + 16,
+    + 8, + 4, + 2, + 1.  With ``probabilities`` the weights are w_j (keep p_j + uniform)."""
+    lanes = 32
+    totals, weight_totals = [0.0] * lanes, [0.0] * lanes
+    plain = weights is None and probabilities is None
+    for j in range((len(values) // lanes + 1) * lanes):
+        term, weight = 0.0, 0.0
+        if j < len(values):
+            gap = anchor - float(values[j])
+            weight = 1.0 if weights is None else float(weights[j])
+            if probabilities is not None:
+                target = keep * float(probabilities[j]) + uniform
+                weight = target if weights is None else weight * target
+            term = gap if plain else (weight * gap if weight != 0.0 else 0.0)
+        totals[j % lanes] += term
+        weight_totals[j % lanes] += weight
+    half = lanes
+    while half > 1:
+        half //= 2
+        for lane in range(half):
+            totals[lane] += totals[lane + half]
+            weight_totals[lane] += weight_totals[lane + half]
+    return totals[0], (float(len(values)) if plain else weight_totals[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gap_sums_follow_their_order_bit_for_bit_in_every_layout_and_caller(dtype):
+    rng = np.random.default_rng(29)
+    for length in _COMPENSATED_LENGTHS + [255, 256, 257]:
+        values = (rng.standard_normal(length) * np.exp2(rng.integers(-10, 10, length))).astype(dtype)
+        anchor = float(values.max()) if length else 0.0
+        weights = rng.uniform(0.0, 3.0, length)
+        weights[rng.integers(0, max(length, 1), length // 5)] = 0.0
+        strided_values, strided_weights = np.repeat(values, 2)[::2], np.repeat(weights, 2)[::2]
+        for given, strided in ((weights, strided_weights), (None, None)):
+            expected = _lane_order_gap_sums(values, given, anchor)
+            assert _gap_sums(values, given, anchor) == expected, (length, given is None)
+            assert _gap_sums(strided_values, strided, anchor) == expected, (length, given is None)
+            assert _gap_sums_in_a_reassociating_caller(values, given, anchor) == expected, length
+        assert _plain_gap_sums(values, anchor) == _lane_order_gap_sums(values, None, anchor)
+        probabilities = rng.dirichlet(np.ones(max(length, 1)))[:length].astype(dtype)
+        strided_probabilities = np.repeat(probabilities, 2)[::2]
+        for given, strided in ((weights, strided_weights), (None, None)):
+            expected = _lane_order_gap_sums(values, given, anchor, probabilities, 0.8, 0.2 / 1000)
+            assert _target_gap_sums(values, probabilities, given, anchor, 0.8, 0.2 / 1000) == expected, length
+            assert _target_gap_sums(strided_values, strided_probabilities, strided, anchor, 0.8, 0.2 / 1000) == expected
+
+
+def test_gap_sums_give_a_zero_weight_term_nothing_and_keep_infinities():
+    values = np.array([0.0, -np.inf, -1.0, -2.0] * 10)
+    weights = np.tile([1.0, 0.0, 2.0, 0.5], 10)
+    # the masked logit (-inf) has weight 0: its term is 0, not 0 * inf = NaN
+    assert _gap_sums(values, weights, 0.0) == (10 * (0.0 + 2.0 + 1.0), 10 * 3.5)
+    # unweighted, the -inf logits' gaps are +inf, as in the loss's own sum
+    assert _gap_sums(values, None, 0.0) == (np.inf, 40.0)
+    assert np.isnan(_gap_sums(np.array([1.0, np.nan]), None, 1.0)[0])
+    assert _gap_sums(np.zeros(0), None, 0.0) == (0.0, 0.0)
+
+
+def test_gap_sums_compile_to_vectors():
+    values = np.linspace(-1, 1, 300)
+    _gap_sums(values, np.ones(300), 1.0)
+    _target_gap_sums(values, np.ones(300) / 300, None, 1.0, 0.9, 0.1 / 300)
+    for function in (_gap_sums, _target_gap_sums):
+        assembly = function.inspect_asm(function.signatures[0])
+        assert "ymm" in assembly or "zmm" in assembly
