@@ -27,6 +27,15 @@ inside a loop stop LLVM from vectorizing it: binary cross-entropy's per-element 
 (the sigmoid's 1 / (1 + e)) ran at ~10 ns per element instead of 1.2 (measured).  The
 kernels never rely on the exception; the Python-side validation raises the errors.
 
+Vector width: LLVM's models of Intel's AVX-512 cores (Skylake-X to Sapphire Rapids) carry a
+"prefer 256-bit vectors" tuning, so its loop vectorizer gives the kernels' scalar loops
+4 float64 or 8 float32 lanes although the registers hold twice that.  ``full_width_vectors``
+turns the preference off (the feature ``-prefer-256-bit`` appended to the host's feature
+string in Numba's ``config.CPU_FEATURES``) on any CPU with AVX-512F, before the first
+``@njit`` creates Numba's CPU target.  The setting is Numba's, for the whole process: it is
+left alone where ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` is set, or where Numba compiled
+something before softmaxlab was imported.
+
 Caching: every kernel is cached on disk (``cache=True``) in a directory keyed by the
 package version, a hash of all the kernel sources and the CPU (``_cache``;
 ``SOFTMAXLAB_CACHE_DIR``, default ``~/.cache/softmaxlab``; ``SOFTMAXLAB_CACHE=0`` turns
@@ -42,6 +51,28 @@ from __future__ import annotations
 import numba
 
 from . import _cache
+
+
+def full_width_vectors() -> bool:
+    """Turn off LLVM's preference for 256-bit vectors on AVX-512 CPUs (module docstring),
+    if Numba's CPU target does not exist yet and the CPU is not set by the environment;
+    True when the feature string was changed."""
+    from llvmlite import binding
+    from numba.core import config, registry
+
+    if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        return False
+    if "_toplevel_target_context" in vars(registry.cpu_target):  # Numba has compiled: too late
+        return False
+    features = binding.get_host_cpu_features()
+    if not features.get("avx512f", False):
+        return False
+    config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
+    return True
+
+
+# before any kernel is decorated, and before _cache.install reads the CPU for its key
+FULL_WIDTH_VECTORS = full_width_vectors()
 
 # Options of every @njit: ``@njit(fastmath=..., **JIT_OPTIONS)``.  ``cache`` is decided
 # here, once, before any kernel is decorated (``_cache.install``).

@@ -515,3 +515,51 @@ def test_gap_sums_compile_to_vectors():
     for function in (_gap_sums, _target_gap_sums):
         assembly = function.inspect_asm(function.signatures[0])
         assert "ymm" in assembly or "zmm" in assembly
+
+
+# ---- the vector width LLVM may use (``_config.full_width_vectors``) ----------------------------
+
+_WIDTH_PROBE = """
+import json, sys
+{before}
+import numpy as np, numba
+from llvmlite import binding
+from numba.core import config
+from softmaxlab.kernels import _config
+from softmaxlab.kernels._margin_rows import _sum_exp_scaled
+values = np.linspace(-3.0, 0.0, 300)
+_sum_exp_scaled(values, values, 1.0, 0.0)
+assembly = _sum_exp_scaled.inspect_asm(_sum_exp_scaled.signatures[0])
+print(json.dumps({{"set": _config.FULL_WIDTH_VECTORS, "features": config.CPU_FEATURES,
+                  "avx512f": bool(binding.get_host_cpu_features().get("avx512f", False)),
+                  "zmm": "%zmm" in assembly}}))
+"""
+
+
+def _width_probe(before="", **environment):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SOFTMAXLAB_CACHE": "0", **environment}
+    done = subprocess.run([sys.executable, "-c", _WIDTH_PROBE.format(before=before)], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_for_the_full_vector_width_on_avx512():
+    probe = _width_probe()
+    if not probe["avx512f"]:
+        assert not probe["set"] and probe["features"] is None and not probe["zmm"]
+        return
+    # the float64 exponential sum on 512-bit registers, which LLVM's Intel models would halve
+    assert probe["set"] and probe["features"].endswith(",-prefer-256-bit") and probe["zmm"], probe
+
+
+def test_the_vector_width_is_left_to_the_environment_and_to_earlier_numba_code():
+    named = _width_probe(NUMBA_CPU_NAME="generic")  # Numba's feature string for it: empty
+    assert not named["set"] and named["features"] == "" and not named["zmm"], named
+    # a function compiled before softmaxlab is imported has created Numba's CPU target
+    earlier = _width_probe(before="import numba\n@numba.njit\ndef f(x):\n    return x\nf(1)")
+    assert not earlier["set"] and earlier["features"] is None, earlier
