@@ -32,6 +32,11 @@ so this module emits those loops itself (Numba ``@intrinsic``, llvmlite IR):
   and without ``reassoc`` LLVM keeps the loop scalar (4.9 ns per element, measured); on
   four vectors they cost 0.28 and 0.24 ns per element against 0.18 and 0.08 for the
   plain sums (one thread, a row of 10^6 float64 in cache).
+* ``row_gap_sums`` and ``row_target_gap_sums``, cross-entropy's sums for label smoothing
+  (sum_j w_j (m - z_j), sum_j w_j) and for probability targets (their weights w_j (keep p_j
+  + uniform)): the plain sums, in an order fixed here.  Left to LLVM (``reassoc``), the
+  copies of the function linked into two kernels vectorized differently, so a kernel loaded
+  from the cache gave other last bits than one compiled in the process.
 
 All of them loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an
 AVX-512 register; the log_softmax_backward write widens its 16 float32 to two registers of
@@ -573,9 +578,10 @@ def _gap_sums_codegen(probabilities, weighted):
             if probabilities:  # tw_j = w_j ((1 - eps) p_j + eps / C)
                 target = builder.fadd(builder.fmul(keep, probability, flags=_EXACT), uniform, flags=_EXACT)
                 weight = builder.fmul(weight, target, flags=_EXACT) if weighted else target
-            # tw_j (anchor - z_j), and 0 where tw_j = 0 (a masked logit of weight 0)
+            # tw_j (anchor - z_j), and 0 where tw_j = 0 (a masked logit of weight 0); a NaN
+            # weight is not 0 (an unordered comparison): its term is NaN, as in the scalar twin
             product = builder.fmul(weight, gap, flags=_EXACT)
-            term = builder.select(builder.fcmp_ordered("!=", weight, zeros), product, zeros)
+            term = builder.select(builder.fcmp_unordered("!=", weight, zeros), product, zeros)
             return [builder.fadd(carried[0], term, flags=_EXACT), builder.fadd(carried[1], weight, flags=_EXACT)]
 
         def load(index, u):

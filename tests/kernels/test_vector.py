@@ -505,6 +505,10 @@ def test_gap_sums_give_a_zero_weight_term_nothing_and_keep_infinities():
     # unweighted, the -inf logits' gaps are +inf, as in the loss's own sum
     assert _gap_sums(values, None, 0.0) == (np.inf, 40.0)
     assert np.isnan(_gap_sums(np.array([1.0, np.nan]), None, 1.0)[0])
+    # a NaN weight is not a zero weight: its term is NaN in the vector loop and its scalar twin
+    nan_weights = np.tile([1.0, np.nan], 20)
+    assert np.isnan(_gap_sums(values, nan_weights, 0.0)[0])
+    assert np.isnan(_gap_sums(np.repeat(values, 2)[::2], np.repeat(nan_weights, 2)[::2], 0.0)[0])
     assert _gap_sums(np.zeros(0), None, 0.0) == (0.0, 0.0)
 
 
