@@ -278,9 +278,10 @@ def large_margin_cross_entropy(x, W, target, *, m, lambda_=0.0, normalize_weight
     (:func:`large_margin_cross_entropy_forward_backward`).  Measured against mpmath
     (``softmaxlab accuracy --kernels large_margin_cross_entropy_forward_backward``, SphereFace
     m = 4, 32 x 1000, D = 16), float32 / float64: loss within 0.37 / 0.012 ULP; the largest
-    error of dx 2.0 / 2.8 (normal_x3) and 22 / 40 (dominant, x = 3 W_y) ULP of its row's
-    largest value, of dW 8.3 / 14 and 18 / 28 (the float64 figures on an Intel Xeon; on an AMD
-    Zen 4, whose vector sums add in another order, dx 2.4 and 33, dW 10 and 28).
+    error of dx 2.0 / 2.4 (normal_x3) and 22 / 33 (dominant, x = 3 W_y) ULP of its row's
+    largest value, of dW 8.3 / 10 and 18 / 28 (the float64 figures with 512-bit vectors, on an
+    Intel Xeon and an AMD Zen 4 alike; where LLVM keeps 256-bit vectors the float64 sums add
+    in another order: dx 2.8 and 40, dW 14 and 28, measured on the Intel Xeon).
 
     Example:
         >>> import numpy as np
