@@ -4,7 +4,8 @@
 ``normalized_linear_backward`` the gradients through both L2 normalizations.  The matrix
 products are NumPy's BLAS (``np.matmul``), in float64 for float32 inputs (the unit rows'
 and the sums' rounding is then far below a float32 ulp, which a float32 product's
-rounding is not: it is many ulp of the small cosines and gradient entries); the norms, the
+rounding is not: it is many ulp of the small cosines and gradient entries), and for float64
+gradients in short runs joined pairwise (``chunked_product``); the norms, the
 normalization and the gradient's correction terms (the projections that remove the radial
 components) are Numba kernels.
 The helpers for norms and unit rows serve L-Softmax / SphereFace too (``_large_margin.py``).
@@ -242,6 +243,43 @@ def product_over_classes(upstream: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.matmul(rows.T, upstream.T).T)
 
 
+# the length of the runs of terms that one BLAS call sums in ``chunked_product``
+PRODUCT_CHUNK = 64
+
+
+def chunked_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a (M, K) and b (K, N), the K terms of each entry summed in runs of PRODUCT_CHUNK.
+
+    Each run is one ``np.matmul`` (BLAS sums it in its own order), and the runs' products are
+    added pairwise, in a fixed order (a binary counter: run 2k + 1 joins run 2k, pairs join
+    pairs, ...).  A BLAS product sums all K terms of an entry in one long run, and its rounding
+    error grows with K; here it grows with PRODUCT_CHUNK + log2(K / PRODUCT_CHUNK).  Used for
+    float64 gradients, where that error is many ulp of entries that are small differences.
+    """
+    shape = (a.shape[0], b.shape[1])
+    if a.shape[1] == 0:
+        return np.zeros(shape, dtype=np.result_type(a, b))  # an empty sum (an empty batch's dW)
+    pending = []  # partial sums, each of 2^k runs, k falling from first to last
+    spare = []  # buffers to reuse: a fresh 1 MB array costs its page faults again
+    for index, start in enumerate(range(0, a.shape[1], PRODUCT_CHUNK)):
+        part = spare.pop() if spare else np.empty(shape, dtype=np.result_type(a, b))
+        np.matmul(a[:, start : start + PRODUCT_CHUNK], b[start : start + PRODUCT_CHUNK], out=part)
+        count = index + 1
+        while count % 2 == 0:
+            older = pending.pop()
+            np.add(older, part, out=older)
+            spare.append(part)
+            part = older
+            count //= 2
+        pending.append(part)
+    total = pending.pop()
+    while pending:
+        older = pending.pop()
+        np.add(older, total, out=older)
+        total = older
+    return total
+
+
 def checked_norms(name: str, values: np.ndarray) -> np.ndarray:
     """Row norms (float64) of a C-contiguous 2-D array; ValueError names the first zero row."""
     norms = np.empty(values.shape[0])
@@ -373,13 +411,15 @@ def normalized_linear_backward(x, W, grad_cos):
             shape), ``x``'s dtype.
 
     Returns:
-        (dx, dW) shaped like ``x`` and ``W``.  ``p`` and ``q`` are ``np.matmul`` products in
-        float64 (for float32 inputs: of the float64 unit rows and the upstream gradient
-        converted); the projections are computed in float64 and rounded once.  Measured against mpmath
-        (``softmaxlab accuracy --kernels normalized_linear_backward``, 32 x 1000, D = 16):
-        float32 within 0.5 ULP (correctly rounded); float64 up to 1.0e4 (dx) and 2.7e4 (dW)
-        ULP elementwise, where an entry is a small difference of the products' terms, and
-        18.4 (dx) and 5.8 (dW) ULP of the row's largest entry.
+        (dx, dW) shaped like ``x`` and ``W``.  ``p`` and ``q`` are BLAS products in float64:
+        for float32 inputs one ``np.matmul`` each, of the float64 unit rows and the upstream
+        gradient converted; for float64 inputs summed in runs of ``PRODUCT_CHUNK`` terms joined
+        pairwise (``chunked_product``).  The projections are computed in float64 and rounded
+        once.  Measured against mpmath (``softmaxlab accuracy --kernels
+        normalized_linear_backward``, 32 x 1000, D = 16): float32 within 0.5 ULP (correctly
+        rounded); float64 up to 1.2e4 (dx) and 2.7e4 (dW) ULP elementwise, where an entry is
+        a small difference of the products' terms, and 5.0 (dx) and 5.8 (dW) ULP of the row's
+        largest entry.
 
     Example:
         >>> import numpy as np
@@ -405,10 +445,16 @@ def normalized_linear_backward(x, W, grad_cos):
         # is many ulp of the small entries of dx and dW), rounded once by tangent_kernel
         x_unit, w_unit = _unit_rows64(rows, x_norms), _unit_rows64(W, w_norms)
         upstream = upstream.astype(np.float64)
+        p = product_over_classes(upstream, w_unit)
+        q = np.matmul(upstream.T, x_unit)
     else:
+        # float64: the sums over classes (p) and rows (q) in runs of PRODUCT_CHUNK terms joined
+        # pairwise; one long BLAS run is many ulp of dx's and dW's small entries at 1000 classes
         x_unit, w_unit = unit_rows(rows, x_norms), unit_rows(W, w_norms)
+        p = np.ascontiguousarray(chunked_product(w_unit.T, upstream.T).T)
+        q = np.ascontiguousarray(chunked_product(upstream.T, x_unit))
     dx = np.empty_like(rows)
     dW = np.empty_like(W)
-    tangent_kernel(product_over_classes(upstream, w_unit), x_unit, x_norms, dx)
-    tangent_kernel(np.matmul(upstream.T, x_unit), w_unit, w_norms, dW)
+    tangent_kernel(p, x_unit, x_norms, dx)
+    tangent_kernel(q, w_unit, w_norms, dW)
     return dx.reshape(leading + (W.shape[1],)), dW

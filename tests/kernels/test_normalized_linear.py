@@ -107,3 +107,56 @@ def test_normalized_linear_error_against_mpmath(dtype, regime):
         else:
             assert cos_stats["max_ulp"] <= COSINE_FLOAT64["elementwise"], (seed, cos_stats["max_ulp"])
             assert cos_stats["max_rowwise_ulp"] <= COSINE_FLOAT64["rowwise"], (seed, cos_stats["max_rowwise_ulp"])
+
+
+# float64 gradients at 1000 classes (16 x 1000, D = 16, three seeds), row-wise ULP against
+# mpmath: p = g W_hat summed by one BLAS call measured 11-24 for dx (its rounding, a long run
+# of 1000 terms, is many ulp of dx's entries, differences of p and its radial part); summed in
+# runs of PRODUCT_CHUNK joined pairwise (``chunked_product``) 2.5-4.3.  dW sums over the 16
+# rows, one run either way: 4.1-5.9.
+GRADIENT_ROWWISE_FLOAT64 = 6.0
+
+
+@pytest.mark.parametrize("regime", ["normal_x3", "dominant"])
+def test_float64_gradients_at_a_thousand_classes_against_mpmath(regime):
+    from softmaxlab.harness import exact, metrics
+    from softmaxlab.harness.registry.margins import normalized_linear_backward_inputs
+
+    for seed in range(3):
+        inputs = normalized_linear_backward_inputs(regime, (16, 1000), np.dtype(np.float64), seed)
+        x, W, g = inputs["x"], inputs["W"], inputs["grad_cos"]
+        for name, result, reference in zip(("dx", "dW"), normalized_linear_backward(x, W, g),
+                                           exact.exact_normalized_linear(x, W, g)):
+            rowwise = metrics.error_stats(result, reference, np.float64)["max_rowwise_ulp"]
+            assert rowwise <= GRADIENT_ROWWISE_FLOAT64, (name, seed, rowwise)
+
+
+def _pairwise_model(parts):
+    # the documented order: whole binary trees of runs, largest first (each tree's left half
+    # plus its right half), then the trees added from the last to the first
+    def tree(runs):
+        return runs[0] if len(runs) == 1 else tree(runs[: len(runs) // 2]) + tree(runs[len(runs) // 2 :])
+
+    trees, start = [], 0
+    for bit in reversed(range(len(parts).bit_length())):
+        if len(parts) & (1 << bit):
+            trees.append(tree(parts[start : start + (1 << bit)]))
+            start += 1 << bit
+    total = trees[-1]
+    for earlier in reversed(trees[:-1]):
+        total = earlier + total
+    return total
+
+
+@pytest.mark.parametrize("terms", [0, 1, 63, 64, 65, 192, 64 * 7 + 5, 64 * 16])
+def test_chunked_product_sums_runs_pairwise_in_the_documented_order(terms):
+    from softmaxlab.kernels._normalized_linear import PRODUCT_CHUNK, chunked_product
+
+    rng = np.random.default_rng(terms)
+    a, b = rng.standard_normal((5, terms)), rng.standard_normal((terms, 3)) * 1e3
+    a_before = a.copy()
+    runs = [a[:, s : s + PRODUCT_CHUNK] @ b[s : s + PRODUCT_CHUNK] for s in range(0, terms, PRODUCT_CHUNK)]
+    result = chunked_product(a, b)
+    np.testing.assert_array_equal(result, _pairwise_model(runs) if runs else np.zeros((5, 3)))
+    np.testing.assert_allclose(result, a @ b, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(a, a_before)
