@@ -300,9 +300,10 @@ def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
     if largest == np.inf and total == 0.0:
         # one +inf: softmax is one-hot there, dL/dz_j = g (TW [z_j = inf] - tw_j)
         values = logits[i, start:stop]
+        weights = args.weight[start:stop]  # indexed by j alone: see _linear_cross_entropy._chunk_gradient
         for j in range(values.shape[0]):
             one_hot = target_total if values[j] == np.inf else 0.0
-            destination[j] = scale * one_hot - uniform * (args.weight[start + j] if args.weighted else 1.0)
+            destination[j] = scale * one_hot - uniform * (weights[j] if args.weighted else 1.0)
         if start <= label < stop:
             one_hot = target_total if values[label - start] == np.inf else 0.0
             destination[label - start] = scale * (one_hot - (1.0 - args.smoothing) * label_weight) - uniform * label_weight
@@ -507,9 +508,10 @@ def _write_probability(logits, args, grad, i, k, start, stop, partial, stats):
         return
     if largest == np.inf and total == 0.0:
         values = logits[i, start:stop]
+        weights = args.weight[start:stop]
         for j in range(values.shape[0]):
             one_hot = scale * target_total if values[j] == np.inf else 0.0
-            class_weight = args.weight[start + j] if args.weighted else 1.0
+            class_weight = weights[j] if args.weighted else 1.0
             destination[j] = one_hot - class_weight * (keep * np.float64(targets[j]) + uniform)
         return
     fill(destination, 0.0 if (largest == -np.inf and total == -1.0) else np.nan)

@@ -53,18 +53,13 @@ every output is bit-identical for budgets from one tile to
 everything and for 1 and 2 Numba threads (``test_bits_do_not_depend_on_the_budget``,
 ``..._on_the_thread_count``); permuting the rows permutes the per-row losses and the rows
 of ``grad_input`` bit for bit (the reductions, ``grad_linear_weight`` and the bias' gradient
-sum over rows and may change in their last bits).  Not guaranteed: in runs of the whole
-test file (never alone, nor in a script, also with one Numba and one OpenBLAS thread), the
-float64 case of three class tiles gave gradients differing in a last bit between calls:
-the test's first call and its second, with the same budget, differed, and so did the
-call whose one chunk held all the classes, while the losses were equal.  The soft cap,
-the tile statistics and the GEMMs were each checked bit-identical across data alignments;
-the products now write into aligned buffers as well (OpenBLAS's small-GEMM result had
-depended on an operand's alignment).  The difference still shows in whole-suite runs (the
-first float64 call of a process has given one row's gradient other last bits than its later
-calls: tests/distributed/groups.py), never in a script of fresh processes; inputs offset by
-8 to 48 bytes, 1 or 2 OpenBLAS and Numba threads, and flush-to-zero were ruled out.  The
-cause is not confirmed: that case stays marked as an expected failure.
+sum over rows and may change in their last bits).  Nor do they depend on where the
+buffers lie (``test_bits_do_not_depend_on_where_the_tiles_lie``): a loop that indexes one
+array by an offset that may be negative for all LLVM knows (``weight[col0 + j]``) gets a
+runtime overlap check that includes the wrap-around range past that array's end, and a tile
+that lay there ran the loop's scalar version, which rounds differently from the vector one
+(the float64 gradients then changed by a few ulp between calls, from the heap's layout).
+Such arrays are sliced before the loop and indexed by the loop's counter alone.
 
 Memory beyond the inputs and outputs: the first pass's chunk (at most ``memory_budget``
 bytes, but never less than one row tile by one class tile), one product tile and its
@@ -283,11 +278,17 @@ def _chunk_gradient(first, last, part, logits, row0, col0, classes, args, cap, z
             label = args.target[i]
             inside = col0 <= label < col0 + cols
             raw_label = values[label - col0] if inside else values[0]
+            # the tile's class weights as a slice, indexed by j alone: indexed by col0 + j, which
+            # may be negative for all LLVM knows, the loop's check for overlap between the row and
+            # the weights also took in weight[len + col0 + j] (the wrap-around), a range past the
+            # weights' end; a row that lay there ran the scalar loop, whose contractions round
+            # differently from the vector loop's (tests/kernels/test_linear_cross_entropy.py)
+            weights = args.weight[col0 : col0 + cols]
             for j in range(cols):
                 raw = np.float64(values[j])
                 logit = _capped(values, raw, cap) if capping else raw
                 gradient = factor * exp_difference_for(values, logit, largest)
-                gradient -= uniform * (args.weight[col0 + j] if args.weighted else 1.0)
+                gradient -= uniform * (weights[j] if args.weighted else 1.0)
                 if capping:
                     tangent = math.tanh(raw / cap)
                     gradient *= 1.0 - tangent * tangent  # d(c tanh(u / c))/du
