@@ -298,7 +298,7 @@ def test_bits_do_not_depend_on_where_the_tiles_lie(monkeypatch, dtype):
     # the class weights at the start of one buffer, the product tile where the wrap-around
     # range of the second class tile (col0 = PRODUCT_TILE) begins
     place = classes + PRODUCT_TILE
-    shared = module._aligned_empty(place + tile_elements, np.float64)
+    shared = module._aligned_empty(place + tile_elements, np.float64)  # room for a float64 tile
     weight = shared[:classes]
     weight[:] = np.linspace(0.5, 2.0, classes)
     options = dict(weight=weight, memory_budget=1, label_smoothing=0.1, z_loss=1e-3, softcap=4.0)
@@ -306,8 +306,10 @@ def test_bits_do_not_depend_on_where_the_tiles_lie(monkeypatch, dtype):
     allocate = module._aligned_empty
 
     def tile_after_the_weights(length, tile_dtype, alignment=64):
-        if length == tile_elements and np.dtype(tile_dtype) == np.float64:
-            return shared[place : place + length]
+        if length == tile_elements and np.dtype(tile_dtype) == np.dtype(dtype):
+            # the same bytes, weight's start + 8 * place, seen in the tile's dtype
+            per_slot = 8 // np.dtype(dtype).itemsize
+            return shared.view(dtype)[place * per_slot : place * per_slot + length]
         return allocate(length, tile_dtype, alignment)
 
     monkeypatch.setattr(module, "_aligned_empty", tile_after_the_weights)
