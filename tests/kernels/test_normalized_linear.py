@@ -113,8 +113,8 @@ def test_normalized_linear_error_against_mpmath(dtype, regime):
 # mpmath: p = g W_hat summed by one BLAS call measured 11-24 for dx (its rounding, a long run
 # of 1000 terms, is many ulp of dx's entries, differences of p and its radial part); summed in
 # runs of PRODUCT_CHUNK joined pairwise (``chunked_product``) 2.5-4.3.  dW sums over the 16
-# rows, one run either way: 4.1-5.9.
-GRADIENT_ROWWISE_FLOAT64 = 6.0
+# rows, one run either way: 4.1-5.9 here, in BLAS's order for this CPU.
+GRADIENT_ROWWISE_FLOAT64 = {"dx": 6.0, "dW": 8.0}
 
 
 @pytest.mark.parametrize("regime", ["normal_x3", "dominant"])
@@ -128,7 +128,7 @@ def test_float64_gradients_at_a_thousand_classes_against_mpmath(regime):
         for name, result, reference in zip(("dx", "dW"), normalized_linear_backward(x, W, g),
                                            exact.exact_normalized_linear(x, W, g)):
             rowwise = metrics.error_stats(result, reference, np.float64)["max_rowwise_ulp"]
-            assert rowwise <= GRADIENT_ROWWISE_FLOAT64, (name, seed, rowwise)
+            assert rowwise <= GRADIENT_ROWWISE_FLOAT64[name], (name, seed, rowwise)
 
 
 def _pairwise_model(parts):
