@@ -265,10 +265,10 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
         return
     values = logits[i, start:stop]
     # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
-    # scratch for the loss alone (the same T either way); no block ahead (``following_block``):
-    # for rows of several blocks its prefetch measured no gain (docs/performance.md, seventh
-    # session); the fused row of one block (``index_row``) does hint the next row
-    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write), values[:0])
+    # scratch for the loss alone (the same T either way), the block read next prefetched
+    # meanwhile (``following_block``; docs/performance.md, fifteenth session)
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write),
+                                        following_block(logits, i, start, stop))
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total
     if args.smoothing != 0.0:
@@ -446,7 +446,8 @@ _index_kernel = make_class_index_kernel(cross_entropy_finish, plain=True)
 @njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
 def _reduce_probability(logits, args, grad, i, k, start, stop, partial, write):
     values = logits[i, start:stop]
-    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write), values[:0])
+    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write),
+                                        following_block(logits, i, start, stop))
     anchor = largest if math.isfinite(largest) else 0.0
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total

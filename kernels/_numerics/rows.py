@@ -469,10 +469,9 @@ def following_block(x, i, start, stop):
     empty after the last row.
 
     The rows are read from memory block by block: the exp loop of one block prefetches the
-    next (``vector.row_exp32_store``), which its max pass then finds in cache.  softmax's and
-    log_softmax's reduce take it, for rows of one block too (their fused rows); cross-entropy
-    only for rows of one block (its fused row): for its rows of several blocks it measured no
-    gain (``benchmarks/prefetch_model.py``; the figures, per host, in ``docs/performance.md``).
+    next (``vector.row_exp32_store``), which its max pass then finds in cache.  The reduces of
+    softmax, log_softmax, logsumexp and cross-entropy take it, for rows of one block too
+    (``benchmarks/prefetch_model.py``; the figures, per host, in ``docs/performance.md``).
     """
     length = stop - start
     if stop < x.shape[1]:
