@@ -105,3 +105,20 @@ def block_schedule(rows: int, classes: int, itemsize: int) -> tuple[int, bool]:
     """
     block = block_length(itemsize)
     return block, classes > block and rows < 2 * numba.get_num_threads()
+
+
+# Outputs of at least STREAMED_OUTPUT_BYTES whose rows span several blocks are written with
+# non-temporal stores (``_numerics.vector``, "streamed writes"): each line goes to memory
+# without being read into the cache first, a third less memory traffic for a kernel that
+# reads x and writes its output once.  Below it the output may stay in cache for its next
+# reader, and the ordinary stores were faster (docs/performance.md, fifteenth session).
+STREAMED_OUTPUT_BYTES = 48 * 1024 * 1024
+# softmax keeps a row's e_j in a scratch row per thread until its write: rows of at most
+# this many bytes, so that the scratch row stays in the core's L2 cache
+STREAMED_ROW_BYTES = 1024 * 1024
+
+
+def streamed_rows(rows: int, classes: int, itemsize: int, block: int) -> bool:
+    """Whether a float32 row kernel streams its output (``STREAMED_OUTPUT_BYTES``): rows of
+    several blocks, an output of at least that many bytes."""
+    return itemsize == 4 and classes > block and rows * classes * itemsize >= STREAMED_OUTPUT_BYTES

@@ -20,10 +20,10 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import get_thread_id, njit, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule
+from ._config import JIT_OPTIONS, STREAMED_ROW_BYTES, STRICT_FASTMATH, block_schedule, streamed_rows
 from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
@@ -41,7 +41,9 @@ from ._numerics.rows import (
     reduce_sum_product,
     scale_shift_in_place,
     store_exp_product_difference,
+    stream_scaled,
 )
+from ._numerics.vector import row_shifted_log32_stream
 from ._validation import (
     as_rows,
     check_axis,
@@ -154,18 +156,52 @@ def _write_shifted_log_impl(values, destination, largest, log_total):
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
-def _write_log_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
-    values = x[i, start:stop]
-    destination = out[i, start:stop]
-    if math.isfinite(largest):
-        log_total = math.log1p(total)
-        # log a_j = (x_j - M) - log1p(T)  (docs/proofs/softmax.md#log-softmax-identity)
-        _write_shifted_log(values, destination, largest, log_total)
-    elif largest == np.inf and total == 0.0:
-        for j in range(values.shape[0]):
-            destination[j] = 0.0 if values[j] == np.inf else -np.inf
-    else:
-        fill(destination, -np.inf if total == -1.0 else np.nan)
+def _stream_shifted_log(values, destination, largest, log_total):
+    """``_write_shifted_log`` of a float32 row, streamed (``vector.row_shifted_log32_stream``)."""
+    row_shifted_log32_stream(values, destination, np.float32(largest), np.float32(log_total))
+
+
+def _log_softmax_writer(shifted_log):
+    """The block write of log_softmax, its finite rows written by ``shifted_log``."""
+
+    @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+    def write_log_softmax(x, unused, out, i, start, stop, block_largest, block_total, largest, total):
+        values = x[i, start:stop]
+        destination = out[i, start:stop]
+        if math.isfinite(largest):
+            log_total = math.log1p(total)
+            # log a_j = (x_j - M) - log1p(T)  (docs/proofs/softmax.md#log-softmax-identity)
+            shifted_log(values, destination, largest, log_total)
+        elif largest == np.inf and total == 0.0:
+            for j in range(values.shape[0]):
+                destination[j] = 0.0 if values[j] == np.inf else -np.inf
+        else:
+            fill(destination, -np.inf if total == -1.0 else np.nan)
+
+    return write_log_softmax
+
+
+_write_log_softmax = _log_softmax_writer(_write_shifted_log)
+# the e_j in a scratch block per thread (the write does not read them), the output streamed
+_write_log_softmax_streamed = _log_softmax_writer(_stream_shifted_log)
+
+
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _reduce_into_thread_row(x, scratch, out, i, start, stop):
+    """``reduce_max_sum_exp_via`` with the e_j stored at the block's place in this thread's
+    row of ``scratch`` (threads, classes), where the streamed write reads them."""
+    return max_sum_exp_stored(x[i, start:stop], scratch[get_thread_id(), start:stop], following_block(x, i, start, stop))
+
+
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+def _write_softmax_streamed(x, scratch, out, i, start, stop, block_largest, block_total, largest, total):
+    """``_write_softmax`` with the e_j read from this thread's scratch row and the output streamed."""
+    if math.isfinite(largest) and math.isfinite(block_largest):
+        high, low = _softmax_factor(block_largest, largest, total)
+        stream_scaled(scratch[get_thread_id(), start:stop], out[i, start:stop], high, low)
+        return
+    # the rows and blocks that read no e_j
+    _write_softmax(x, scratch, out, i, start, stop, block_largest, block_total, largest, total)
 
 
 @njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
@@ -253,10 +289,20 @@ _log_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp,
 _logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
 # float32 rows: the exponentials in float32 arithmetic through a scratch row per thread
 _logsumexp_stored_kernel = make_row_kernel(reduce_max_sum_exp_scratch, merge_max_sum_exp, _write_logsumexp)
+# large float32 outputs of long rows, streamed (``_config.streamed_rows``): the same bits
+_softmax_streamed_kernel = make_row_kernel(_reduce_into_thread_row, merge_max_sum_exp, _write_softmax_streamed)
+_log_softmax_streamed_kernel = make_row_kernel(reduce_max_sum_exp_scratch, merge_max_sum_exp,
+                                               _write_log_softmax_streamed)
 _softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)
 _log_softmax_backward_kernel = make_row_kernel(
     reduce_sum_and_max, merge_sum_and_max, _write_log_softmax_backward
 )
+
+
+def _thread_scratch(rows, length):
+    """A scratch row of ``length`` for each thread of the pool: ``get_thread_id`` is below
+    the thread count, which NUMBA_NUM_THREADS bounds without asking the pool."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, length), dtype=rows.dtype)
 
 
 def _run(kernel, a, b, out):
@@ -304,7 +350,15 @@ def softmax(x, axis=-1, *, out=None):
     axis = check_axis("axis", axis, x.ndim)
     out = check_out(out, x, ("x", x))
     rows = as_rows(x, axis)
-    return finish_rows(_run(_softmax_kernel, rows, rows, output_rows(out, rows, axis)), x.shape, axis, out)
+    destination = output_rows(out, rows, axis)
+    block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
+    if (not split and streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block)
+            and rows.shape[1] * rows.dtype.itemsize <= STREAMED_ROW_BYTES):
+        # a row's e_j wait for its write in a scratch row of the thread (one thread a row)
+        _softmax_streamed_kernel(rows, _thread_scratch(rows, rows.shape[1]), destination, block, split)
+    else:
+        _softmax_kernel(rows, rows, destination, block, split)
+    return finish_rows(destination, x.shape, axis, out)
 
 
 def log_softmax(x, axis=-1, *, out=None):
@@ -339,7 +393,14 @@ def log_softmax(x, axis=-1, *, out=None):
     axis = check_axis("axis", axis, x.ndim)
     out = check_out(out, x, ("x", x))
     rows = as_rows(x, axis)
-    return finish_rows(_run(_log_softmax_kernel, rows, rows, output_rows(out, rows, axis)), x.shape, axis, out)
+    destination = output_rows(out, rows, axis)
+    block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
+    if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block):
+        # the e_j in a scratch block of the thread: the write reads x, not them
+        _log_softmax_streamed_kernel(rows, _thread_scratch(rows, block), destination, block, split)
+    else:
+        _log_softmax_kernel(rows, rows, destination, block, split)
+    return finish_rows(destination, x.shape, axis, out)
 
 
 def logsumexp(x, axis=-1):
@@ -369,12 +430,9 @@ def logsumexp(x, axis=-1):
     rows = as_rows(x, axis)
     out = np.empty(rows.shape[0], dtype=x.dtype)
     if rows.dtype == np.float32:
-        # a block of scratch for each thread of the pool (get_thread_id is below the thread
-        # count, which NUMBA_NUM_THREADS bounds without asking the pool); float64 rows gain
-        # nothing from storing: their exponentials are float64 either way
+        # float64 rows gain nothing from storing: their exponentials are float64 either way
         block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
-        scratch = np.empty((numba.config.NUMBA_NUM_THREADS, min(rows.shape[1], block)), dtype=np.float32)
-        _logsumexp_stored_kernel(rows, scratch, out, block, split)
+        _logsumexp_stored_kernel(rows, _thread_scratch(rows, min(rows.shape[1], block)), out, block, split)
     else:
         _run(_logsumexp_kernel, rows, rows, out)
     return out.reshape(x.shape[:axis] + x.shape[axis + 1 :])

@@ -49,6 +49,7 @@ from .vector import (
     row_exp_product_difference32,
     row_gap_sums,
     row_max,
+    row_scaled32_stream,
     row_target_gap_sums,
     row_sum2,
 )
@@ -858,8 +859,7 @@ def _scale_shift_in_place(destination, high, low, shift):
     if destination.dtype == types.float32:
 
         def scale_shift32(destination, high, low, shift):
-            high_t = np.float32(high)
-            low_t = np.float32((high - np.float64(high_t)) + low)
+            high_t, low_t = _float32_pair(high, low)
             if shift == 0.0:
                 # a_j = e_j (fh + fl), rounded once
                 for j in range(destination.shape[0]):
@@ -881,6 +881,41 @@ def _scale_shift_in_place(destination, high, low, shift):
             destination[j] = fma(e, high, fma(e, low, -shift))
 
     return scale_shift64
+
+
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+def _float32_pair(high, low):
+    """The float64 factor high + low as float32 fh + fl (exact to about 2**-48 relative)."""
+    high_t = np.float32(high)
+    return high_t, np.float32((high - np.float64(high_t)) + low)
+
+
+def stream_scaled(source, destination, high, low):
+    """destination[j] = source[j] (high + low), streamed to memory (JIT only).
+
+    ``scale_shift_in_place`` without a shift, bit for bit, reading the e_j from ``source``
+    instead of the destination: float32 C-contiguous rows take ``vector.row_scaled32_stream``,
+    whose whole aligned vectors are stored non-temporally (not read into the cache first);
+    other rows the scalar loop.
+    """
+    raise NotImplementedError("stream_scaled is only callable from JIT code")
+
+
+@overload(stream_scaled, inline="always")
+def _stream_scaled(source, destination, high, low):
+    if destination.dtype == types.float32 and contiguous_float_row(source) and contiguous_float_row(destination):
+
+        def streamed32(source, destination, high, low):
+            high_t, low_t = _float32_pair(high, low)
+            row_scaled32_stream(source, destination, high_t, low_t)
+
+        return streamed32
+
+    def copied(source, destination, high, low):
+        destination[:] = source
+        scale_shift_in_place(destination, high, low, 0.0)
+
+    return copied
 
 
 # ---- small block loops -------------------------------------------------------------------

@@ -38,6 +38,13 @@ so this module emits those loops itself (Numba ``@intrinsic``, llvmlite IR):
   copies of the function linked into two kernels vectorized differently, so a kernel loaded
   from the cache gave other last bits than one compiled in the process.
 
+* ``row_shifted_log32_stream`` and ``row_scaled32_stream``, log_softmax's and softmax's
+  float32 writes for outputs too large to stay in cache (``_config.streamed_rows``): the
+  scalar loops' operations, bit for bit, with every whole aligned line of the output
+  stored non-temporally (``!nontemporal``, ``vmovntps``), so that it is not read into the
+  cache before it is overwritten, then an ``sfence``.  At 64 MB outputs they take 9-33% off
+  the kernels (``docs/performance.md``, fifteenth session).
+
 All of them loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an
 AVX-512 register; the log_softmax_backward write widens its 16 float32 to two registers of
 float64; LLVM splits them on narrower targets) and finish with a masked load (and store)
@@ -721,3 +728,133 @@ def row_dot2(typingctx, a, b):
     if not (contiguous_float64_row(a) and contiguous_float64_row(b)):
         return None
     return types.UniTuple(types.float64, 2)(a, b), _compensated_codegen(product=True)
+
+
+# ---- streamed writes ------------------------------------------------------------------------
+
+
+def _load_masked(builder, data, index, mask, vector_type, padding):
+    """data[index + lane] for the lanes of ``mask``, ``padding``'s lanes elsewhere."""
+    pointer_type = ir.PointerType(vector_type)
+    load = _declared(builder.module, f"llvm.masked.load.{_mangled(vector_type)}.p0",
+                     ir.FunctionType(vector_type, [pointer_type, _I32, mask.type, vector_type]))
+    alignment = ir.Constant(_I32, _element_bytes(vector_type))
+    return builder.call(load, [_vector_pointer(builder, data, index, vector_type), alignment, mask, padding])
+
+
+def _lanes_below(builder, count, lanes):
+    """The mask of the lanes k < ``count`` (an i64 in [0, lanes])."""
+    limit = _splat(builder, builder.trunc(count, _I32), ir.VectorType(_I32, lanes))
+    return builder.icmp_signed("<", _indices(lanes), limit)
+
+
+def _streamed(builder, destination, length, lanes, value_at):
+    """destination[j] = value_at(index, mask)[j - index] over a float row, the whole aligned
+    vectors stored non-temporally.
+
+    ``value_at(index, mask)`` emits the vector of the elements from ``index`` (``mask``: the
+    lanes inside the row, or None for a whole vector).  The lanes before the first
+    ``VECTOR_BYTES``-aligned address and after the last whole vector are stored by masked
+    stores; every vector between is a whole cache line, stored with ``!nontemporal``: it
+    goes to memory without being read into the cache first.
+    """
+    element_bytes = VECTOR_BYTES // lanes
+    address = builder.ptrtoint(destination, _I64)
+    # elements before the first aligned address (the row's elements are element-aligned)
+    misaligned = builder.and_(builder.sub(ir.Constant(_I64, 0), address), ir.Constant(_I64, VECTOR_BYTES - 1))
+    head = builder.udiv(misaligned, ir.Constant(_I64, element_bytes))
+    head = builder.select(builder.icmp_signed("<", head, length), head, length)
+    zero = ir.Constant(_I64, 0)
+    with builder.if_then(builder.icmp_signed(">", head, zero)):
+        mask = _lanes_below(builder, head, lanes)
+        _store_tail(builder, value_at(zero, mask), destination, zero, mask)
+    whole = builder.add(head, builder.and_(builder.sub(length, head), ir.Constant(_I64, -lanes)))
+    streaming = builder.module.add_metadata([ir.Constant(_I32, 1)])
+
+    def step(index, carried):
+        store = builder.store(value_at(index, None), _vector_pointer(builder, destination, index, ir.VectorType(
+            destination.type.pointee, lanes)), align=VECTOR_BYTES)
+        store.set_metadata("nontemporal", streaming)
+        return []
+
+    index, _ = _counted_loop(builder, head, whole, lanes, [], step)
+    with builder.if_then(builder.icmp_signed("<", index, length)):
+        mask = _lanes_below(builder, builder.sub(length, index), lanes)
+        _store_tail(builder, value_at(index, mask), destination, index, mask)
+
+
+def _store_fence(builder):
+    """Orders the non-temporal stores before every later store, so that the rows a thread
+    streamed are visible to the others when the parallel loop ends: ``sfence`` on x86, whose
+    ordinary fences leave non-temporal stores unordered; a release fence elsewhere."""
+    if (builder.module.triple or "").startswith(("x86_64", "i686", "i386")):
+        fence = _declared(builder.module, "llvm.x86.sse.sfence", ir.FunctionType(ir.VoidType(), []))
+        builder.call(fence, [])
+    else:
+        builder.fence("release")
+
+
+def _streamed_row_codegen(combine):
+    """The codegen of a streamed float32 row write destination[j] = combine(source[j], a, b)
+    (``_streamed``), for the intrinsics' arguments (source, destination, a, b), a and b
+    float32 scalars; ``combine(builder, loaded, a_vector, b_vector)`` emits the vector."""
+
+    def codegen(context, builder, signature, args):
+        lanes = VECTOR_BYTES // 4
+        vector_type = ir.VectorType(ir.FloatType(), lanes)
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        target = context.make_array(signature.args[1])(context, builder, args[1])
+        a_vector = _splat(builder, args[2], vector_type)
+        b_vector = _splat(builder, args[3], vector_type)
+
+        def value_at(index, mask):
+            if mask is None:
+                loaded = builder.load(_vector_pointer(builder, source.data, index, vector_type), align=4)
+            else:  # the lanes past the row compute on a (finite) and are not stored
+                loaded = _load_masked(builder, source.data, index, mask, vector_type, a_vector)
+            return combine(builder, loaded, a_vector, b_vector)
+
+        _streamed(builder, target.data, builder.extract_value(source.shape, 0), lanes, value_at)
+        _store_fence(builder)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _streamed_row_signature(source, destination, a, b):
+    """The signature of a streamed float32 row write, or None for other arguments."""
+    if not (contiguous_float_row(source) and contiguous_float_row(destination)
+            and source.dtype == destination.dtype == a == b == types.float32):
+        return None
+    return types.none(source, destination, a, b)
+
+
+def _shifted_log(builder, loaded, shift, log_total):
+    return builder.fsub(builder.fsub(loaded, shift, flags=_FLAGS), log_total, flags=_FLAGS)
+
+
+def _scaled_pair(builder, loaded, high, low):
+    fused = _declared(builder.module, f"llvm.fma.{_mangled(loaded.type)}", ir.FunctionType(loaded.type, [loaded.type] * 3))
+    return builder.call(fused, [loaded, high, builder.fmul(loaded, low, flags=_FLAGS)])
+
+
+@intrinsic
+def row_shifted_log32_stream(typingctx, values, destination, shift, log_total):
+    """destination[j] = (values[j] - shift) - log_total in float32, streamed (``_streamed``).
+
+    For C-contiguous float32 rows of one length: the operations of the scalar loop of
+    ``_softmax._write_shifted_log``, bit for bit (two float32 subtractions, no product).
+    """
+    signature = _streamed_row_signature(values, destination, shift, log_total)
+    return None if signature is None else (signature, _streamed_row_codegen(_shifted_log))
+
+
+@intrinsic
+def row_scaled32_stream(typingctx, source, destination, high, low):
+    """destination[j] = fma(e, high, e low) for e = source[j] in float32, streamed (``_streamed``).
+
+    For C-contiguous float32 rows of one length: the operations of the scalar loop of
+    ``rows.scale_shift_in_place`` without a shift (softmax's scaling), bit for bit.
+    """
+    signature = _streamed_row_signature(source, destination, high, low)
+    return None if signature is None else (signature, _streamed_row_codegen(_scaled_pair))

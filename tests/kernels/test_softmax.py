@@ -16,7 +16,8 @@ from softmaxlab.kernels import (
     softmax,
     softmax_backward,
 )
-from softmaxlab.kernels._config import block_length
+from softmaxlab.kernels import _softmax as _softmax_module
+from softmaxlab.kernels._config import STREAMED_OUTPUT_BYTES, block_length, streamed_rows
 
 from ..robustness.checks import summation_depth
 from . import exact
@@ -122,6 +123,43 @@ def test_float32_logsumexp_sums_the_exponentials_log_softmax_sums(threads, rows,
     for count in (1, 2):
         threads(count)
         np.testing.assert_array_equal(logsumexp(x), -log_softmax(x)[np.arange(rows), argmax])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, threads, rows):
+    # outputs from STREAMED_OUTPUT_BYTES on take kernels whose writes store non-temporally
+    # (_config.streamed_rows); forced here on small rows, they must give the ordinary
+    # kernels' bits: 8 rows run a row a thread (softmax's e_j wait in a scratch row of the
+    # thread; each thread gets finite rows), 1 and 2 share each row's blocks (log_softmax
+    # alone streams there)
+    classes = 2 * _long_row_classes(np.float32) + 123
+    x = (_random((rows, classes), np.float32, seed=rows) * 8).astype(np.float32)
+    x[0, 5] = -np.inf
+    if rows == 8:
+        x[1, : block_length(4)] = -np.inf  # a block of -inf
+        x[2, 7] = np.inf  # one +inf: the one-hot row
+        x[5, 9] = np.nan
+        x[6, :] = -np.inf
+    for count in (1, 2):
+        threads(count)
+        monkeypatch.setattr(_softmax_module, "streamed_rows", lambda *args: False)
+        expected = softmax(x), log_softmax(x)
+        monkeypatch.setattr(_softmax_module, "streamed_rows", lambda *args: True)
+        memory = np.empty(x.size + 3, np.float32)
+        unaligned = memory[3:].reshape(x.shape)  # the head and tail of every row stored apart
+        for function, bits in zip((softmax, log_softmax), expected):
+            np.testing.assert_array_equal(function(x), bits)
+            function(x, out=unaligned)
+            np.testing.assert_array_equal(unaligned, bits)
+
+
+def test_only_large_float32_outputs_of_long_rows_are_streamed():
+    block = block_length(4)
+    rows = -(-STREAMED_OUTPUT_BYTES // (4 * 2 * block))  # rows of two blocks reaching the size
+    assert streamed_rows(rows, 2 * block, 4, block)
+    assert not streamed_rows(rows - 1, 2 * block, 4, block)  # a smaller output
+    assert not streamed_rows(2 * rows, block, 4, block)  # rows of one block
+    assert not streamed_rows(rows, 2 * block, 8, block_length(8))  # float64
 
 
 def test_rows_of_a_million_classes_sum_to_one_without_drift():

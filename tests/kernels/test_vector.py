@@ -1,7 +1,7 @@
 """Tests for kernels/_numerics/vector.py: the explicit vector loops of the row max, of the float32
-rows' exponentials and of log_softmax_backward's float32 write, against NumPy and the scalar
-forms that strided rows keep (bit for bit), and their code (one max per vector;
-``vscalefps`` on AVX-512; the prefetches)."""
+rows' exponentials, of log_softmax_backward's float32 write and of the streamed writes, against
+NumPy and the scalar forms that strided rows keep (bit for bit), and their code (one max per
+vector; ``vscalefps`` on AVX-512; the prefetches; the non-temporal stores)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from numba import njit
 from softmaxlab.kernels._numerics import rows as _rows
 from softmaxlab.kernels._config import REDUCTION_FASTMATH
 from softmaxlab.kernels._numerics.exp import exp32_difference_floored
+from softmaxlab.kernels._numerics import vector as _vector
 from softmaxlab.kernels._numerics.vector import VECTOR_BYTES, _has_avx512
 
 from ._shared import assembly_of
@@ -567,3 +568,55 @@ def test_the_vector_width_is_left_to_the_environment_and_to_earlier_numba_code()
     # a function compiled before softmaxlab is imported has created Numba's CPU target
     earlier = _width_probe(before="import numba\n@numba.njit\ndef f(x):\n    return x\nf(1)")
     assert not earlier["set"] and earlier["features"] is None, earlier
+
+
+# ---- streamed writes -----------------------------------------------------------------------
+
+
+@njit(cache=False)
+def _stream_shifted_log(values, destination, shift, log_total):
+    _vector.row_shifted_log32_stream(values, destination, shift, log_total)
+
+
+@njit(cache=False)
+def _stream_scaled(source, destination, high, low):
+    _rows.stream_scaled(source, destination, high, low)
+
+
+@njit(cache=False)
+def _scaled_in_place(destination, high, low):
+    _rows.scale_shift_in_place(destination, high, low, 0.0)
+
+
+@pytest.mark.parametrize("length", _LENGTHS)
+def test_streamed_writes_equal_the_scalar_loops_at_every_alignment_and_write_nothing_else(length):
+    rng = np.random.default_rng(length)
+    guard = 40
+    for offset in range(VECTOR_BYTES // 4):  # every position of the row against a cache line
+        values = (rng.standard_normal(length) * 30).astype(np.float32)
+        values[: length // 7] = -np.inf  # the write's inputs include -inf and NaN
+        values[length // 2 : length // 2 + (length > 9)] = np.nan
+        shift, log_total = np.float32(2.5), np.float32(0.375)
+        start = guard + offset
+        memory = np.full(length + 2 * guard, 7.0, np.float32)
+        _stream_shifted_log(values, memory[start : start + length], shift, log_total)
+        np.testing.assert_array_equal(memory[start : start + length], (values - shift) - log_total)
+        assert (memory[:start] == 7.0).all() and (memory[start + length :] == 7.0).all()
+
+        exponentials = rng.random(length).astype(np.float32)
+        high, low = 0.123456789012345, 3.1e-12
+        expected = exponentials.copy()
+        _scaled_in_place(expected, high, low)
+        memory = np.full(length + 2 * guard, 7.0, np.float32)
+        _stream_scaled(exponentials, memory[start : start + length], high, low)
+        np.testing.assert_array_equal(memory[start : start + length], expected)
+        assert (memory[:start] == 7.0).all() and (memory[start + length :] == 7.0).all()
+
+
+def test_streamed_writes_store_whole_lines_non_temporally():
+    values = np.ones(100, np.float32)
+    _stream_shifted_log(values, np.empty(100, np.float32), np.float32(0), np.float32(0))
+    _stream_scaled(values, np.empty(100, np.float32), 1.0, 0.0)
+    for function in (_stream_shifted_log, _stream_scaled):
+        code = "".join(function.inspect_asm().values())
+        assert "movntps" in code and "sfence" in code
