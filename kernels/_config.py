@@ -113,8 +113,8 @@ def block_schedule(rows: int, classes: int, itemsize: int) -> tuple[int, bool]:
 # reads x and writes its output once.  Below it the output may stay in cache for its next
 # reader, and the ordinary stores were faster (docs/performance.md, fifteenth session).
 STREAMED_OUTPUT_BYTES = 48 * 1024 * 1024
-# softmax keeps a row's e_j in a scratch row per thread until its write: rows of at most
-# this many bytes, so that the scratch row stays in the core's L2 cache
+# softmax and cross-entropy's gradient keep a row's e_j in a scratch row per thread until
+# its write: rows of at most this many bytes, so that the scratch row stays in the core's L2
 STREAMED_ROW_BYTES = 1024 * 1024
 
 

@@ -63,10 +63,12 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numba
 import numpy as np
-from numba import njit
+from numba import get_thread_id, njit
+from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STRICT_FASTMATH
+from ._config import JIT_OPTIONS, STREAMED_ROW_BYTES, STRICT_FASTMATH, block_schedule, streamed_rows
 from ._driver.losses import (
     NO_WEIGHT,
     block_factor,
@@ -81,7 +83,7 @@ from ._driver.losses import (
 )
 from ._driver.reduction import row_scales
 from ._numerics.rows import (SUM_CHUNK, fill, following_block, gap_sums, max_sum_exp_stored, pairwise_sum,
-                             scale_shift_in_place, target_gap_sums)
+                             scale_shift_in_place, stream_scaled, target_gap_sums)
 from ._validation import (
     check_class_indices_counted,
     check_class_weight,
@@ -107,6 +109,10 @@ ClassIndexArgs = namedtuple(
         "margin",  # float64, the parameter of ``finish`` (0 for cross-entropy)
     ],
 )
+# Large float32 gradients of long rows are streamed (``_config.streamed_rows``): the reduce
+# stores a row's e_j in the thread's row of ``scratch`` (threads, classes) instead of the
+# gradient, and the write scales them into the gradient with non-temporal stores
+StreamedClassIndexArgs = namedtuple("StreamedClassIndexArgs", ClassIndexArgs._fields + ("scratch",))
 
 # Columns of ``partial`` (per block) and ``stats`` (per row), both kernels of this module.
 MAX = 0  # m_b, M: the max (of the block, of the row)
@@ -256,6 +262,50 @@ def _index_target_gradient(logits, args, destination, i, largest, total, target_
     return scale * (target_total * difference + args.smoothing / logits.shape[1] * (args.weight_total - label_weight))
 
 
+def _exponential_slot(args, grad, i, start, stop, write):
+    """Where ``_reduce_index`` stores a block's e_j: ``exp_slot``, or for streamed rows the
+    block's place in this thread's scratch row (JIT only)."""
+    raise NotImplementedError("_exponential_slot is only callable from JIT code")
+
+
+@overload(_exponential_slot, inline="always", jit_options=JIT_OPTIONS)
+def _exponential_slot_impl(args, grad, i, start, stop, write):
+    if "scratch" in args.fields:
+        return lambda args, grad, i, start, stop, write: args.scratch[get_thread_id(), start:stop]
+    return lambda args, grad, i, start, stop, write: exp_slot(grad, i, start, stop, write)
+
+
+def _stored_gradient(logits, args, destination, start, total, target_total, scale, block):
+    """``_index_finite_gradient`` of a block whose e_j the reduce stored (JIT only).
+
+    Streamed rows read them from the thread's scratch row: without label smoothing the
+    gradient is g TW a_j, the e_j times one factor, written by ``stream_scaled`` (the bits of
+    ``scale_shift_in_place``); with it the e_j are copied in and scaled in place.
+    """
+    raise NotImplementedError("_stored_gradient is only callable from JIT code")
+
+
+@overload(_stored_gradient, inline="always", jit_options=JIT_OPTIONS)
+def _stored_gradient_impl(logits, args, destination, start, total, target_total, scale, block):
+    if "scratch" in args.fields:
+
+        def streamed(logits, args, destination, start, total, target_total, scale, block):
+            stored = args.scratch[get_thread_id(), start : start + destination.shape[0]]
+            if args.smoothing == 0.0:
+                # _index_finite_gradient's factor, its shift 0
+                stream_scaled(stored, destination, scale * target_total * block / (1.0 + total), 0.0)
+                return
+            destination[:] = stored
+            _index_finite_gradient(logits, args, destination, start, total, target_total, scale, block)
+
+        return streamed
+
+    def in_place(logits, args, destination, start, total, target_total, scale, block):
+        _index_finite_gradient(logits, args, destination, start, total, target_total, scale, block)
+
+    return in_place
+
+
 # The block functions are calls, not inlined: each is used twice in the kernel (row and split
 # schedules), and inlined they made the kernel's compile 17 s instead of 12 (float32, measured);
 # the rows that take them (several blocks, or not fused) spend far longer in their loops.
@@ -267,7 +317,7 @@ def _reduce_index(logits, args, grad, i, k, start, stop, partial, write):
     # e_j = exp(z_j - m_b) stored in the gradient's block (the write scales it in place), or in
     # scratch for the loss alone (the same T either way), the block read next prefetched
     # meanwhile (``following_block``; docs/performance.md, fifteenth session)
-    largest, total = max_sum_exp_stored(values, exp_slot(grad, i, start, stop, write),
+    largest, total = max_sum_exp_stored(values, _exponential_slot(args, grad, i, start, stop, write),
                                         following_block(logits, i, start, stop))
     partial[i, k, MAX] = largest
     partial[i, k, SUM] = total
@@ -290,10 +340,12 @@ def _write_index(logits, args, grad, i, k, start, stop, partial, stats):
     label_weight = args.weight[label] if args.weighted else 1.0
     if math.isfinite(largest):
         block_largest = partial[i, k, MAX]
-        if not math.isfinite(block_largest):
+        if math.isfinite(block_largest):
+            factor = block_factor(block_largest, largest)
+            _stored_gradient(logits, args, destination, start, total, target_total, scale, factor)
+        else:
             fill(destination, 0.0)  # a block of only -inf: e_j = 0 (nothing was stored), factor 0
-        factor = block_factor(block_largest, largest) if math.isfinite(block_largest) else 0.0
-        _index_finite_gradient(logits, args, destination, start, total, target_total, scale, factor)
+            _index_finite_gradient(logits, args, destination, start, total, target_total, scale, 0.0)
         if start <= label < stop:
             grad[i, label] = _index_target_gradient(logits, args, destination, i, largest, total, target_total, scale)
         return
@@ -434,6 +486,8 @@ def make_class_index_kernel(finish, plain, fused=True):
 
 
 _index_kernel = make_class_index_kernel(cross_entropy_finish, plain=True)
+# for ``StreamedClassIndexArgs``: rows of several blocks only, so no fused row
+_index_streamed_kernel = make_class_index_kernel(cross_entropy_finish, plain=True, fused=False)
 
 
 # ---- class-probability targets -------------------------------------------------------------
@@ -553,7 +607,15 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     else:
         args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
                                              grad_output, batch_shape, classes)
-        loss, grad = run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
+        kernel = _index_kernel
+        block, split = block_schedule(rows.shape[0], classes, rows.dtype.itemsize)
+        if (write and not split and streamed_rows(rows.shape[0], classes, rows.dtype.itemsize, block)
+                and classes * rows.dtype.itemsize <= STREAMED_ROW_BYTES):
+            # one thread a row: a row's e_j wait for its write in a scratch row of the thread
+            scratch = np.empty((numba.config.NUMBA_NUM_THREADS, classes), dtype=rows.dtype)
+            args = StreamedClassIndexArgs(*args, scratch)
+            kernel = _index_streamed_kernel
+        loss, grad = run_loss_kernel(kernel, rows, args, write, reduction, denominator, logits.shape)
     return loss, grad
 
 

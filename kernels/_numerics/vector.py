@@ -38,11 +38,12 @@ so this module emits those loops itself (Numba ``@intrinsic``, llvmlite IR):
   copies of the function linked into two kernels vectorized differently, so a kernel loaded
   from the cache gave other last bits than one compiled in the process.
 
-* ``row_shifted_log32_stream`` and ``row_scaled32_stream``, log_softmax's and softmax's
-  float32 writes for outputs too large to stay in cache (``_config.streamed_rows``): the
+* ``row_shifted_log32_stream`` and ``row_scaled32_stream``, the float32 writes of
+  log_softmax, softmax and cross-entropy's gradient (without label smoothing) for outputs
+  too large to stay in cache (``_config.streamed_rows``): the
   scalar loops' operations, bit for bit, with every whole aligned line of the output
   stored non-temporally (``!nontemporal``, ``vmovntps``), so that it is not read into the
-  cache before it is overwritten, then an ``sfence``.  At 64 MB outputs they take 9-33% off
+  cache before it is overwritten, then an ``sfence``.  At 64 MB outputs they take 4-35% off
   the kernels (``docs/performance.md``, fifteenth session).
 
 All of them loop over ``VECTOR_BYTES`` = 64-byte vectors (16 float32 or 8 float64, an
