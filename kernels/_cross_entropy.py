@@ -485,9 +485,9 @@ def make_class_index_kernel(finish, plain, fused=True):
     return make_loss_kernel(_reduce_index, merge_index, _write_index, WIDTH)
 
 
+# also compiled for ``StreamedClassIndexArgs`` (one kernel: a second one would hold closures
+# of its own with the same cache key, ``tests/kernels/test_cache.py``)
 _index_kernel = make_class_index_kernel(cross_entropy_finish, plain=True)
-# for ``StreamedClassIndexArgs``: rows of several blocks only, so no fused row
-_index_streamed_kernel = make_class_index_kernel(cross_entropy_finish, plain=True, fused=False)
 
 
 # ---- class-probability targets -------------------------------------------------------------
@@ -607,15 +607,13 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     else:
         args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
                                              grad_output, batch_shape, classes)
-        kernel = _index_kernel
         block, split = block_schedule(rows.shape[0], classes, rows.dtype.itemsize)
         if (write and not split and streamed_rows(rows.shape[0], classes, rows.dtype.itemsize, block)
                 and classes * rows.dtype.itemsize <= STREAMED_ROW_BYTES):
             # one thread a row: a row's e_j wait for its write in a scratch row of the thread
             scratch = np.empty((numba.config.NUMBA_NUM_THREADS, classes), dtype=rows.dtype)
             args = StreamedClassIndexArgs(*args, scratch)
-            kernel = _index_streamed_kernel
-        loss, grad = run_loss_kernel(kernel, rows, args, write, reduction, denominator, logits.shape)
+        loss, grad = run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
     return loss, grad
 
 
