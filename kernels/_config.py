@@ -118,7 +118,14 @@ STREAMED_OUTPUT_BYTES = 48 * 1024 * 1024
 STREAMED_ROW_BYTES = 1024 * 1024
 
 
-def streamed_rows(rows: int, classes: int, itemsize: int, block: int) -> bool:
+def streamed_rows(rows: int, classes: int, itemsize: int, block: int, split: bool, keeps_row: bool) -> bool:
     """Whether a float32 row kernel streams its output (``STREAMED_OUTPUT_BYTES``): rows of
-    several blocks, an output of at least that many bytes."""
-    return itemsize == 4 and classes > block and rows * classes * itemsize >= STREAMED_OUTPUT_BYTES
+    several blocks, an output of at least that many bytes.
+
+    A kernel that ``keeps_row`` (a row's e_j wait in a scratch row of its thread until the
+    row's write: softmax, cross-entropy's gradient) streams only rows that one thread runs
+    whole (not ``split``), of at most ``STREAMED_ROW_BYTES``.
+    """
+    if itemsize != 4 or classes <= block or rows * classes * itemsize < STREAMED_OUTPUT_BYTES:
+        return False
+    return not keeps_row or (not split and classes * itemsize <= STREAMED_ROW_BYTES)

@@ -68,7 +68,7 @@ import numpy as np
 from numba import get_thread_id, njit
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STREAMED_ROW_BYTES, STRICT_FASTMATH, block_schedule, streamed_rows
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule, streamed_rows
 from ._driver.losses import (
     NO_WEIGHT,
     block_factor,
@@ -608,9 +608,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         args, denominator = class_index_args(target, class_weight, weighted, ignore_index, smoothing, reduction,
                                              grad_output, batch_shape, classes)
         block, split = block_schedule(rows.shape[0], classes, rows.dtype.itemsize)
-        if (write and not split and streamed_rows(rows.shape[0], classes, rows.dtype.itemsize, block)
-                and classes * rows.dtype.itemsize <= STREAMED_ROW_BYTES):
-            # one thread a row: a row's e_j wait for its write in a scratch row of the thread
+        if write and streamed_rows(rows.shape[0], classes, rows.dtype.itemsize, block, split, keeps_row=True):
+            # a row's e_j wait for its write in a scratch row of the thread
             scratch = np.empty((numba.config.NUMBA_NUM_THREADS, classes), dtype=rows.dtype)
             args = StreamedClassIndexArgs(*args, scratch)
         loss, grad = run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)

@@ -23,7 +23,7 @@ import numpy as np
 from numba import get_thread_id, njit, types
 from numba.extending import overload
 
-from ._config import JIT_OPTIONS, STREAMED_ROW_BYTES, STRICT_FASTMATH, block_schedule, streamed_rows
+from ._config import JIT_OPTIONS, STRICT_FASTMATH, block_schedule, streamed_rows
 from ._driver.rows import make_row_kernel
 from ._numerics.eft import fma, two_sum
 from ._numerics.exp import exp64_pair
@@ -352,9 +352,8 @@ def softmax(x, axis=-1, *, out=None):
     rows = as_rows(x, axis)
     destination = output_rows(out, rows, axis)
     block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
-    if (not split and streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block)
-            and rows.shape[1] * rows.dtype.itemsize <= STREAMED_ROW_BYTES):
-        # a row's e_j wait for its write in a scratch row of the thread (one thread a row)
+    if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block, split, keeps_row=True):
+        # a row's e_j wait for its write in a scratch row of the thread
         _softmax_streamed_kernel(rows, _thread_scratch(rows, rows.shape[1]), destination, block, split)
     else:
         _softmax_kernel(rows, rows, destination, block, split)
@@ -395,7 +394,7 @@ def log_softmax(x, axis=-1, *, out=None):
     rows = as_rows(x, axis)
     destination = output_rows(out, rows, axis)
     block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
-    if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block):
+    if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block, split, keeps_row=False):
         # the e_j in a scratch block of the thread: the write reads x, not them
         _log_softmax_streamed_kernel(rows, _thread_scratch(rows, block), destination, block, split)
     else:

@@ -17,7 +17,7 @@ import pytest
 from softmaxlab.harness.metrics import error_stats
 from softmaxlab.harness.exact import exact_cross_entropy
 from softmaxlab.kernels import cross_entropy, cross_entropy_forward_backward, softmax
-from softmaxlab.kernels import _cross_entropy as _cross_entropy_module
+from softmaxlab.kernels import _config
 from softmaxlab.kernels._config import block_length
 from softmaxlab.kernels._cross_entropy import (
     ClassIndexArgs,
@@ -292,10 +292,10 @@ def test_results_are_bit_identical_for_one_and_two_threads(threads, rows, dtype)
 @pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1}, {"weight": "random"},
                                      {"weight": "random", "label_smoothing": 0.2, "reduction": "none"}])
 def test_streamed_gradients_have_the_bits_of_the_cached_writes(monkeypatch, threads, options):
-    # float32 gradients from STREAMED_OUTPUT_BYTES on take a kernel that keeps a row's e_j in
-    # a scratch row of the thread and streams the gradient (_config.streamed_rows); forced
-    # here on small rows, it must give the ordinary kernel's bits.  Each thread of two gets
-    # finite rows, whose write reads the scratch row, and edge rows
+    # float32 gradients from STREAMED_OUTPUT_BYTES on are streamed, a row's e_j kept in a
+    # scratch row of the thread (_config.streamed_rows); with the threshold at 0 small rows
+    # take that path, and it must give the ordinary bits.  Each thread of two gets finite
+    # rows, whose write reads the scratch row, and edge rows
     rows, classes = 8, 2 * block_length(4) + 77
     logits = (_random((rows, classes), np.float32, seed=3) * 6).astype(np.float32)
     logits[1, : block_length(4)] = -np.inf  # a block of -inf
@@ -310,9 +310,9 @@ def test_streamed_gradients_have_the_bits_of_the_cached_writes(monkeypatch, thre
         options["weight"] = np.random.default_rng(3).random(classes) + 0.5
     for count in (1, 2):
         threads(count)
-        monkeypatch.setattr(_cross_entropy_module, "streamed_rows", lambda *args: False)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
         expected = cross_entropy_forward_backward(logits, target, **options)
-        monkeypatch.setattr(_cross_entropy_module, "streamed_rows", lambda *args: True)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
         for result, bits in zip(cross_entropy_forward_backward(logits, target, **options), expected):
             np.testing.assert_array_equal(result, bits)
 

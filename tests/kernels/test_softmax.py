@@ -16,8 +16,8 @@ from softmaxlab.kernels import (
     softmax,
     softmax_backward,
 )
-from softmaxlab.kernels import _softmax as _softmax_module
-from softmaxlab.kernels._config import STREAMED_OUTPUT_BYTES, block_length, streamed_rows
+from softmaxlab.kernels import _config
+from softmaxlab.kernels._config import STREAMED_OUTPUT_BYTES, STREAMED_ROW_BYTES, block_length, streamed_rows
 
 from ..robustness.checks import summation_depth
 from . import exact
@@ -128,10 +128,10 @@ def test_float32_logsumexp_sums_the_exponentials_log_softmax_sums(threads, rows,
 @pytest.mark.parametrize("rows", [1, 2, 8])
 def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, threads, rows):
     # outputs from STREAMED_OUTPUT_BYTES on take kernels whose writes store non-temporally
-    # (_config.streamed_rows); forced here on small rows, they must give the ordinary
-    # kernels' bits: 8 rows run a row a thread (softmax's e_j wait in a scratch row of the
-    # thread; each thread gets finite rows), 1 and 2 share each row's blocks (log_softmax
-    # alone streams there)
+    # (_config.streamed_rows); with the threshold at 0 small rows take them, and they must
+    # give the ordinary kernels' bits: 8 rows run a row a thread (softmax's e_j wait in a
+    # scratch row of the thread; each thread gets finite rows), 1 and 2 share each row's
+    # blocks (log_softmax alone streams there)
     classes = 2 * _long_row_classes(np.float32) + 123
     x = (_random((rows, classes), np.float32, seed=rows) * 8).astype(np.float32)
     x[0, 5] = -np.inf
@@ -142,9 +142,9 @@ def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, t
         x[6, :] = -np.inf
     for count in (1, 2):
         threads(count)
-        monkeypatch.setattr(_softmax_module, "streamed_rows", lambda *args: False)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
         expected = softmax(x), log_softmax(x)
-        monkeypatch.setattr(_softmax_module, "streamed_rows", lambda *args: True)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
         memory = np.empty(x.size + 3, np.float32)
         unaligned = memory[3:].reshape(x.shape)  # the head and tail of every row stored apart
         for function, bits in zip((softmax, log_softmax), expected):
@@ -156,10 +156,17 @@ def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, t
 def test_only_large_float32_outputs_of_long_rows_are_streamed():
     block = block_length(4)
     rows = -(-STREAMED_OUTPUT_BYTES // (4 * 2 * block))  # rows of two blocks reaching the size
-    assert streamed_rows(rows, 2 * block, 4, block)
-    assert not streamed_rows(rows - 1, 2 * block, 4, block)  # a smaller output
-    assert not streamed_rows(2 * rows, block, 4, block)  # rows of one block
-    assert not streamed_rows(rows, 2 * block, 8, block_length(8))  # float64
+    for keeps_row in (False, True):
+        assert streamed_rows(rows, 2 * block, 4, block, False, keeps_row)
+        assert not streamed_rows(rows - 1, 2 * block, 4, block, False, keeps_row)  # a smaller output
+        assert not streamed_rows(2 * rows, block, 4, block, False, keeps_row)  # rows of one block
+        assert not streamed_rows(rows, 2 * block, 8, block_length(8), False, keeps_row)  # float64
+    # a kernel that keeps a row's e_j until its write: only rows one thread runs whole, in L2
+    assert streamed_rows(rows, 2 * block, 4, block, True, keeps_row=False)
+    assert not streamed_rows(rows, 2 * block, 4, block, True, keeps_row=True)
+    longest = STREAMED_ROW_BYTES // 4
+    assert streamed_rows(1 + STREAMED_OUTPUT_BYTES // STREAMED_ROW_BYTES, longest, 4, block, False, True)
+    assert not streamed_rows(1 + STREAMED_OUTPUT_BYTES // STREAMED_ROW_BYTES, longest + 1, 4, block, False, True)
 
 
 def test_rows_of_a_million_classes_sum_to_one_without_drift():
