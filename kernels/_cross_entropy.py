@@ -63,7 +63,6 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
-import numba
 import numpy as np
 from numba import get_thread_id, njit
 from numba.extending import overload
@@ -82,6 +81,7 @@ from ._driver.losses import (
     upstream_at,
 )
 from ._driver.reduction import row_scales
+from ._outputs import thread_rows
 from ._numerics.rows import (SUM_CHUNK, fill, following_block, gap_sums, max_sum_exp_stored, pairwise_sum,
                              scale_shift_in_place, stream_scaled, target_gap_sums)
 from ._validation import (
@@ -223,6 +223,12 @@ def cross_entropy_finish(loss, margin):
     return loss, 1.0
 
 
+@njit(fastmath=STRICT_FASTMATH, inline="always", **JIT_OPTIONS)
+def _gradient_factor(scale, target_total, block, total):
+    """g TW exp(m_b - M) / S: what the stored e_j of a block are multiplied by."""
+    return scale * target_total * block / (1.0 + total)
+
+
 def _index_finite_gradient(logits, args, destination, start, total, target_total, scale, block):
     """A block's gradient but the target's, row max M finite, from its stored e_j and ``block`` = exp(m_b - M).
 
@@ -231,8 +237,7 @@ def _index_finite_gradient(logits, args, destination, start, total, target_total
     the gradient came out as softmax's, caught by test_every_option_combination_matches_torch).
     """
     uniform = scale * args.smoothing / logits.shape[1]  # g eps / C
-    # g TW exp(m_b - M) / S
-    factor = scale * target_total * block / (1.0 + total)
+    factor = _gradient_factor(scale, target_total, block, total)
     # dL/dz_j = g (TW a_j - tw_j),  a_j = e_j exp(m_b - M) / S,  tw_j = eps w_j / C  (j != y)
     # with e_j = exp(z_j - m_b) stored by the reduce (a_j - y_j without smoothing;
     # docs/proofs/cross_entropy.md#label-smoothing)
@@ -292,8 +297,8 @@ def _stored_gradient_impl(logits, args, destination, start, total, target_total,
         def streamed(logits, args, destination, start, total, target_total, scale, block):
             stored = args.scratch[get_thread_id(), start : start + destination.shape[0]]
             if args.smoothing == 0.0:
-                # _index_finite_gradient's factor, its shift 0
-                stream_scaled(stored, destination, scale * target_total * block / (1.0 + total), 0.0)
+                # _index_finite_gradient's write, its shift 0
+                stream_scaled(stored, destination, _gradient_factor(scale, target_total, block, total), 0.0)
                 return
             destination[:] = stored
             _index_finite_gradient(logits, args, destination, start, total, target_total, scale, block)
@@ -610,8 +615,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         block, split = block_schedule(rows.shape[0], classes, rows.dtype.itemsize)
         if write and streamed_rows(rows.shape[0], classes, rows.dtype.itemsize, block, split, keeps_row=True):
             # a row's e_j wait for its write in a scratch row of the thread
-            scratch = np.empty((numba.config.NUMBA_NUM_THREADS, classes), dtype=rows.dtype)
-            args = StreamedClassIndexArgs(*args, scratch)
+            args = StreamedClassIndexArgs(*args, thread_rows(classes, rows.dtype))
         loss, grad = run_loss_kernel(_index_kernel, rows, args, write, reduction, denominator, logits.shape)
     return loss, grad
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 
+import numba
 import numpy as np
 
 # Outputs from this size on are cached; below it glibc's heap reuses freed memory itself
@@ -117,3 +118,9 @@ def new_output(shape: tuple, dtype) -> np.ndarray:
 def new_output_like(array: np.ndarray) -> np.ndarray:
     """:func:`new_output` of ``array``'s shape and dtype."""
     return new_output(array.shape, array.dtype)
+
+
+def thread_rows(length: int, dtype) -> np.ndarray:
+    """Scratch of one row of ``length`` per thread of Numba's pool, indexed by ``get_thread_id``
+    (below the thread count, which ``NUMBA_NUM_THREADS`` bounds without asking the pool)."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, length), dtype=dtype)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import get_thread_id, njit, types
 from numba.extending import overload
@@ -44,6 +43,7 @@ from ._numerics.rows import (
     stream_scaled,
 )
 from ._numerics.vector import row_shifted_log32_stream
+from ._outputs import thread_rows
 from ._validation import (
     as_rows,
     check_axis,
@@ -299,12 +299,6 @@ _log_softmax_backward_kernel = make_row_kernel(
 )
 
 
-def _thread_scratch(rows, length):
-    """A scratch row of ``length`` for each thread of the pool: ``get_thread_id`` is below
-    the thread count, which NUMBA_NUM_THREADS bounds without asking the pool."""
-    return np.empty((numba.config.NUMBA_NUM_THREADS, length), dtype=rows.dtype)
-
-
 def _run(kernel, a, b, out):
     """Call a row kernel, sharing rows between threads when rows are fewer than threads."""
     block, split = block_schedule(a.shape[0], a.shape[1], a.dtype.itemsize)
@@ -354,7 +348,7 @@ def softmax(x, axis=-1, *, out=None):
     block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
     if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block, split, keeps_row=True):
         # a row's e_j wait for its write in a scratch row of the thread
-        _softmax_streamed_kernel(rows, _thread_scratch(rows, rows.shape[1]), destination, block, split)
+        _softmax_streamed_kernel(rows, thread_rows(rows.shape[1], rows.dtype), destination, block, split)
     else:
         _softmax_kernel(rows, rows, destination, block, split)
     return finish_rows(destination, x.shape, axis, out)
@@ -396,7 +390,7 @@ def log_softmax(x, axis=-1, *, out=None):
     block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
     if streamed_rows(rows.shape[0], rows.shape[1], rows.dtype.itemsize, block, split, keeps_row=False):
         # the e_j in a scratch block of the thread: the write reads x, not them
-        _log_softmax_streamed_kernel(rows, _thread_scratch(rows, block), destination, block, split)
+        _log_softmax_streamed_kernel(rows, thread_rows(block, rows.dtype), destination, block, split)
     else:
         _log_softmax_kernel(rows, rows, destination, block, split)
     return finish_rows(destination, x.shape, axis, out)
@@ -431,7 +425,7 @@ def logsumexp(x, axis=-1):
     if rows.dtype == np.float32:
         # float64 rows gain nothing from storing: their exponentials are float64 either way
         block, split = block_schedule(rows.shape[0], rows.shape[1], rows.dtype.itemsize)
-        _logsumexp_stored_kernel(rows, _thread_scratch(rows, min(rows.shape[1], block)), out, block, split)
+        _logsumexp_stored_kernel(rows, thread_rows(min(rows.shape[1], block), rows.dtype), out, block, split)
     else:
         _run(_logsumexp_kernel, rows, rows, out)
     return out.reshape(x.shape[:axis] + x.shape[axis + 1 :])
