@@ -6,7 +6,8 @@ target's replaced by ``(lambda |W_y||x| cos + |W_y||x| psi(theta)) / (1 + lambda
 ``psi`` from the Chebyshev polynomial of ``cos(theta)`` (no arccos) and the target's
 cosine from a compensated dot product (from the half chord |x_hat -+ w_hat| near +-1).  The
 logits are never formed whole: they go through the fused margin loss's product tiles
-(``_linear_margin_cross_entropy.py``, as raw values with s = 1), each tile reduced to its
+(``_linear_margin_cross_entropy.py``, as raw values with s = 1; SphereFace's as the products of
+the raw W, scaled by 1 / |W_j| per class in float64), each tile reduced to its
 rows' non-target pairs as BLAS writes it and, with the gradient, kept for the backward pass
 when all fit in 32 MiB (recomputed otherwise); pass 2 turns each tile into dL/dlogits without
 the target's entries, and the true gradients in x and W follow as the tiles' products (G W
@@ -28,8 +29,9 @@ from ._driver.reduction import reduce_losses, row_scales
 from ._driver.threads import run_row_blocks
 from ._linear_cross_entropy import DEFAULT_MEMORY_BUDGET, product_loop
 from ._linear_margin_cross_entropy import (STATE_TARGET_FACTOR, STATE_TARGET_MINUS_ONE, Cosines,
-                                           _cosine_tile_gradient, _merge_margin_rows, cosine_statistics)
-from ._normalized_linear import checked_norms, compensated_dot, features_and_weights, tangent_kernel, unit_rows
+                                           _cosine_tile_gradient, _merge_margin_rows, cosine_statistics,
+                                           tangent_part)
+from ._normalized_linear import checked_norms, compensated_dot, features_and_weights
 from ._numerics.eft import fma, two_product
 from ._validation import check_class_indices, check_float_array, check_real_scalar, check_reduction
 
@@ -189,13 +191,15 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
 
     x_norms = checked_norms("x", x)
     raw_w_norms = checked_norms("W", W)
-    weights = unit_rows(W, raw_w_norms) if normalize_weights else W
     w_norms = np.ones(W.shape[0]) if normalize_weights else raw_w_norms
+    # SphereFace's logits x_i . W_j / |W_j|: the products of the raw W, each class scaled by
+    # 1 / |W_j| in float64 as its tile is reduced (no rounded copy of W / |W|)
+    w_inverse = 1.0 / raw_w_norms if normalize_weights else np.ones(W.shape[0])
 
     # the target logit (docs/proofs/margins.md#large-margin-target-logit-gradient):
     # z_y = (lambda w.x + |w||x| psi(c)) / (1 + lambda),  c = w.x / (|w||x|),  w = W_y
     # (W_y / |W_y| for SphereFace: its |w| is 1 and w.x = |x| c).  c from the raw W_y and a
-    # compensated dot product, not from the BLAS product or the rounded normalized W.
+    # compensated dot product, not from the BLAS product.
     raw_dot = np.empty(count)
     _target_dots_kernel(x, W, targets, raw_dot)
     cosine, sine_squared = _target_cosines(x, W, targets, x_norms, raw_w_norms, raw_dot)
@@ -211,10 +215,11 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     rho = (lambda_ * cosine + psi) / (1.0 + lambda_)
 
     # the logits x_i . W_j (|x_i| cos_ij for SphereFace), one product tile at a time, reduced
-    # as the fused margin loss reduces its cosines: raw values, factors of 1, s = 1; the
-    # target's entry of dL/dlogits is 0 (slope 0), its dL/dz_y taken per row apart
-    values = Cosines(targets, np.ones(count), np.ones(W.shape[0]), 1.0, False)
-    partial, product, kept = cosine_statistics(x, weights, values, DEFAULT_MEMORY_BUDGET if with_gradient else 0)
+    # as the fused margin loss reduces its cosines: unclamped values, row factors of 1, class
+    # factors w_inverse, s = 1; the target's entry of dL/dlogits is 0 (slope 0), its dL/dz_y
+    # taken per row apart
+    values = Cosines(targets, np.ones(count), w_inverse, 1.0, False)
+    partial, product, kept = cosine_statistics(x, W, values, DEFAULT_MEMORY_BUDGET if with_gradient else 0)
     losses = np.empty(count)
     state = np.empty((count, 4))
     run_row_blocks(_merge_margin_rows, count, partial, target_logits, np.zeros(count), losses, state)
@@ -224,20 +229,20 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     state[:, STATE_TARGET_FACTOR] = 0.0
     target_gradients = upstream * state[:, STATE_TARGET_MINUS_ONE]
     # dx = G W + the target terms (G W summed over the product tiles in float64, rounded once
-    # with the terms), dW = G^T x + the target terms (G without its target entries)
-    dx, dW, _ = product_loop(x, weights, None, x.dtype, product, _cosine_tile_gradient, (values, upstream, state),
+    # with the terms), dW = G^T x + the target terms (G without its target entries); for
+    # SphereFace the tiles carry G_ij / |W_j|, so that these are G (W / |W|) and dW / |W|
+    dx, dW, _ = product_loop(x, W, None, x.dtype, product, _cosine_tile_gradient, (values, upstream, state),
                              kept=kept)
     _add_target_terms_x(dx, x, W, targets, x_norms, raw_w_norms, cosine,
                         target_gradients * w_norms[targets], alpha, rho)
     dx = dx.astype(x.dtype, copy=False)
     # SphereFace: the radial part rho w_hat is removed by the projection through W / |W| below
-    _add_target_terms_w(dW, x, W, targets, x_norms, raw_w_norms, cosine, target_gradients * x_norms, alpha,
+    _add_target_terms_w(dW, x, W, targets, x_norms, raw_w_norms, cosine,
+                        target_gradients * x_norms * w_inverse[targets], alpha,
                         np.zeros(count) if normalize_weights else rho)
     if normalize_weights:
-        # through W_hat = W / |W|: dW = (q - (W_hat . q) W_hat) / |W|
-        projected = dW
-        dW = np.empty_like(projected)
-        tangent_kernel(projected, weights, raw_w_norms, dW)
+        # through W_hat = W / |W|, with q / |W| in dW: dW = (q - (W_hat . q) W_hat) / |W|
+        dW = tangent_part(dW, W, w_inverse, np.empty_like(dW))
     return loss, dx, dW
 
 
@@ -277,11 +282,11 @@ def large_margin_cross_entropy(x, W, target, *, m, lambda_=0.0, normalize_weight
     The target's gradient is split into its tangent and radial parts
     (:func:`large_margin_cross_entropy_forward_backward`).  Measured against mpmath
     (``softmaxlab accuracy --kernels large_margin_cross_entropy_forward_backward``, SphereFace
-    m = 4, 32 x 1000, D = 16), float32 / float64: loss within 0.37 / 0.012 ULP; the largest
-    error of dx 2.0 / 2.4 (normal_x3) and 22 / 33 (dominant, x = 3 W_y) ULP of its row's
-    largest value, of dW 8.3 / 10 and 18 / 28 (the float64 figures with 512-bit vectors, on an
-    Intel Xeon and an AMD Zen 4 alike; where LLVM keeps 256-bit vectors the float64 sums add
-    in another order: dx 2.8 and 40, dW 14 and 28, measured on the Intel Xeon).
+    m = 4, 32 x 1000, D = 16, on an Intel Xeon), float32 / float64: loss within 0.37 / 0.99
+    ULP; the largest error of dx 2.0 / 2.2 (normal_x3) and 27 / 34 (dominant, x = 3 W_y) ULP
+    of its row's largest value, of dW 12 / 11 and 26 / 31 (the float64 figures with 512-bit
+    vectors; where LLVM keeps 256-bit vectors the float64 sums add in another order: dx 2.8
+    and 40, dW 11 and 31).
 
     Example:
         >>> import numpy as np

@@ -165,15 +165,19 @@ def test_large_margin_float32_follows_float64(dtype):
 # Row-wise error bounds (max |error| over ulp of the row's largest exact value) against mpmath,
 # m = 4, on the harness' inputs (16 x 64, D = 16; three seeds).  Measured with this test's
 # inputs, float32 / float64:
-# * SphereFace (the accuracy tables' entry): dx 0.7 / 2.6 on normal_x3, 12.7 / 33.5 on dominant
-#   (x = 3 W_y, cos_y = 1 up to rounding); dW 6.4 / 7.0 and 18.7 / 20.3; loss under 1.7.
+# * SphereFace (the accuracy tables' entry): dx 0.7 / 2.6 on normal_x3, 11.4 / 34.8 on dominant
+#   (x = 3 W_y, cos_y = 1 up to rounding); dW 5.8 / 6.0 and 22.6 / 34.5; loss under 1.9.
+#   These maxima of three seeds move with any change in the order of the roundings: over
+#   seeds 100-119 the median and largest of the float64 dominant errors were dx 26.2 and 43.5,
+#   dW 17.9 and 29.7, and with the products of W / |W| rounded into a copy of W (before the
+#   per-class factor) 26.4 and 53.3, 18.3 and 29.6.
 #   Before the tangent-radial split of the target gradient and the half-chord cosine: up to
 #   118 / 444 (dx), 3582 / 5014 (dW), loss 69 (float64, dominant).
 # * L-Softmax: dx 1.5 / 3.2 and 80.7 / 201; dW 18.7 / 18.1 and 56.3 / 75.7; loss 0.8 on
 #   normal_x3 and 19 / 26 on dominant, where the logits x . W_j (|x||W| ~ 48) are a BLAS
 #   product in the input dtype (before: float64 dominant dx 2511, dW 1159, loss 174).
 ROWWISE_BOUNDS = {
-    True: {"normal_x3": {"loss": 2.0, "dx": 4.0, "dW": 12.0}, "dominant": {"loss": 2.0, "dx": 48.0, "dW": 32.0}},
+    True: {"normal_x3": {"loss": 2.0, "dx": 4.0, "dW": 12.0}, "dominant": {"loss": 2.0, "dx": 48.0, "dW": 40.0}},
     False: {"normal_x3": {"loss": 1.0, "dx": 6.0, "dW": 24.0}, "dominant": {"loss": 32.0, "dx": 256.0, "dW": 96.0}},
 }
 
