@@ -80,20 +80,20 @@ def _check_large_margin(m, lambda_, normalize_weights):
     return m, lambda_, bool(normalize_weights)
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _target_dots_kernel(x, W, targets, out):
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _target_dots_rows(first, last, part, x, W, targets, out):
     # out_i = x_i . W_{y_i} by Dot2 (compensated_dot).  N dot products only: the target's cosine
     # enters psi, whose slope m^2 at c = 1 would amplify a BLAS rounding 16-fold.
-    for i in range(x.shape[0]):
+    for i in range(first, last):
         out[i] = compensated_dot(x[i], W[targets[i]])
 
 
-@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
-def _target_chords_kernel(x, W, targets, x_norms, w_norms, minus, plus):
+@njit(nogil=True, fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _target_chords_rows(first, last, part, x, W, targets, x_norms, w_norms, minus, plus):
     # minus_i = |x_hat - w_hat|^2 = 2 (1 - c),  plus_i = |x_hat + w_hat|^2 = 2 (1 + c),  w = W_{y_i}:
     # 1 -+ c from these has an absolute error of about u |x_hat -+ w_hat| (c itself from the
     # dot product: about u), which matters where c is near +-1 and psi' = +-m^2
-    for i in range(x.shape[0]):
+    for i in range(first, last):
         features = x[i]
         weights = W[targets[i]]
         x_norm = x_norms[i]
@@ -113,7 +113,7 @@ def _target_cosines(x, W, targets, x_norms, w_norms, raw_dot):
     """(c, (1 - c)(1 + c)) of the targets: c = x.w / (|x||w|) (Dot2) where |c| <= 1/2, else from
     the half chord, c = 1 - |x_hat - w_hat|^2 / 2 (c > 1/2) or |x_hat + w_hat|^2 / 2 - 1 (c < -1/2)."""
     minus, plus = np.empty(x.shape[0]), np.empty(x.shape[0])
-    _target_chords_kernel(x, W, targets, x_norms, w_norms, minus, plus)
+    run_row_blocks(_target_chords_rows, x.shape[0], x, W, targets, x_norms, w_norms, minus, plus, elements=x.size)
     dot_cosine = np.clip(raw_dot / (x_norms * w_norms[targets]), -1.0, 1.0)
     near_one, near_minus_one = minus < 1.0, plus < 1.0
     one_minus = np.where(near_one, 0.5 * minus, np.where(near_minus_one, 2.0 - 0.5 * plus, 1.0 - dot_cosine))
@@ -201,7 +201,7 @@ def _large_margin(x, W, target, m, lambda_, normalize_weights, reduction, grad_o
     # (W_y / |W_y| for SphereFace: its |w| is 1 and w.x = |x| c).  c from the raw W_y and a
     # compensated dot product, not from the BLAS product.
     raw_dot = np.empty(count)
-    _target_dots_kernel(x, W, targets, raw_dot)
+    run_row_blocks(_target_dots_rows, count, x, W, targets, raw_dot, elements=x.size)
     cosine, sine_squared = _target_cosines(x, W, targets, x_norms, raw_w_norms, raw_dot)
     magnitude = x_norms * w_norms[targets]
     dot = x_norms * cosine if normalize_weights else raw_dot
