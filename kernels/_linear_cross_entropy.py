@@ -28,8 +28,8 @@ products for float32 inputs; in float64 with ``precision="float64"``) in both:
    entry with ``a_y - 1`` free of cancellation), then ``grad_input += G W`` and
    ``grad_linear_weight += G^T x`` (derivation: ``docs/proofs/linear_cross_entropy.md``).
 
-What does not depend on the chunking (``memory_budget``) or on the thread count, by
-construction:
+What does not depend on the chunking (``memory_budget``) or on Numba's thread count, by
+construction (BLAS's own thread count is another matter: ``docs/design.md``):
 
 * every GEMM is one fixed tile: ``ROW_TILE`` rows (the last tile shorter) by
   ``PRODUCT_TILE`` classes, written to a contiguous 64-byte-aligned buffer: BLAS's result
@@ -46,6 +46,9 @@ Threads: BLAS's own for the products; the tile kernels are serial ``nogil`` Numb
 functions whose rows are split over ``numba.get_num_threads()`` Python threads
 (``_driver/threads.py``), not a ``prange``: GNU OpenMP's workers spin after a parallel
 region, and the next GEMM shared the cores with them (about half the step's time).
+OpenBLAS's own workers wait busily too after each GEMM (for as long as the environment's
+``OPENBLAS_THREAD_TIMEOUT`` says, read when OpenBLAS loads): the row kernels right after one
+share the cores with them (``docs/performance.md``, sixteenth session).
 
 Tested (``tests/kernels/test_linear_cross_entropy.py``): the loss is ``cross_entropy`` of
 the tiles' logits bit for bit, and those are ``x @ W.T + b`` within the products' rounding;
@@ -624,8 +627,9 @@ def linear_cross_entropy(x, linear_weight, target, *, linear_bias=None, weight=N
     computed by BLAS in the inputs' dtype (for float32 inputs, float32 products, as
     ``x @ W.T`` is), one GEMM per fixed tile of classes: where BLAS rounds an element
     differently by the GEMM's width (OpenBLAS on AVX2 CPUs), they may differ from one
-    ``x @ W.T`` in their last bits.  Results do not depend on ``memory_budget`` or the thread count: see
-    the module's docstring for the exact guarantee.
+    ``x @ W.T`` in their last bits.  Results do not depend on ``memory_budget`` or Numba's thread
+    count (the module's docstring has the exact guarantee); BLAS's own thread count can change
+    the gradients' last bits (``docs/design.md``, the determinism bullets).
 
     Args:
         x: float32 or float64 array ``(N, D)``; not modified.

@@ -30,7 +30,7 @@ arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
       dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
 
 Nothing depends on ``memory_budget`` (it decides only whether the products are kept) or on
-the thread count: the same fixed product tiles, the same tile-order merges and float64
+Numba's thread count (BLAS's own is another matter: ``docs/design.md``): the same fixed product tiles, the same tile-order merges and float64
 sums, kernels that compute each row alone; the tests check bit-identity over budgets and
 thread counts.
 
@@ -327,7 +327,8 @@ def linear_margin_cross_entropy(x, linear_weight, target, *, s, m1=1.0, m2=0.0, 
     ``memory_budget``); the products x_i . W_j are BLAS's in the inputs' dtype (float32
     products for float32 inputs) or, with ``precision="float64"``, in float64; the target's
     cosine is a compensated dot product.
-    Results do not depend on ``memory_budget`` or the thread count (the module docstring).
+    Results do not depend on ``memory_budget`` or Numba's thread count (the module docstring);
+    BLAS's own thread count can change the gradients' last bits (``docs/design.md``).
 
     Args:
         x: features, float32 or float64, shape (N, D); not modified.
