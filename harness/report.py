@@ -299,6 +299,26 @@ def _run_info(results_dir: Path, accuracy_rows: pd.DataFrame, bench_rows: pd.Dat
             "thread_counts": {}, "load_average_end": None, "seconds": float("nan")}
 
 
+ROW_CONTEXT = ("profile", "commit", "timestamp", "machine", "versions", "load_average")
+
+
+def _table_context(rows: pd.DataFrame, context: dict) -> dict:
+    """The context of the run that wrote ``rows``, for their view's footnote: their own context
+    columns where they carry them, ``context`` (the report run's) for the rest.  A snapshot may
+    hold an accuracy run and a speed run of other commits and machines than the last report
+    run; the report run's command is kept only where its commit and timestamp are the rows'."""
+    if rows.empty or not set(ROW_CONTEXT) <= set(rows.columns):
+        return context
+    first = rows.iloc[0]
+    own = {key: first[key] for key in ROW_CONTEXT}
+    if "threads" in rows.columns:
+        own["threads"] = first["threads"]
+    merged = {**context, **own}
+    if (str(own["commit"]), str(own["timestamp"])) != (str(context.get("commit")), str(context.get("timestamp"))):
+        merged.pop("command", None)
+    return merged
+
+
 def render(results_dir: Path, report_dir: Path) -> list[Path]:
     """Write every view (accuracy.md, bench.md, the plots, index.md) from the CSV rows alone.
 
@@ -319,10 +339,12 @@ def render(results_dir: Path, report_dir: Path) -> list[Path]:
                                               "first_calls.csv")]
     files = [path for path in files if path.exists()]
     if not accuracy_rows.empty:
-        files.append(tables.write_text(accuracy.accuracy_markdown(accuracy_rows, checks, context),
+        files.append(tables.write_text(accuracy.accuracy_markdown(accuracy_rows, checks,
+                                                                  _table_context(accuracy_rows, context)),
                                        results_dir / "accuracy.md"))
     if not bench_rows.empty:
-        files.append(tables.write_text(bench.bench_markdown(bench_rows, compiles, context), results_dir / "bench.md"))
+        files.append(tables.write_text(bench.bench_markdown(bench_rows, compiles, _table_context(bench_rows, context)),
+                                       results_dir / "bench.md"))
     report_dir.mkdir(parents=True, exist_ok=True)
     images = [
         ("time per element vs classes", plots.time_vs_classes(bench_rows, report_dir / "time_vs_classes.png")),

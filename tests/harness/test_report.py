@@ -152,3 +152,39 @@ def test_a_flagged_cell_stops_publishing_unless_forced(tmp_path, monkeypatch):
     rows.assign(spread=(rows["p80_s"] - rows["p20_s"]) / rows["p50_s"]).to_csv(run_dir / "bench.csv", index=False)
     assert report._publish(run_dir, force=False) == 1 and not snapshot.exists()
     assert report._publish(run_dir, force=True) == 0 and (snapshot / "bench.csv").exists()
+
+
+def test_each_view_names_the_run_that_wrote_its_rows(tmp_path):
+    """A snapshot may join an accuracy run and a speed run of other commits and machines than its
+    last report run (report_run.json): each view's footnote names its own rows' run."""
+    import json
+
+    accuracy_rows, checks = accuracy.accuracy_rows(get_profile("smoke"), kernels=["softmax"], providers=["numpy"],
+                                                   regime_names=["normal_x3"], progress=False)
+
+    def context(commit, machine, timestamp):
+        return {"profile": "full", "commit": commit, "timestamp": timestamp, "machine": machine,
+                "versions": "numpy 2.4.6", "load_average": 0.1}
+
+    report_context = {**context("aaaaaaa", "Old host", "2026-12-01T00:00:00+00:00"), "threads": 2,
+                      "command": "softmaxlab report --publish"}
+    (tmp_path / "report_run.json").write_text(json.dumps({
+        "context": report_context, "book_line": "proof book: -", "failures": [], "thread_counts": {},
+        "load_average_end": None, "seconds": 1.0}))
+    accuracy_rows.assign(**context("bbbbbbb", "Accuracy host", "2026-12-02T00:00:00+00:00")).to_csv(
+        tmp_path / "accuracy.csv", index=False)
+    checks.to_csv(tmp_path / "reference_check.csv", index=False)
+    bench.tidy_rows(fake_report()).assign(**context("ccccccc", "Speed host", "2026-12-03T00:00:00+00:00")).to_csv(
+        tmp_path / "bench.csv", index=False)
+    report.render(tmp_path, tmp_path / "report")
+    accuracy_view = (tmp_path / "accuracy.md").read_text()
+    bench_view = (tmp_path / "bench.md").read_text()
+    assert "Machine: Accuracy host" in accuracy_view and "Commit bbbbbbb" in accuracy_view
+    assert "Machine: Speed host" in bench_view and "Commit ccccccc" in bench_view
+    for view in (accuracy_view, bench_view):
+        assert "Old host" not in view and "aaaaaaa" not in view and "softmaxlab report --publish" not in view
+    # the report run's own rows keep its command
+    accuracy_rows.assign(**context("aaaaaaa", "Old host", "2026-12-01T00:00:00+00:00")).to_csv(
+        tmp_path / "accuracy.csv", index=False)
+    report.render(tmp_path, tmp_path / "report")
+    assert "Command: `softmaxlab report --publish`" in (tmp_path / "accuracy.md").read_text()
