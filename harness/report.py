@@ -96,6 +96,7 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
         "rows of 10^6 classes: pairs of long doubles, checked against mpmath below). **Bold**: NaN/inf "
         "where the exact value is finite, or infinities that came out wrong. Backward rows compare "
         "dx = J^T dy at x. Relative errors: `accuracy.md`; definitions: `softmaxlab/harness/metrics.py`.\n",
+        _other_run(accuracy_rows, context),
         tables.markdown(tables.accuracy_table(accuracy_rows, "ulp")) if not accuracy_rows.empty
         else "Not part of this run.\n",
     ]
@@ -113,6 +114,7 @@ def index_markdown(*, book: pd.DataFrame, book_line: str, accuracy_rows: pd.Data
         "roofline being the slower of a parallel stream of the same bytes (inputs read once + outputs "
         "written once) and an L1-resident loop of the same number of exps, both timed in the same run. "
         "Compile and JIT time are excluded (first calls below).\n",
+        _other_run(bench_rows, context),
         tables.markdown(tables.speed_table(bench_rows)) if not bench_rows.empty else "Not part of this run.\n",
     ]
     if failures:
@@ -317,6 +319,15 @@ def _table_context(rows: pd.DataFrame, context: dict) -> dict:
     if (str(own["commit"]), str(own["timestamp"])) != (str(context.get("commit")), str(context.get("timestamp"))):
         merged.pop("command", None)
     return merged
+
+
+def _other_run(rows: pd.DataFrame, context: dict) -> str:
+    """A line naming the run that wrote ``rows`` where it is not the report run of ``context``."""
+    own = _table_context(rows, context)
+    if "command" in own or "command" not in context:
+        return ""
+    return (f"These rows come from another run than this report's: commit `{own['commit']}`, {own['timestamp']}, "
+            f"{own['machine']}, {own.get('threads')} threads.\n")
 
 
 def render(results_dir: Path, report_dir: Path) -> list[Path]:

@@ -183,6 +183,9 @@ def test_each_view_names_the_run_that_wrote_its_rows(tmp_path):
     assert "Machine: Speed host" in bench_view and "Commit ccccccc" in bench_view
     for view in (accuracy_view, bench_view):
         assert "Old host" not in view and "aaaaaaa" not in view and "softmaxlab report --publish" not in view
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert "another run than this report's: commit `bbbbbbb`" in index
+    assert "another run than this report's: commit `ccccccc`" in index
     # the report run's own rows keep its command
     accuracy_rows.assign(**context("aaaaaaa", "Old host", "2026-12-01T00:00:00+00:00")).to_csv(
         tmp_path / "accuracy.csv", index=False)
