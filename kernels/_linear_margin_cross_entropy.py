@@ -30,9 +30,9 @@ arithmetic (``_margin_rows``: the target's logit kept apart from the sums):
       dx_i = v_i - (xhat_i . v_i) xhat_i,      dW_j = u_j - (What_j . u_j) What_j.
 
 Nothing depends on ``memory_budget`` (it decides only whether the products are kept) or on
-Numba's thread count (BLAS's own is another matter: ``docs/design.md``): the same fixed product tiles, the same tile-order merges and float64
-sums, kernels that compute each row alone; the tests check bit-identity over budgets and
-thread counts.
+Numba's thread count (BLAS's own is another matter: ``docs/design.md``): the same fixed
+product tiles, the same tile-order merges and float64 sums, kernels that compute each row
+alone; the tests check bit-identity over budgets and thread counts.
 
 Error bound in terms of the inputs.  A BLAS product P_ij in a dtype of unit roundoff u,
 accumulated over D features in any order, is within gamma_D sum_k |x_ik W_jk| <= gamma_D
