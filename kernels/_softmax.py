@@ -42,7 +42,7 @@ from ._numerics.rows import (
     store_exp_product_difference,
     stream_scaled,
 )
-from ._numerics.vector import row_shifted_log32_stream
+from ._numerics.vector import row_exp_product_difference32_stream, row_shifted_log32_stream
 from ._outputs import thread_rows
 from ._validation import (
     as_rows,
@@ -284,6 +284,17 @@ def _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_l
     )
 
 
+@njit(fastmath=STRICT_FASTMATH, **JIT_OPTIONS)
+def _write_log_softmax_backward_streamed(y, dy, out, i, start, stop, block_total, block_largest, total, largest):
+    """``_write_log_softmax_backward`` of float32 rows with the output streamed
+    (``vector.row_exp_product_difference32_stream``: the same bits and prefetches)."""
+    if largest == -np.inf:
+        _write_log_softmax_backward(y, dy, out, i, start, stop, block_total, block_largest, total, largest)
+        return
+    row_exp_product_difference32_stream(y[i, start:stop], dy[i, start:stop], out[i, start:stop], np.float64(total),
+                                        next_row_block(y, i, start, stop), next_row_block(dy, i, start, stop))
+
+
 _softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_softmax, _softmax_row)
 _log_softmax_kernel = make_row_kernel(reduce_max_sum_exp_via, merge_max_sum_exp, _write_log_softmax, _log_softmax_row)
 _logsumexp_kernel = make_row_kernel(reduce_max_sum_exp, merge_max_sum_exp, _write_logsumexp)
@@ -296,6 +307,9 @@ _log_softmax_streamed_kernel = make_row_kernel(reduce_max_sum_exp_scratch, merge
 _softmax_backward_kernel = make_row_kernel(reduce_sum_product, merge_sum_and_max, _write_softmax_backward)
 _log_softmax_backward_kernel = make_row_kernel(
     reduce_sum_and_max, merge_sum_and_max, _write_log_softmax_backward
+)
+_log_softmax_backward_streamed_kernel = make_row_kernel(
+    reduce_sum_and_max, merge_sum_and_max, _write_log_softmax_backward_streamed
 )
 
 
@@ -500,5 +514,10 @@ def log_softmax_backward(y, dy, axis=-1, *, out=None):
     """
     y_rows, dy_rows, axis = _backward_rows("y", y, "dy", dy, axis)
     out = check_out(out, y, ("y", y), ("dy", dy))
-    result = _run(_log_softmax_backward_kernel, y_rows, dy_rows, output_rows(out, y_rows, axis))
-    return finish_rows(result, y.shape, axis, out)
+    destination = output_rows(out, y_rows, axis)
+    block, split = block_schedule(y_rows.shape[0], y_rows.shape[1], y_rows.dtype.itemsize)
+    kernel = _log_softmax_backward_kernel
+    if streamed_rows(y_rows.shape[0], y_rows.shape[1], y_rows.dtype.itemsize, block, split, keeps_row=False):
+        kernel = _log_softmax_backward_streamed_kernel
+    kernel(y_rows, dy_rows, destination, block, split)
+    return finish_rows(destination, y.shape, axis, out)

@@ -435,20 +435,12 @@ def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, 
     def codegen(context, builder, signature, args):
         lanes = VECTOR_BYTES // 4
         narrow = ir.VectorType(ir.FloatType(), lanes)
-        wide = ir.VectorType(ir.DoubleType(), lanes)
         source, upstream, target, following_y, following_dy = (
             context.make_array(kind)(context, builder, value)
             for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
         )
         length = builder.extract_value(source.shape, 0)
-        total = _splat(builder, args[3], wide)
-        fma = _declared(builder.module, f"llvm.fma.{_mangled(wide)}", ir.FunctionType(wide, [wide] * 3))
-
-        def differences(y_vector, dy_vector):
-            exponentials = _exp_f32_wide_vector(builder, builder.fpext(y_vector, wide))
-            # fma(-e, S, dy) as the scalar loop: fma(e, -S, dy) would give a NaN S's sign to the NaN
-            minus = builder.fneg(exponentials, flags=_FLAGS)
-            return builder.fptrunc(builder.call(fma, [minus, total, builder.fpext(dy_vector, wide)]), narrow)
+        differences = _exp_product_differences(builder, args[3], lanes)
 
         def step(index, prefetching):
             if prefetching:
@@ -467,6 +459,23 @@ def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, 
         return context.get_dummy_value()
 
     return types.none(y, dy, destination, total, ahead_y, ahead_dy), codegen
+
+
+def _exp_product_differences(builder, total, lanes):
+    """The emitter of float32(dy - exp_f32_wide(y) total) for float32 vectors y, dy of ``lanes``
+    lanes and a float64 scalar ``total`` (``row_exp_product_difference32``'s element)."""
+    narrow = ir.VectorType(ir.FloatType(), lanes)
+    wide = ir.VectorType(ir.DoubleType(), lanes)
+    total = _splat(builder, total, wide)
+    fma = _declared(builder.module, f"llvm.fma.{_mangled(wide)}", ir.FunctionType(wide, [wide] * 3))
+
+    def differences(y_vector, dy_vector):
+        exponentials = _exp_f32_wide_vector(builder, builder.fpext(y_vector, wide))
+        # fma(-e, S, dy) as the scalar loop: fma(e, -S, dy) would give a NaN S's sign to the NaN
+        minus = builder.fneg(exponentials, flags=_FLAGS)
+        return builder.fptrunc(builder.call(fma, [minus, total, builder.fpext(dy_vector, wide)]), narrow)
+
+    return differences
 
 
 # The compensated sums' instructions carry ``arcp`` alone, which only concerns divisions
@@ -749,7 +758,7 @@ def _lanes_below(builder, count, lanes):
     return builder.icmp_signed("<", _indices(lanes), limit)
 
 
-def _streamed(builder, destination, length, lanes, value_at):
+def _streamed(builder, destination, length, lanes, value_at, ahead=None):
     """destination[j] = value_at(index, mask)[j - index] over a float row, the whole aligned
     vectors stored non-temporally.
 
@@ -757,7 +766,10 @@ def _streamed(builder, destination, length, lanes, value_at):
     lanes inside the row, or None for a whole vector).  The lanes before the first
     ``VECTOR_BYTES``-aligned address and after the last whole vector are stored by masked
     stores; every vector between is a whole cache line, stored with ``!nontemporal``: it
-    goes to memory without being read into the cache first.
+    goes to memory without being read into the cache first.  ``ahead``: None, or
+    (ahead_length, prefetch): ``prefetch(index)`` is emitted before each whole vector whose
+    index is below ``ahead_length`` (the block the caller reads next, as
+    ``_whole_vectors_hinted`` does).
     """
     element_bytes = VECTOR_BYTES // lanes
     address = builder.ptrtoint(destination, _I64)
@@ -772,13 +784,22 @@ def _streamed(builder, destination, length, lanes, value_at):
     whole = builder.add(head, builder.and_(builder.sub(length, head), ir.Constant(_I64, -lanes)))
     streaming = builder.module.add_metadata([ir.Constant(_I32, 1)])
 
-    def step(index, carried):
+    def step(index, carried, prefetching=False):
+        if prefetching:
+            ahead[1](index)
         store = builder.store(value_at(index, None), _vector_pointer(builder, destination, index, ir.VectorType(
             destination.type.pointee, lanes)), align=VECTOR_BYTES)
         store.set_metadata("nontemporal", streaming)
         return []
 
-    index, _ = _counted_loop(builder, head, whole, lanes, [], step)
+    index = head
+    if ahead is not None:
+        # the whole vectors below the block ahead's length (a multiple of lanes from head), then the rest
+        hinted = builder.add(head, builder.and_(builder.sub(ahead[0], head), ir.Constant(_I64, -lanes)))
+        hinted = builder.select(builder.icmp_signed("<", hinted, whole), hinted, whole)
+        index, _ = _counted_loop(builder, index, hinted, lanes, [],
+                                 lambda i, carried: step(i, carried, prefetching=True))
+    index, _ = _counted_loop(builder, index, whole, lanes, [], step)
     with builder.if_then(builder.icmp_signed("<", index, length)):
         mask = _lanes_below(builder, builder.sub(length, index), lanes)
         _store_tail(builder, value_at(index, mask), destination, index, mask)
@@ -859,3 +880,42 @@ def row_scaled32_stream(typingctx, source, destination, high, low):
     """
     signature = _streamed_row_signature(source, destination, high, low)
     return None if signature is None else (signature, _streamed_row_codegen(_scaled_pair))
+
+
+@intrinsic
+def row_exp_product_difference32_stream(typingctx, y, dy, destination, total, ahead_y, ahead_dy):
+    """``row_exp_product_difference32`` streamed (``_streamed``): its elements bit for bit, and
+    its prefetch of the start of ``ahead_y`` and ``ahead_dy``."""
+    rows = (y, dy, destination, ahead_y, ahead_dy)
+    if not (all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = VECTOR_BYTES // 4
+        narrow = ir.VectorType(ir.FloatType(), lanes)
+        source, upstream, target, following_y, following_dy = (
+            context.make_array(kind)(context, builder, value)
+            for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
+        )
+
+        def prefetch(index):
+            for following in (following_y, following_dy):
+                _prefetch_line(builder, following.data, index, locality=2)
+
+        differences = _exp_product_differences(builder, args[3], lanes)
+        zeros = ir.Constant(narrow, [0.0] * lanes)
+
+        def value_at(index, mask):
+            if mask is None:
+                loaded = [builder.load(_vector_pointer(builder, array.data, index, narrow), align=4)
+                          for array in (source, upstream)]
+            else:  # the lanes past the row load 0 and are not stored
+                loaded = [_load_masked(builder, array.data, index, mask, narrow, zeros) for array in (source, upstream)]
+            return differences(*loaded)
+
+        _streamed(builder, target.data, builder.extract_value(source.shape, 0), lanes, value_at,
+                  ahead=(builder.extract_value(following_y.shape, 0), prefetch))
+        _store_fence(builder)
+        return context.get_dummy_value()
+
+    return types.none(y, dy, destination, total, ahead_y, ahead_dy), codegen

@@ -153,6 +153,29 @@ def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, t
             np.testing.assert_array_equal(unaligned, bits)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_streamed_log_softmax_gradients_have_the_bits_of_the_cached_writes(monkeypatch, threads, rows):
+    # log_softmax_backward streams large float32 outputs of long rows too (its write reads y
+    # and dy again, nothing it wrote): with the threshold at 0 they must give the ordinary
+    # kernel's bits, aligned or not, on 1 and 2 threads (1 and 2 rows share their blocks)
+    classes = 2 * _long_row_classes(np.float32) + 123
+    y = log_softmax((_random((rows, classes), np.float32, seed=rows) * 8).astype(np.float32))
+    dy = _random((rows, classes), np.float32, seed=rows + 100).astype(np.float32)
+    if rows == 8:
+        y[3, 9] = np.nan
+        y[6, :] = -np.inf  # softmax's zeros: a zero gradient
+        dy[4, 11] = np.inf
+    for count in (1, 2):
+        threads(count)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
+        expected = log_softmax_backward(y, dy)
+        monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
+        np.testing.assert_array_equal(log_softmax_backward(y, dy), expected)
+        unaligned = np.empty(y.size + 3, np.float32)[3:].reshape(y.shape)  # rows' heads and tails apart
+        log_softmax_backward(y, dy, out=unaligned)
+        np.testing.assert_array_equal(unaligned, expected)
+
+
 def test_only_large_float32_outputs_of_long_rows_are_streamed():
     block = block_length(4)
     rows = -(-STREAMED_OUTPUT_BYTES // (4 * 2 * block))  # rows of two blocks reaching the size
