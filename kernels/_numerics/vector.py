@@ -428,17 +428,13 @@ def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, 
     arithmetic (``benchmarks/pass_costs.py`` counts it) and the next row's reduce by
     memory: without the hint the two take turns.
     """
-    rows = (y, dy, destination, ahead_y, ahead_dy)
-    if not (all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64):
+    if not _exp_product_difference_rows(y, dy, destination, total, ahead_y, ahead_dy):
         return None
 
     def codegen(context, builder, signature, args):
         lanes = VECTOR_BYTES // 4
         narrow = ir.VectorType(ir.FloatType(), lanes)
-        source, upstream, target, following_y, following_dy = (
-            context.make_array(kind)(context, builder, value)
-            for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
-        )
+        source, upstream, target, following_y, following_dy = _row_arrays(context, builder, signature, args)
         length = builder.extract_value(source.shape, 0)
         differences = _exp_product_differences(builder, args[3], lanes)
 
@@ -459,6 +455,20 @@ def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, 
         return context.get_dummy_value()
 
     return types.none(y, dy, destination, total, ahead_y, ahead_dy), codegen
+
+
+def _exp_product_difference_rows(y, dy, destination, total, ahead_y, ahead_dy):
+    """Whether the Numba types are those of log_softmax_backward's float32 write: C-contiguous
+    float32 rows and a float64 ``total``."""
+    rows = (y, dy, destination, ahead_y, ahead_dy)
+    return all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64
+
+
+def _row_arrays(context, builder, signature, args):
+    """The array structures of (y, dy, destination, ahead_y, ahead_dy), the scalar ``total``
+    (argument 3) left out."""
+    return tuple(context.make_array(kind)(context, builder, value)
+                 for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:]))
 
 
 def _exp_product_differences(builder, total, lanes):
@@ -886,17 +896,13 @@ def row_scaled32_stream(typingctx, source, destination, high, low):
 def row_exp_product_difference32_stream(typingctx, y, dy, destination, total, ahead_y, ahead_dy):
     """``row_exp_product_difference32`` streamed (``_streamed``): its elements bit for bit, and
     its prefetch of the start of ``ahead_y`` and ``ahead_dy``."""
-    rows = (y, dy, destination, ahead_y, ahead_dy)
-    if not (all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64):
+    if not _exp_product_difference_rows(y, dy, destination, total, ahead_y, ahead_dy):
         return None
 
     def codegen(context, builder, signature, args):
         lanes = VECTOR_BYTES // 4
         narrow = ir.VectorType(ir.FloatType(), lanes)
-        source, upstream, target, following_y, following_dy = (
-            context.make_array(kind)(context, builder, value)
-            for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
-        )
+        source, upstream, target, following_y, following_dy = _row_arrays(context, builder, signature, args)
 
         def prefetch(index):
             for following in (following_y, following_dy):
