@@ -432,16 +432,13 @@ def row_exp_product_difference32(typingctx, y, dy, destination, total, ahead_y, 
         return None
 
     def codegen(context, builder, signature, args):
-        lanes = VECTOR_BYTES // 4
-        narrow = ir.VectorType(ir.FloatType(), lanes)
-        source, upstream, target, following_y, following_dy = _row_arrays(context, builder, signature, args)
+        lanes, narrow, (source, upstream, target, following_y), differences, prefetch = _exp_product_difference_parts(
+            context, builder, signature, args)
         length = builder.extract_value(source.shape, 0)
-        differences = _exp_product_differences(builder, args[3], lanes)
 
         def step(index, prefetching):
             if prefetching:
-                for following in (following_y, following_dy):
-                    _prefetch_line(builder, following.data, index, locality=2)
+                prefetch(index)
             loaded = [builder.load(_vector_pointer(builder, array.data, index, narrow), align=4)
                       for array in (source, upstream)]
             builder.store(differences(*loaded), _vector_pointer(builder, target.data, index, narrow), align=4)
@@ -464,19 +461,20 @@ def _exp_product_difference_rows(y, dy, destination, total, ahead_y, ahead_dy):
     return all(contiguous_float_row(row) and row.dtype == types.float32 for row in rows) and total == types.float64
 
 
-def _row_arrays(context, builder, signature, args):
-    """The array structures of (y, dy, destination, ahead_y, ahead_dy), the scalar ``total``
-    (argument 3) left out."""
-    return tuple(context.make_array(kind)(context, builder, value)
-                 for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:]))
-
-
-def _exp_product_differences(builder, total, lanes):
-    """The emitter of float32(dy - exp_f32_wide(y) total) for float32 vectors y, dy of ``lanes``
-    lanes and a float64 scalar ``total`` (``row_exp_product_difference32``'s element)."""
+def _exp_product_difference_parts(context, builder, signature, args):
+    """What both float32 writes of log_softmax_backward emit with, from the intrinsics'
+    arguments (y, dy, destination, total, ahead_y, ahead_dy): (lanes, the float32 vector type,
+    the arrays y, dy, destination and ahead_y, ``differences(y_vector, dy_vector)`` which
+    emits float32(dy - exp_f32_wide(y) total), ``prefetch(index)`` which emits the L2
+    prefetch of the lines of ahead_y[index] and ahead_dy[index])."""
+    lanes = VECTOR_BYTES // 4
     narrow = ir.VectorType(ir.FloatType(), lanes)
     wide = ir.VectorType(ir.DoubleType(), lanes)
-    total = _splat(builder, total, wide)
+    source, upstream, target, following_y, following_dy = (
+        context.make_array(kind)(context, builder, value)
+        for kind, value in zip(signature.args[:3] + signature.args[4:], args[:3] + args[4:])
+    )
+    total = _splat(builder, args[3], wide)
     fma = _declared(builder.module, f"llvm.fma.{_mangled(wide)}", ir.FunctionType(wide, [wide] * 3))
 
     def differences(y_vector, dy_vector):
@@ -485,7 +483,11 @@ def _exp_product_differences(builder, total, lanes):
         minus = builder.fneg(exponentials, flags=_FLAGS)
         return builder.fptrunc(builder.call(fma, [minus, total, builder.fpext(dy_vector, wide)]), narrow)
 
-    return differences
+    def prefetch(index):
+        for following in (following_y, following_dy):
+            _prefetch_line(builder, following.data, index, locality=2)
+
+    return lanes, narrow, (source, upstream, target, following_y), differences, prefetch
 
 
 # The compensated sums' instructions carry ``arcp`` alone, which only concerns divisions
@@ -900,15 +902,8 @@ def row_exp_product_difference32_stream(typingctx, y, dy, destination, total, ah
         return None
 
     def codegen(context, builder, signature, args):
-        lanes = VECTOR_BYTES // 4
-        narrow = ir.VectorType(ir.FloatType(), lanes)
-        source, upstream, target, following_y, following_dy = _row_arrays(context, builder, signature, args)
-
-        def prefetch(index):
-            for following in (following_y, following_dy):
-                _prefetch_line(builder, following.data, index, locality=2)
-
-        differences = _exp_product_differences(builder, args[3], lanes)
+        lanes, narrow, (source, upstream, target, following_y), differences, prefetch = _exp_product_difference_parts(
+            context, builder, signature, args)
         zeros = ir.Constant(narrow, [0.0] * lanes)
 
         def value_at(index, mask):
