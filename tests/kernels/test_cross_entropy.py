@@ -308,13 +308,21 @@ def test_streamed_gradients_have_the_bits_of_the_cached_writes(monkeypatch, thre
     options = dict(options)
     if options.get("weight") == "random":
         options["weight"] = np.random.default_rng(3).random(classes) + 0.5
+    from softmaxlab.kernels import _cross_entropy
+
+    scratch = _cross_entropy.thread_rows
+    streamed = []  # the scratch rows handed to the streamed write
+    monkeypatch.setattr(_cross_entropy, "thread_rows", lambda *args: streamed.append(1) or scratch(*args))
     for count in (1, 2):
         threads(count)
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
         expected = cross_entropy_forward_backward(logits, target, **options)
+        assert not streamed
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
         for result, bits in zip(cross_entropy_forward_backward(logits, target, **options), expected):
             np.testing.assert_array_equal(result, bits)
+        assert len(streamed) == 1  # the gradient took the streamed write
+        streamed.clear()
 
 
 # ---- derivations and central differences ----------------------------------------------------------

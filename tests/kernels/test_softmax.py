@@ -17,7 +17,8 @@ from softmaxlab.kernels import (
     softmax_backward,
 )
 from softmaxlab.kernels import _config
-from softmaxlab.kernels._config import STREAMED_OUTPUT_BYTES, STREAMED_ROW_BYTES, block_length, streamed_rows
+from softmaxlab.kernels._config import (STREAMED_OUTPUT_BYTES, STREAMED_ROW_BYTES, block_length, block_schedule,
+                                        streamed_rows)
 
 from ..robustness.checks import summation_depth
 from . import exact
@@ -125,6 +126,16 @@ def test_float32_logsumexp_sums_the_exponentials_log_softmax_sums(threads, rows,
         np.testing.assert_array_equal(logsumexp(x), -log_softmax(x)[np.arange(rows), argmax])
 
 
+def _counted(monkeypatch, kernel_name):
+    """Replace ``_softmax.<kernel_name>`` by a wrapper that records its calls; returns the record."""
+    from softmaxlab.kernels import _softmax
+
+    kernel = getattr(_softmax, kernel_name)
+    calls = []
+    monkeypatch.setattr(_softmax, kernel_name, lambda *args: calls.append(1) or kernel(*args))
+    return calls
+
+
 @pytest.mark.parametrize("rows", [1, 2, 8])
 def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, threads, rows):
     # outputs from STREAMED_OUTPUT_BYTES on take kernels whose writes store non-temporally
@@ -140,10 +151,13 @@ def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, t
         x[2, 7] = np.inf  # one +inf: the one-hot row
         x[5, 9] = np.nan
         x[6, :] = -np.inf
+    streamed_softmax = _counted(monkeypatch, "_softmax_streamed_kernel")
+    streamed_log_softmax = _counted(monkeypatch, "_log_softmax_streamed_kernel")
     for count in (1, 2):
         threads(count)
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
         expected = softmax(x), log_softmax(x)
+        assert not streamed_softmax and not streamed_log_softmax
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
         memory = np.empty(x.size + 3, np.float32)
         unaligned = memory[3:].reshape(x.shape)  # the head and tail of every row stored apart
@@ -151,6 +165,11 @@ def test_streamed_float32_rows_have_the_bits_of_the_cached_writes(monkeypatch, t
             np.testing.assert_array_equal(function(x), bits)
             function(x, out=unaligned)
             np.testing.assert_array_equal(unaligned, bits)
+        # softmax only where one thread runs a row whole (its e_j wait in the thread's scratch row)
+        split = block_schedule(rows, classes, 4)[1]
+        assert len(streamed_log_softmax) == 2 and len(streamed_softmax) == (0 if split else 2)
+        streamed_softmax.clear()
+        streamed_log_softmax.clear()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8])
@@ -165,15 +184,19 @@ def test_streamed_log_softmax_gradients_have_the_bits_of_the_cached_writes(monke
         y[3, 9] = np.nan
         y[6, :] = -np.inf  # softmax's zeros: a zero gradient
         dy[4, 11] = np.inf
+    calls = _counted(monkeypatch, "_log_softmax_backward_streamed_kernel")
     for count in (1, 2):
         threads(count)
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", np.inf)
         expected = log_softmax_backward(y, dy)
+        assert not calls
         monkeypatch.setattr(_config, "STREAMED_OUTPUT_BYTES", 0)
         np.testing.assert_array_equal(log_softmax_backward(y, dy), expected)
         unaligned = np.empty(y.size + 3, np.float32)[3:].reshape(y.shape)  # rows' heads and tails apart
         log_softmax_backward(y, dy, out=unaligned)
         np.testing.assert_array_equal(unaligned, expected)
+        assert len(calls) == 2  # both calls took the streamed kernel
+        calls.clear()
 
 
 def test_only_large_float32_outputs_of_long_rows_are_streamed():
