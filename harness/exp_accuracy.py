@@ -32,6 +32,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from softmaxlab.harness import tables
 from softmaxlab.kernels._numerics.exp import exp32, exp32_difference_floored, exp32_wide, exp64, exp64_difference_floored
 from softmaxlab.kernels._numerics.rows import store_exp32_floored
 
@@ -239,11 +240,11 @@ def run(args) -> int:
             },
         ]
     )
-    print(table.to_markdown(index=False))
+    table.to_csv(args.out, index=False)
+    print(tables.markdown(table))
     print(f"longdouble reference vs mpmath (50 digits): max {reference_check:.4f} float64 ULP on 2000 samples")
     print(f"kernels' exp32_difference_floored(x, 0) or vector loop != exp32(x) for {f32['kernel_mismatches']} inputs x <= 0")
     print(f"kernels' exp64_difference_floored(x, 0) != exp64(x) for {f64['kernel_mismatches']} sampled x <= 0")
-    table.to_csv(args.out, index=False)
     print(f"wrote {args.out}")
     within = (
         f32["exp32"]["max_ulp"] <= FLOAT32_EXP_BOUND_ULP

@@ -61,6 +61,21 @@ def test_float64_exp_within_bound_on_random_inputs():
     assert result["kernel_mismatches"] == 0
 
 
+def test_exp_accuracy_command_writes_its_table_with_the_installed_packages(tmp_path, capsys):
+    # the command's quick sweep end to end: its table printed (no optional dependency such as
+    # tabulate) and written, every function within its bound, the kernels' forms equal
+    import pandas as pd
+
+    from softmaxlab.harness import cli
+
+    assert cli.main(["exp-accuracy", "--quick", "--out", str(tmp_path / "exp.csv")]) == 0
+    table = pd.read_csv(tmp_path / "exp.csv")
+    assert list(table["function"]) == ["exp32", "exp32_wide", "exp64"]
+    assert (table["max_ulp"] <= table["bound_ulp"]).all() and (table["wrong_specials"] == 0).all()
+    printed = capsys.readouterr().out
+    assert "| exp32 | float32 |" in printed and "vector loop != exp32(x) for 0 inputs" in printed
+
+
 def test_longdouble_reference_agrees_with_mpmath():
     mpmath.mp.dps = 15  # (inside this module's 50-digit fixture, which restores it)
     assert check_longdouble_reference(samples=200) < 0.01
