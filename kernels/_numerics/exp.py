@@ -56,6 +56,17 @@ The price is exp32's 0.87 ULP, against 0.5 for the rounded float64 evaluation.
 Special values: exp(-inf) = 0, exp(+inf) = inf, exp(nan) = nan; results round to 0
 below ln(min subnormal / 2) and to inf above ln(max float).
 
+Elements below the floor (the kernels' exp(x - max), ``*_difference_floored``): a masked
+logit (-inf, -1e4, the dtype's lowest) is far below it, and its exponential is 0.  The
+scalar functions scale the floor's mantissa to 0, and a product that underflows takes a
+microcode assist on Intel cores: float32 and float64 rows of which half was masked took 4
+to 6 times as long as unmasked ones (``benchmarks/masked_rows.py``).  The float32 rows'
+vector loop (``vector.row_exp32_store``, every contiguous float32 row) computes such an
+element as the max itself (e = 1, nothing underflows) and zeroes it with the mask of its
+``vscalefps`` (with a select where there is no AVX-512): the same bits.  The float64
+functions keep the underflow: the same change there, a select more per vector, cost some
+unmasked float64 rows up to 20% (``docs/performance.md``, seventeenth session).
+
 ``log1p_unit(e)`` is log(1 + e) for 0 <= e <= 1 (the softplus of the sigmoid losses,
 log1p(e^-|x|)), vectorizable for the same reason: libm's ``log1p`` in a loop is a scalar
 call (binary cross-entropy ran at ~30 ns per element with it).  Method (the classic
@@ -280,6 +291,8 @@ def exp64_difference_floored(value, largest):
     becomes finite, NaN passes), the rounding error of the difference joins the
     reduction (``two_sum``), and k <= 0 scales in one rounding
     (``_scale_pow2_nonpositive``): 8 operations fewer than ``exp64_pair(two_sum(...))``.
+    An element below the floor comes out 0 by an underflow (the module's "Elements below
+    the floor").
     """
     floor = largest - _FLOOR_OFFSET_64
     clamped = floor if value < floor else value

@@ -194,6 +194,28 @@ def test_exp_store_scales_by_scalef_on_avx512_and_calls_no_libm():
         assert "vscalefps" not in assembly
 
 
+def test_exp_store_zeroes_the_elements_below_the_floor_by_the_scaling_mask():
+    # a masked logit (-inf, -1e4) is far below the floor: its 0 must not come from an
+    # underflowing product (a microcode assist per vector on Intel cores), so on AVX-512
+    # every vscalefps of the loop is masked and zeroing ({z}); the zeros are the scalar ones
+    largest = np.float32(2.0)
+    values = np.full(1000, -np.inf, np.float32)
+    values[1::3] = np.float32(-1e4)
+    values[2::3] = largest - np.float32(109.0)  # above the floor: computed, rounds to +0
+    values[::50] = largest
+    vector, scalar = np.full_like(values, np.nan), np.empty_like(values)
+    _vector_exponentials(values, largest, vector)
+    _scalar_exponentials(values, largest, scalar)
+    np.testing.assert_array_equal(_bits(vector), _bits(scalar))
+    assert (vector[values < largest] == 0.0).all() and not np.signbit(vector).any()
+    from numba.core.registry import cpu_target
+
+    if _has_avx512(cpu_target.target_context):
+        scalings = [line for line in _vector_exponentials.inspect_asm(_vector_exponentials.signatures[0]).splitlines()
+                    if "vscalefps" in line]
+        assert scalings and all("{z}" in line for line in scalings)
+
+
 def test_exp_store_without_avx512_scales_by_two_products_to_the_same_bits(monkeypatch):
     # the loop for targets without AVX-512 (2**(k + 64) built from integer bits, then 2**-64)
     from softmaxlab.kernels._numerics import vector as _vector
