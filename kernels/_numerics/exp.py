@@ -59,8 +59,8 @@ below ln(min subnormal / 2) and to inf above ln(max float).
 Elements below the floor (the kernels' exp(x - max), ``*_difference_floored``): a masked
 logit (-inf, -1e4, the dtype's lowest) is far below it, and its exponential is 0.  The
 scalar functions scale the floor's mantissa to 0, and a product that underflows takes a
-microcode assist on Intel cores: float32 and float64 rows of which half was masked took 4
-to 6 times as long as unmasked ones (``benchmarks/masked_rows.py``).  The float32 rows'
+microcode assist on Intel cores: float32 and float64 rows of which half was masked took 3
+to 5 times as long as unmasked ones (``benchmarks/masked_rows.py``).  The float32 rows'
 vector loop (``vector.row_exp32_store``, every contiguous float32 row) computes such an
 element as the max itself (e = 1, nothing underflows) and zeroes it with the mask of its
 ``vscalefps`` (with a select where there is no AVX-512): the same bits.  The float64

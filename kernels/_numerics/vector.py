@@ -15,14 +15,14 @@ so this module emits those loops itself (Numba ``@intrinsic``, llvmlite IR):
   on every float32 x <= 0 by ``softmaxlab exp-accuracy``), and on AVX-512 the scaling
   by 2**k in one ``vscalefps`` instead of four instructions.  The elements below the
   floor (masked logits) are not scaled to 0 by an underflow but zeroed by that
-  instruction's mask: the underflow's microcode assist made half-masked rows 4-6 times
-  slower.  The lanes past a row's end load the row's max (e = 1) for the same reason.  With the float64 sum that
-  follows it, 0.38 -> 0.31 ns per element at 1000 classes (0.34 without ``vscalefps``:
-  the loop LLVM makes of the scalar code is slower than the same operations written
-  here, by about 10%).  Each vector also prefetches a line of the block the row kernel
-  reads next (``ahead``, ``rows.following_block``): the exp loop is arithmetic-bound and
-  the next block's max pass memory-bound, and with the hint they overlap instead of
-  taking turns (``docs/performance.md``, seventh session).
+  instruction's mask: the underflow's microcode assist made half-masked rows 4-5 times
+  slower.  The lanes past a row's end load the row's max (e = 1) for the same reason.
+  With the float64 sum that follows it, 0.38 -> 0.31 ns per element at 1000 classes
+  (0.34 without ``vscalefps``: the loop LLVM makes of the scalar code is slower than the
+  same operations written here, by about 10%).  Each vector also prefetches a line of
+  the block the row kernel reads next (``ahead``, ``rows.following_block``): the exp
+  loop is arithmetic-bound and the next block's max pass memory-bound, and with the hint
+  they overlap instead of taking turns (``docs/performance.md``, seventh session).
 
 * ``row_exp_product_difference32``, log_softmax_backward's float32 write, dx_j = dy_j -
   e^(y_j) S with ``exp_f32_wide`` in float64 (bit for bit the scalar loop).  The loop is
