@@ -3,8 +3,9 @@
 Masking sets logits to -inf, or to a large negative number, before a softmax or a
 cross-entropy (padding of a vocabulary, classes left out).  Their exponentials are 0.
 An exponential that reaches 0 by an underflowing product takes a microcode assist on
-Intel cores, so the kernels compute a masked element as the row's max and set its result
-to 0 (``kernels/_numerics/exp.py``, "Elements below the floor").  This script times, in
+Intel cores, so the float32 kernels compute a masked element as the row's max and set its
+result to 0; the float64 ones keep the underflow (``kernels/_numerics/exp.py``, "Elements
+below the floor").  This script times, in
 one process on ``--threads`` threads for Numba and torch, in alternation, ``--rounds``
 times (p50 of 20 calls each; every kernel on every mask in one rotation), at 4096 x 1000,
 for float32 and float64:
